@@ -1,0 +1,290 @@
+//! Helpers for the integration tests: run the real `tracer` binary against real processes
+//! and compare what it reports with what the kernel shows in /proc.
+//!
+//! The tests need root (they load BPF programs) and run one at a time; `cargo xtask test`
+//! does both. They panic with a message on any failure, as aya's own integration tests do.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The tracer binary under test: `$TRACER_BIN`, or the workspace's release build.
+pub fn tracer_bin() -> PathBuf {
+    let path = std::env::var_os("TRACER_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "{} is missing: run the integration tests with `cargo xtask test`",
+        path.display()
+    );
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the integration tests load BPF programs: run them as root (`cargo xtask test`)"
+    );
+    path
+}
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("tracer-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles `tests/java/<class>.java` into `out`.
+pub fn compile_java(class: &str, out: &Path) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("java")
+        .join(format!("{class}.java"));
+    let status = Command::new("javac")
+        .arg("-d")
+        .arg(out)
+        .arg(&source)
+        .status()
+        .expect("run javac (cargo xtask setup installs a JDK)");
+    assert!(status.success(), "javac {} failed", source.display());
+}
+
+/// Compiles `tests/native/<name>.c` into `out/<name>`.
+pub fn compile_c(name: &str, out: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("native")
+        .join(format!("{name}.c"));
+    let binary = out.join(name);
+    let status = Command::new("gcc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc {} failed", source.display());
+    binary
+}
+
+/// `mm->map_count` as /proc shows it: lines of /proc/PID/maps less `[vsyscall]`; `None`
+/// once the process is gone.
+pub fn maps_count(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    if text.is_empty() {
+        return None;
+    }
+    let count = text
+        .lines()
+        .filter(|line| !line.ends_with("[vsyscall]"))
+        .count();
+    Some(u32::try_from(count).expect("fewer than 2^32 mappings"))
+}
+
+/// Whether every BPF program named `prefix...` is gone within two seconds: the kernel frees a
+/// program after an RCU grace period once its last fd closes, so it can outlive the tracer's
+/// exit by a moment.
+pub fn programs_unloaded(prefix: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while loaded_programs(prefix) > 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Number of loaded BPF programs whose name starts with `prefix` (from `bpftool`).
+pub fn loaded_programs(prefix: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .skip_while(|w| *w != "name")
+                .nth(1)
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .count()
+}
+
+/// A child process whose stdout lines are read on a thread, with its stdin for commands.
+pub struct Process {
+    pub child: Child,
+    pub pid: u32,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<(Instant, String)>,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            pid: child.id(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+        }
+    }
+
+    /// Sends one line on stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to child stdin");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// The next stdout line, or `None` at EOF; panics after `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<(Instant, String)> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no output from pid {} within {timeout:?}", self.pid)
+            }
+        }
+    }
+
+    /// Skips lines until one starts with `prefix`; returns it.
+    pub fn expect_line(&self, prefix: &str, timeout: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some((at, line)) if line.starts_with(prefix) => return (at, line),
+                Some(_) => {}
+                None => panic!("pid {} ended before printing {prefix:?}", self.pid),
+            }
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {} still running after {timeout:?}",
+                self.pid
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tracer attach --pid PID --json ARGS...`, its NDJSON parsed line by line.
+pub struct Tracer {
+    pub process: Process,
+}
+
+/// One event from the tracer, with the time the test read it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub at: Instant,
+    pub json: Value,
+}
+
+impl Event {
+    pub fn kind(&self) -> &str {
+        self.json["type"].as_str().unwrap_or_default()
+    }
+
+    pub fn u64(&self, field: &str) -> u64 {
+        self.json[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} is not a number in {}", self.json))
+    }
+}
+
+impl Tracer {
+    pub fn attach(pid: u32, args: &[&str]) -> Self {
+        let mut command = Command::new(tracer_bin());
+        command
+            .args(["attach", "--pid", &pid.to_string(), "--json"])
+            .args(args);
+        let tracer = Self {
+            process: Process::spawn(&mut command),
+        };
+        tracer.expect("target_attached", Duration::from_secs(10));
+        tracer
+    }
+
+    /// The next event; `None` when the tracer has exited.
+    pub fn next(&self, timeout: Duration) -> Option<Event> {
+        self.process.next_line(timeout).map(|(at, line)| Event {
+            at,
+            json: serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+        })
+    }
+
+    /// Skips events until one of type `kind`.
+    pub fn expect(&self, kind: &str, timeout: Duration) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let event = self
+                .next(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|| panic!("tracer exited before a {kind} event"));
+            if event.kind() == kind {
+                return event;
+            }
+        }
+    }
+
+    /// The first `vma` event read after `after`.
+    pub fn vma_after(&self, after: Instant) -> Event {
+        loop {
+            let event = self.expect("vma", Duration::from_secs(5));
+            if event.at > after {
+                return event;
+            }
+        }
+    }
+}

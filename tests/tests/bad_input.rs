@@ -1,0 +1,214 @@
+//! Bad input and unusual machines: each ends in one line on stderr that names the fix, a
+//! non-zero exit, and nothing left attached. And what the tracer does not need (tracefs).
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use tracer_tests::{Process, TempDir, Tracer, compile_c, programs_unloaded, tracer_bin};
+
+/// Runs `command`, failing the test if it hangs.
+fn run(command: &mut Command) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        // SAFETY: kill on a pid we spawned; harmless if it already exited.
+        unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+    });
+    let output = child.wait_with_output().expect("wait");
+    drop(watchdog);
+    output
+}
+
+/// Asserts a clean failure: non-zero exit, exactly one line on stderr containing `needle`,
+/// and no program left loaded.
+fn assert_fails_with(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, got {:?}: {stderr}",
+        output.status
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line on stderr, got: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "stderr should mention {needle:?}: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "nothing on stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        programs_unloaded("vma_sys_exit"),
+        "a program was left loaded"
+    );
+}
+
+fn attach(pid: &str) -> Command {
+    let mut command = Command::new(tracer_bin());
+    command.args(["attach", "--json", "--duration", "3", "--pid", pid]);
+    command
+}
+
+fn sleeper() -> Process {
+    Process::spawn(Command::new("sleep").arg("60"))
+}
+
+#[test]
+fn a_pid_that_does_not_exist() {
+    let output = run(&mut attach("4000000"));
+    assert_fails_with(&output, "no process with pid 4000000");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pgrep"));
+}
+
+#[test]
+fn a_pid_given_as_text() {
+    let output = run(&mut attach("kafka"));
+    assert_eq!(output.status.code(), Some(2), "usage errors exit 2");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("'kafka' is not a process id"), "{stderr}");
+    assert!(stderr.contains("pgrep"), "{stderr}");
+}
+
+#[test]
+fn a_kernel_thread() {
+    // kthreadd is pid 2 on every Linux system.
+    assert_fails_with(&run(&mut attach("2")), "kernel thread");
+}
+
+#[test]
+fn a_zombie() {
+    // Our own child that exited and that we have not reaped.
+    let child = Command::new("true").spawn().expect("spawn true");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_fails_with(&run(&mut attach(&child.id().to_string())), "zombie");
+    let mut child = child;
+    child.wait().expect("reap");
+}
+
+#[test]
+fn without_root() {
+    let target = sleeper();
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tracer_bin())
+        .args(["attach", "--pid", &target.pid.to_string()]);
+    assert_fails_with(&run(&mut command), "run it with sudo");
+}
+
+#[test]
+fn a_kernel_without_btf() {
+    // In a private mount namespace, hide /sys/kernel/btf behind an empty tmpfs.
+    let target = sleeper();
+    let script = format!(
+        "mount -t tmpfs none /sys/kernel/btf && exec {} attach --pid {}",
+        tracer_bin().display(),
+        target.pid
+    );
+    let output = run(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_fails_with(&output, "CONFIG_DEBUG_INFO_BTF");
+}
+
+#[test]
+fn tracefs_is_not_needed() {
+    // Raw tracepoints attach by name: the tracer works with tracefs unmounted, as on a fresh
+    // machine.
+    let target = sleeper();
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
+         grep -q tracefs /proc/self/mounts && exit 99; \
+         exec {} attach --json --duration 2 --pid {}",
+        tracer_bin().display(),
+        target.pid
+    );
+    let output = run(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("\"type\":\"vma\""))
+            .count()
+            >= 2,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_thread_id_means_its_process() {
+    let dir = TempDir::new("tid");
+    let churn = compile_c("churn", dir.path());
+    let mut workload = Process::spawn(Command::new(&churn).args(["2", "20"]));
+    workload.expect_line("READY", Duration::from_secs(5));
+    workload.send("GO");
+    std::thread::sleep(Duration::from_millis(300));
+    let thread = std::fs::read_dir(format!("/proc/{}/task", workload.pid))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| tid != workload.pid)
+        .expect("a second thread");
+    let tracer = Tracer::attach(thread, &["--duration", "2"]);
+    let vma = tracer.expect("vma", Duration::from_secs(5));
+    assert_eq!(vma.u64("pid"), u64::from(workload.pid));
+}
+
+#[test]
+fn duration_ends_attach_cleanly() {
+    let target = sleeper();
+    let output = run(Command::new(tracer_bin()).args([
+        "attach",
+        "--json",
+        "--duration",
+        "2",
+        "--pid",
+        &target.pid.to_string(),
+    ]));
+    assert!(output.status.success(), "{:?}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let vma_lines = stdout
+        .lines()
+        .filter(|l| l.contains("\"type\":\"vma\""))
+        .count();
+    assert!(
+        (2..=4).contains(&vma_lines),
+        "a vma event per second for 2 s, got {vma_lines}: {stdout}"
+    );
+    assert!(programs_unloaded("vma_sys_exit"));
+}

@@ -1,0 +1,18 @@
+//! What crosses the kernel/user boundary: the read-only globals the agent sets at load time,
+//! the records the kernel programs write into BPF ring buffers, and the shared map values.
+//!
+//! Everything here is `#[repr(C)]`, made of fixed-width integers and byte arrays with explicit
+//! padding, and checked by `const` assertions on its layout, so both sides agree on every byte.
+#![no_std]
+
+pub mod config;
+pub mod lost;
+pub mod vma;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are `#[repr(C)]`, `Copy`, made of plain integers with explicit
+    // padding, and valid for any bit pattern.
+    unsafe impl aya::Pod for crate::config::KernelOffsets {}
+    unsafe impl aya::Pod for crate::vma::VmaRegister {}
+}

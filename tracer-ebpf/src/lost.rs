@@ -1,0 +1,18 @@
+//! Counters of records dropped because a ring buffer was full.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use tracer_common::lost::LOST_SLOTS;
+
+/// Per-CPU count of records that did not fit into their ring buffer, one slot per ring buffer
+/// (`tracer_common::lost`). Per-CPU so that counting a drop never contends.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Counts one dropped record in `slot`.
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; the program cannot be preempted by itself on this CPU.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,345 @@
+//! Field offsets of kernel structures, read from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`).
+//!
+//! rustc emits no CO-RE relocations for BPF programs, so the agent resolves the few fields the
+//! programs read and hands their offsets in at load time. This reader knows just enough of the
+//! BTF format (`Documentation/bpf/btf.rst`) to walk struct and union members, including the
+//! anonymous structs that hold `mm_struct.map_count` on 6.x kernels.
+
+use std::{fmt, path::Path};
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+/// Why an offset could not be found; the caller decides whether that is fatal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BtfError {
+    /// The data is not BTF or is cut short.
+    Malformed(&'static str),
+    /// No struct of that name.
+    NoStruct(String),
+    /// The struct has no such member (also not inside its anonymous members).
+    NoMember { ty: String, member: String },
+    /// The member is a bitfield, which the programs cannot read at a byte offset.
+    Bitfield { ty: String, member: String },
+}
+
+impl fmt::Display for BtfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(what) => write!(f, "malformed BTF: {what}"),
+            Self::NoStruct(ty) => write!(f, "the kernel's BTF has no struct {ty}"),
+            Self::NoMember { ty, member } => write!(f, "struct {ty} has no member {member}"),
+            Self::Bitfield { ty, member } => write!(f, "{ty}.{member} is a bitfield"),
+        }
+    }
+}
+
+impl std::error::Error for BtfError {}
+
+/// One BTF type: its kind, name, and for structs and unions the members
+/// `(name offset, type id, bit offset)`.
+struct Type {
+    kind: u32,
+    name_off: u32,
+    /// `size` for structs/unions, the referenced type id for modifiers and typedefs.
+    size_or_ref: u32,
+    kind_flag: bool,
+    members: Vec<(u32, u32, u32)>,
+}
+
+/// The parsed types and string section of a BTF blob.
+pub struct Btf {
+    /// Types by id; id 0 is `void` and has no entry, so `types[id - 1]`.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+}
+
+impl Btf {
+    /// Reads and parses the running kernel's BTF.
+    pub fn from_kernel() -> std::io::Result<Self> {
+        Self::from_file(Path::new(VMLINUX))
+    }
+
+    pub fn from_file(path: &Path) -> std::io::Result<Self> {
+        let data = std::fs::read(path)?;
+        Self::parse(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Parses a little- or big-endian BTF blob.
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        let magic = data.get(..2).ok_or(BtfError::Malformed("no header"))?;
+        let little = match u16::from_le_bytes([magic[0], magic[1]]) {
+            MAGIC => true,
+            m if m.swap_bytes() == MAGIC => false,
+            _ => return Err(BtfError::Malformed("bad magic")),
+        };
+        let word = |at: usize| -> Result<u32, BtfError> {
+            let bytes: [u8; 4] = data
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(BtfError::Malformed("truncated"))?;
+            Ok(if little {
+                u32::from_le_bytes(bytes)
+            } else {
+                u32::from_be_bytes(bytes)
+            })
+        };
+        let hdr_len = word(4)? as usize;
+        let type_start = hdr_len + word(8)? as usize;
+        let type_end = type_start + word(12)? as usize;
+        let str_start = hdr_len + word(16)? as usize;
+        let str_end = str_start + word(20)? as usize;
+        let strings = data
+            .get(str_start..str_end)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?
+            .to_vec();
+        if type_end > data.len() {
+            return Err(BtfError::Malformed("type section out of bounds"));
+        }
+
+        let mut types = Vec::new();
+        let mut at = type_start;
+        while at < type_end {
+            let name_off = word(at)?;
+            let info = word(at + 4)?;
+            let size_or_ref = word(at + 8)?;
+            at += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let mut members = Vec::new();
+            at += match kind {
+                KIND_STRUCT | KIND_UNION => {
+                    for m in 0..vlen {
+                        let base = at + m * 12;
+                        members.push((word(base)?, word(base + 4)?, word(base + 8)?));
+                    }
+                    vlen * 12
+                }
+                // int, var, decl_tag: one extra word
+                1 | 14 | 17 => 4,
+                // array
+                3 => 12,
+                // enum, func_proto: 8 bytes per entry
+                6 | 13 => vlen * 8,
+                // datasec, enum64: 12 bytes per entry
+                15 | 19 => vlen * 12,
+                // ptr, fwd, typedef, volatile, const, restrict, func, float, type_tag
+                2 | 7..=12 | 16 | 18 => 0,
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            types.push(Type {
+                kind,
+                name_off,
+                size_or_ref,
+                kind_flag: info >> 31 == 1,
+                members,
+            });
+        }
+        Ok(Self { types, strings })
+    }
+
+    /// Byte offset of `member` in `struct ty`, looking through anonymous struct and union
+    /// members.
+    pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
+        let id = self
+            .types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == Some(ty))
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        let bits = self
+            .find_member(id + 1, member, 0)
+            .ok_or_else(|| BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            })?;
+        if bits % 8 != 0 {
+            return Err(BtfError::Bitfield {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            });
+        }
+        Ok(bits / 8)
+    }
+
+    /// Bit offset of `member` within the struct or union `id`, plus `base`. Anonymous members
+    /// nest at most a few levels in practice; `depth` bounds the search anyway.
+    fn find_member(&self, id: usize, member: &str, depth: u32) -> Option<u32> {
+        let ty = self.types.get(id.checked_sub(1)?)?;
+        if depth > 8 {
+            return None;
+        }
+        for &(name_off, member_type, offset) in &ty.members {
+            let bits = if ty.kind_flag {
+                offset & 0x00ff_ffff
+            } else {
+                offset
+            };
+            if name_off == 0 {
+                let inner = self.resolve(member_type as usize);
+                if let Some(found) = self.find_member(inner, member, depth + 1) {
+                    return Some(bits + found);
+                }
+            } else if self.name(name_off) == Some(member) {
+                return Some(bits);
+            }
+        }
+        None
+    }
+
+    /// Follows typedefs and modifiers to the underlying type id.
+    fn resolve(&self, mut id: usize) -> usize {
+        for _ in 0..16 {
+            match self.types.get(id.wrapping_sub(1)) {
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = t.size_or_ref as usize;
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn name(&self, off: u32) -> Option<&str> {
+        let rest = self.strings.get(off as usize..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&rest[..end]).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (kind, name, size or referenced type, kind_flag, members as (name, type, offset)).
+    type TypeSpec<'a> = (u32, &'a str, u32, bool, &'a [(&'a str, u32, u32)]);
+
+    /// Builds a little-endian BTF blob.
+    fn blob(types: &[TypeSpec<'_>]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut intern = |s: &str| -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            off
+        };
+        let mut type_bytes = Vec::new();
+        for &(kind, name, size, kind_flag, members) in types {
+            let info = (kind << 24) | (u32::from(kind_flag) << 31) | members.len() as u32;
+            for w in [intern(name), info, size] {
+                type_bytes.extend_from_slice(&w.to_le_bytes());
+            }
+            if kind == 1 {
+                type_bytes.extend_from_slice(&32u32.to_le_bytes());
+            }
+            for &(m, ty, off) in members {
+                for w in [intern(m), ty, off] {
+                    type_bytes.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            type_bytes.len() as u32,
+            type_bytes.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&type_bytes);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_structs_and_typedefs() {
+        // 1: int; 2: anonymous struct { int pad; int map_count; } at bit 64;
+        // 3: typedef anon_t -> 2; 4: struct mm_struct { int a; anon_t; }
+        let data = blob(&[
+            (1, "int", 4, false, &[]),
+            (
+                KIND_STRUCT,
+                "",
+                8,
+                false,
+                &[("pad", 1, 0), ("map_count", 1, 32)],
+            ),
+            (KIND_TYPEDEF, "anon_t", 2, false, &[]),
+            (
+                KIND_STRUCT,
+                "mm_struct",
+                24,
+                false,
+                &[("a", 1, 0), ("", 3, 64)],
+            ),
+        ]);
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(btf.member_offset("mm_struct", "a"), Ok(0));
+        assert_eq!(btf.member_offset("mm_struct", "map_count"), Ok(12));
+        assert_eq!(
+            btf.member_offset("mm_struct", "nope"),
+            Err(BtfError::NoMember {
+                ty: "mm_struct".into(),
+                member: "nope".into()
+            })
+        );
+        assert_eq!(
+            btf.member_offset("task_struct", "mm"),
+            Err(BtfError::NoStruct("task_struct".into()))
+        );
+    }
+
+    #[test]
+    fn kind_flag_offsets_and_bitfields() {
+        // With kind_flag set, the low 24 bits are the bit offset and the top 8 the bitfield size.
+        let data = blob(&[
+            (1, "int", 4, false, &[]),
+            (
+                KIND_STRUCT,
+                "sock_common",
+                8,
+                true,
+                &[("skc_state", 1, 0x0800_0010), ("odd", 1, 0x0300_0013)],
+            ),
+        ]);
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(btf.member_offset("sock_common", "skc_state"), Ok(2));
+        assert!(matches!(
+            btf.member_offset("sock_common", "odd"),
+            Err(BtfError::Bitfield { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(matches!(
+            Btf::parse(&[1, 2, 3]),
+            Err(BtfError::Malformed(_))
+        ));
+        assert!(matches!(Btf::parse(&[]), Err(BtfError::Malformed(_))));
+        let mut data = blob(&[(1, "int", 4, false, &[])]);
+        data.truncate(30);
+        assert!(matches!(Btf::parse(&data), Err(BtfError::Malformed(_))));
+    }
+}

@@ -1,0 +1,236 @@
+//! The command line: `tracer attach`, `tracer demo`, and the flags they share.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{session::Options, vma::Thresholds};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Watches one server process (a Kafka broker, any mmap-heavy JVM) for the slow failures that take it down, and warns before they do",
+    after_help = "Needs root (or CAP_BPF and CAP_PERFMON). Example: sudo tracer attach --pid $(pgrep -f kafka.Kafka)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log the agent's own diagnostics (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running process and show its VMA count, growth and time to exhaustion live.
+    Attach(AttachArgs),
+    /// Run the tracer on a built-in workload whose mappings grow like a Kafka broker's.
+    Demo(DemoArgs),
+    /// The demo's workload (started by `tracer demo`).
+    #[command(hide = true)]
+    DemoWorkload(WorkloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Process to watch (a thread id is taken as its process).
+    #[arg(long, value_parser = parse_pid)]
+    pub pid: u32,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Mappings the workload adds per second.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+    /// The workload stops growing at this many mappings [default: 45% of the limit].
+    #[arg(long)]
+    pub stop_at: Option<u32>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub rate: u32,
+    #[arg(long)]
+    pub stop_at: u32,
+}
+
+/// How a target is watched and when alerts fire.
+#[derive(Clone, Debug, Args)]
+pub struct WatchArgs {
+    /// Write NDJSON events to stdout instead of the live view (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (e.g. 90s, 10m, 2h; a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Predict against this limit instead of vm.max_map_count ("what if the limit were N").
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_map_count: Option<u32>,
+    /// Warn when the VMA count will reach the limit within this time.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    pub warn_eta: Duration,
+    /// Raise a critical alert when the limit will be reached within this time.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub crit_eta: Duration,
+    /// Warn when the VMA count passes this share of the limit.
+    #[arg(long, default_value = "80%", value_parser = parse_percent)]
+    pub warn_usage: f64,
+    /// Raise a critical alert when the VMA count passes this share of the limit.
+    #[arg(long, default_value = "95%", value_parser = parse_percent)]
+    pub crit_usage: f64,
+    /// Time window over which the growth rate is estimated.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub rate_window: Duration,
+}
+
+impl WatchArgs {
+    /// Checks that the flags agree with each other and turns them into session options.
+    pub fn options(&self) -> anyhow::Result<Options> {
+        if self.crit_usage <= self.warn_usage {
+            anyhow::bail!(
+                "--crit-usage ({:.0}%) must be above --warn-usage ({:.0}%)",
+                self.crit_usage * 100.0,
+                self.warn_usage * 100.0
+            );
+        }
+        if self.crit_eta >= self.warn_eta {
+            anyhow::bail!("--crit-eta must be shorter than --warn-eta");
+        }
+        if self.rate_window < Duration::from_secs(10) {
+            anyhow::bail!("--rate-window must be at least 10s");
+        }
+        Ok(Options {
+            max_map_count: self.max_map_count,
+            thresholds: Thresholds {
+                warn_eta_secs: self.warn_eta.as_secs_f64(),
+                warn_usage: self.warn_usage,
+                crit_eta_secs: self.crit_eta.as_secs_f64(),
+                crit_usage: self.crit_usage,
+            },
+            rate_window: self.rate_window,
+        })
+    }
+}
+
+fn parse_pid(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("0 is not a process id; pass the pid of the server process".to_owned()),
+        Ok(pid) => Ok(pid),
+        Err(_) => Err(format!(
+            "'{text}' is not a process id; pass a number, e.g. --pid $(pgrep -f kafka.Kafka)"
+        )),
+    }
+}
+
+/// "90", "90s", "15m", "6h", "2d".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; use e.g. 90s, 15m, 6h or 2d"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}'; use ms, s, m, h or d"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("'{text}': {e}"))
+}
+
+/// "80%" or "80" -> 0.8.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p / 100.0),
+        _ => Err(format!(
+            "'{text}' is not a percentage between 0 and 100, e.g. 80%"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pids_must_be_numbers() {
+        assert_eq!(parse_pid("1234"), Ok(1234));
+        assert!(parse_pid("kafka").unwrap_err().contains("pgrep"));
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-5").is_err());
+        let error = Cli::try_parse_from(["tracer", "attach", "--pid", "abc"]).unwrap_err();
+        assert!(error.to_string().contains("'abc' is not a process id"));
+    }
+
+    #[test]
+    fn durations_and_percentages() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_mins(15)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_mins(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_percent("80%"), Ok(0.8));
+        assert_eq!(parse_percent("95"), Ok(0.95));
+        assert!(parse_percent("120%").is_err());
+    }
+
+    #[test]
+    fn thresholds_must_be_ordered() {
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "attach",
+            "--pid",
+            "1",
+            "--warn-usage",
+            "90%",
+            "--crit-usage",
+            "85%",
+        ])
+        .unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!()
+        };
+        assert!(
+            args.watch
+                .options()
+                .unwrap_err()
+                .to_string()
+                .contains("--crit-usage (85%)")
+        );
+        let cli = Cli::try_parse_from(["tracer", "attach", "--pid", "1"]).unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            args.watch.options().unwrap().thresholds,
+            Thresholds::default()
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Plain text for a pipe or a log file: a line per alert, and the count every ten seconds.
+
+use std::io::Write as _;
+
+use crate::{
+    event::Event,
+    output::live::clock,
+    session::Frame,
+    vma::{duration, maps::thousands, rate_per_min},
+};
+
+/// Frames between two status lines.
+const STATUS_EVERY: u32 = 10;
+
+pub struct Lines {
+    frames: u32,
+}
+
+/// One line per event a person reading a log wants: attach, alerts, exit.
+pub fn events(events: &[Event]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for event in events {
+        match event {
+            Event::TargetAttached { ts, pid, cmdline } => {
+                writeln!(out, "{} attached to {pid}: {cmdline}", clock(*ts))?;
+            }
+            Event::Alert {
+                ts,
+                pid,
+                kind,
+                severity,
+                message,
+                ..
+            } => {
+                writeln!(
+                    out,
+                    "{} {pid} ALERT {} {}: {message}",
+                    clock(*ts),
+                    severity.as_str(),
+                    kind.as_str()
+                )?;
+            }
+            Event::AlertResolved {
+                ts,
+                pid,
+                kind,
+                severity,
+                message,
+            } => {
+                writeln!(
+                    out,
+                    "{} {pid} resolved {} {}: {message}",
+                    clock(*ts),
+                    severity.as_str(),
+                    kind.as_str()
+                )?;
+            }
+            Event::TargetExit { ts, pid } => writeln!(out, "{} {pid} exited", clock(*ts))?,
+            Event::Vma { .. } | Event::VmaBreakdown { .. } => {}
+        }
+    }
+    out.flush()
+}
+
+impl Lines {
+    pub fn new() -> Self {
+        Self { frames: 0 }
+    }
+
+    pub fn frame(&mut self, frame: &Frame<'_>) -> std::io::Result<()> {
+        self.frames += 1;
+        if self.frames % STATUS_EVERY != 1 {
+            return Ok(());
+        }
+        let vma = &frame.vma;
+        let growth = vma
+            .trend
+            .map_or_else(|| "?".to_owned(), |t| rate_per_min(t.per_sec));
+        let eta = vma.eta_secs.map_or_else(|| "none".to_owned(), duration);
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{} {} vma {}/{} ({:.1}%) growth {growth}/min exhaustion in {eta} lost {}",
+            clock(crate::event::now_ms()),
+            frame.target.pid,
+            thousands(vma.count.into()),
+            thousands(vma.limit.into()),
+            f64::from(vma.count) / f64::from(vma.limit) * 100.0,
+            frame.events_lost
+        )?;
+        out.flush()
+    }
+}

@@ -1,0 +1,125 @@
+//! Checks of the machine and of our privileges, made before anything is loaded, so each
+//! problem ends in one line that names its fix.
+
+use std::fs;
+
+use anyhow::{Context as _, bail};
+
+use crate::btf::{self, Btf};
+
+/// Capability bits (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Oldest kernel with everything the programs use: BPF ring buffers (5.8), BPF_ATOMIC
+/// fetch-add and compare-and-swap (5.12).
+const MIN_KERNEL: (u32, u32) = (5, 12);
+
+/// Runs every check, then raises the memlock limit; returns the kernel's BTF.
+pub fn check() -> anyhow::Result<Btf> {
+    check_privileges(
+        &fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?,
+    )?;
+    let release = kernel_release();
+    check_kernel(&release)?;
+    if !std::path::Path::new(btf::VMLINUX).exists() {
+        bail!(
+            "this kernel ({release}) publishes no BTF at {} - tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (distribution kernels since 5.4 have it)",
+            btf::VMLINUX
+        );
+    }
+    let btf = Btf::from_kernel().with_context(|| format!("reading {}", btf::VMLINUX))?;
+    raise_memlock_limit();
+    Ok(btf)
+}
+
+/// Loading BPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which root has).
+fn check_privileges(status: &str) -> anyhow::Result<()> {
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!(
+        "tracer needs root (or the capabilities CAP_BPF and CAP_PERFMON) to load its eBPF probes - run it with sudo"
+    );
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
+}
+
+/// `(major, minor)` of a kernel release string such as "6.18.44-fc-v595".
+fn version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    Some((parts.next()?.ok()?, parts.next()?.ok()?))
+}
+
+fn check_kernel(release: &str) -> anyhow::Result<()> {
+    if version(release).is_some_and(|v| v < MIN_KERNEL) {
+        bail!(
+            "kernel {release} is too old: tracer needs Linux {}.{} or newer (BPF ring buffers and atomics) - upgrade the kernel",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it where we may. Newer kernels
+/// charge the memory cgroup instead and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
+        log::debug!(
+            "could not lift RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether this kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11), for error hints.
+pub fn memlock_charged() -> bool {
+    version(&kernel_release()).is_some_and(|v| v < (5, 11))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileges_come_from_the_effective_set() {
+        assert!(check_privileges("CapEff:\t000001ffffffffff\n").is_ok());
+        assert!(check_privileges("CapEff:\t000000c000000000\n").is_ok());
+        let denied = check_privileges("CapInh:\t0000000000000000\nCapEff:\t0000004000000000\n");
+        assert!(denied.unwrap_err().to_string().contains("run it with sudo"));
+        assert!(check_privileges("").is_err());
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert!(check_kernel("6.18.44-fc-v595").is_ok());
+        assert!(check_kernel("5.12.0").is_ok());
+        assert!(
+            check_kernel("5.4.0-150-generic")
+                .unwrap_err()
+                .to_string()
+                .contains("5.12 or newer")
+        );
+        assert!(check_kernel("unknown").is_ok());
+        assert_eq!(version("5.10.0-rc1"), Some((5, 10)));
+        assert_eq!(version("unknown"), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! One traced process from attach to exit: the probes, the drain of their ring buffers, the
+//! models fed by them, and the periodic reports. `attach` runs one session; the agent runs one
+//! per target.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    task::JoinHandle,
+    time::MissedTickBehavior,
+};
+
+use crate::{
+    btf::Btf,
+    event::{Event, MappingGroup, now_ms},
+    preflight,
+    probes::{self, ProbeError, Probes},
+    target::Target,
+    vma::{
+        self, Thresholds, VmaModel, VmaStatus,
+        maps::{Breakdown, MapsReader},
+    },
+};
+
+/// How often the `vma` event, the alerts and the live view are refreshed.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the ring buffers are drained between wakeups (records are submitted without a
+/// wakeup until 64 KiB are pending, so the agent wakes once per batch).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often `vm.max_map_count` is read again (operators raise it as the fix).
+const LIMIT_INTERVAL: Duration = Duration::from_secs(5);
+/// The /proc/PID/maps breakdown is read again when the count moved by this fraction...
+const BREAKDOWN_MOVE: f64 = 0.01;
+/// ...or by this many mappings, whichever is larger,...
+const BREAKDOWN_MOVE_MIN: u32 = 64;
+/// ...but no sooner than this after the previous read, nor than 50 times its cost.
+const BREAKDOWN_MIN_GAP: Duration = Duration::from_secs(10);
+
+/// What a session is told at start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--max-map-count`: a what-if limit instead of `vm.max_map_count`.
+    pub max_map_count: Option<u32>,
+    pub thresholds: Thresholds,
+    pub rate_window: Duration,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    TargetExited,
+    Stopped,
+}
+
+/// What the live view shows, rebuilt every report interval.
+pub struct Frame<'a> {
+    pub target: &'a Target,
+    pub attached: Instant,
+    pub vma: VmaStatus,
+    pub breakdown: Option<&'a BreakdownReport>,
+    pub events_lost: u64,
+}
+
+/// The latest classified /proc/PID/maps.
+pub struct BreakdownReport {
+    pub breakdown: Breakdown,
+    pub read_at: Instant,
+    pub cost: Duration,
+}
+
+/// Receives what a session reports.
+pub trait Sink {
+    /// New events, in order. An error stops the session (the reader went away).
+    fn events(&mut self, events: &[Event]) -> std::io::Result<()>;
+    /// The state after each report interval.
+    fn frame(&mut self, frame: &Frame<'_>) -> std::io::Result<()>;
+}
+
+pub struct Session {
+    target: Target,
+    probes: Probes,
+    vma_events: AsyncFd<RingBuf<MapData>>,
+    vma: VmaModel,
+    limit_override: Option<u32>,
+    breakdown: Option<BreakdownReport>,
+    /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
+    /// its buffer is reused.
+    refresh: Option<JoinHandle<(MapsReader, std::io::Result<Breakdown>)>>,
+    reader: Option<MapsReader>,
+    attached: Instant,
+    events: Vec<Event>,
+}
+
+impl Session {
+    /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
+    /// nothing that happens in between is missed.
+    pub fn attach(target: Target, btf: &Btf, options: &Options) -> anyhow::Result<Self> {
+        let offsets = probes::kernel_offsets(btf).map_err(|e| {
+            anyhow!("{e} - this kernel's layout is not supported, please report it with `uname -r`")
+        })?;
+        let mut probes = Probes::attach(target.pid, &offsets).map_err(|e| match e {
+            ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
+                "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
+            ),
+            ProbeError::Permission(e) => anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)"),
+            ProbeError::Rejected(e) => anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF"),
+            ProbeError::Other(e) => anyhow!(e),
+        })?;
+        let ring = probes
+            .take_vma_events()
+            .context("the VMA ring buffer was already taken")?;
+        // SAFETY: the ring buffer owns its map fd, which stays open until it is dropped with
+        // the AsyncFd.
+        let vma_events = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| anyhow!("polling the VMA ring buffer: {e}"))?;
+
+        let mut reader = MapsReader::new();
+        let started = Instant::now();
+        let seed = reader.read(target.pid).map_err(|e| {
+            anyhow!(
+                "reading /proc/{}/maps: {e} - run tracer as root to watch another user's process",
+                target.pid
+            )
+        })?;
+        let breakdown = BreakdownReport {
+            cost: started.elapsed(),
+            read_at: Instant::now(),
+            breakdown: seed,
+        };
+        let limit = match options.max_map_count {
+            Some(limit) => limit,
+            None => vma::read_max_map_count()
+                .with_context(|| format!("reading {}", vma::MAX_MAP_COUNT))?,
+        };
+        let vma = VmaModel::new(
+            target.pid,
+            breakdown.breakdown.map_count(),
+            limit,
+            options.thresholds,
+            options.rate_window.as_secs_f64(),
+        );
+        let mut events = vec![Event::TargetAttached {
+            ts: now_ms(),
+            pid: target.pid,
+            cmdline: target.cmdline.clone(),
+        }];
+        events.push(breakdown_event(target.pid, &breakdown));
+        Ok(Self {
+            target,
+            probes,
+            vma_events,
+            vma,
+            limit_override: options.max_map_count,
+            breakdown: Some(breakdown),
+            refresh: None,
+            reader: Some(reader),
+            attached: Instant::now(),
+            events,
+        })
+    }
+
+    /// Runs until the target exits, `stop` resolves, or the sink fails.
+    pub async fn run(
+        mut self,
+        sink: &mut dyn Sink,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<End> {
+        tokio::pin!(stop);
+        let mut report = tokio::time::interval(REPORT_INTERVAL);
+        report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut limit_read = Instant::now();
+        let clock = Instant::now();
+
+        let end = loop {
+            tokio::select! {
+                () = &mut stop => break End::Stopped,
+                () = self.target.exited() => break End::TargetExited,
+                guard = self.vma_events.readable_mut() => {
+                    let mut guard = guard.context("polling the VMA ring buffer")?;
+                    drain_vma(guard.get_inner_mut(), &mut self.vma);
+                    guard.clear_ready();
+                }
+                _ = drain.tick() => drain_vma(self.vma_events.get_mut(), &mut self.vma),
+                done = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
+                    self.refresh = None;
+                    let (reader, result) = done.context("the /proc/PID/maps reader panicked")?;
+                    self.reader = Some(reader);
+                    if let Some(report) = self.breakdown.as_mut()
+                        && let Ok(breakdown) = result
+                    {
+                        report.cost = report.read_at.elapsed();
+                        report.breakdown = breakdown;
+                        self.events.push(breakdown_event(self.target.pid, report));
+                    }
+                }
+                _ = report.tick() => {
+                    if limit_read.elapsed() >= LIMIT_INTERVAL && self.limit_override.is_none() {
+                        limit_read = Instant::now();
+                        if let Ok(limit) = vma::read_max_map_count() {
+                            self.vma.set_limit(limit);
+                        }
+                    }
+                    self.report(sink, clock.elapsed().as_secs_f64())?;
+                }
+            }
+            if !self.events.is_empty() {
+                sink.events(&self.events)?;
+                self.events.clear();
+            }
+        };
+
+        // Whatever the target did last is in the ring buffer and the register: report it.
+        drain_vma(self.vma_events.get_mut(), &mut self.vma);
+        if let Ok(register) = self.probes.vma_register() {
+            self.vma.register(&register);
+        }
+        if end == End::TargetExited {
+            self.events.push(Event::TargetExit {
+                ts: now_ms(),
+                pid: self.target.pid,
+            });
+        }
+        sink.events(&self.events)?;
+        Ok(end)
+    }
+
+    fn report(&mut self, sink: &mut dyn Sink, t_secs: f64) -> anyhow::Result<()> {
+        drain_vma(self.vma_events.get_mut(), &mut self.vma);
+        let register = self
+            .probes
+            .vma_register()
+            .context("reading the VMA register")?;
+        self.vma.register(&register);
+        let lost = self.probes.vma_lost().unwrap_or(0);
+        self.vma.tick(t_secs, now_ms(), lost, &mut self.events);
+        self.probes.flush_log();
+        self.maybe_refresh_breakdown();
+        sink.frame(&Frame {
+            target: &self.target,
+            attached: self.attached,
+            vma: self.vma.status(),
+            breakdown: self.breakdown.as_ref(),
+            events_lost: lost,
+        })?;
+        Ok(())
+    }
+
+    /// Starts a new read of /proc/PID/maps when the count moved enough and the last read is
+    /// old enough: at 65k mappings a read takes tens of milliseconds and holds the target's
+    /// mmap lock for reading, so it is never done on a timer alone.
+    fn maybe_refresh_breakdown(&mut self) {
+        let (Some(report), Some(_)) = (&self.breakdown, &self.reader) else {
+            return;
+        };
+        let count = self.vma.count();
+        let seen = report.breakdown.map_count();
+        let moved = count.abs_diff(seen);
+        let threshold = BREAKDOWN_MOVE_MIN.max((f64::from(count) * BREAKDOWN_MOVE) as u32);
+        let gap = BREAKDOWN_MIN_GAP.max(report.cost * 50);
+        if moved < threshold || report.read_at.elapsed() < gap {
+            return;
+        }
+        let mut reader = self.reader.take().expect("checked above");
+        let pid = self.target.pid;
+        if let Some(report) = self.breakdown.as_mut() {
+            report.read_at = Instant::now();
+        }
+        self.refresh = Some(tokio::task::spawn_blocking(move || {
+            let result = reader.read(pid);
+            (reader, result)
+        }));
+    }
+}
+
+/// Applies every pending VMA record.
+fn drain_vma(ring: &mut RingBuf<MapData>, vma: &mut VmaModel) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = probes::decode_vma_event(&item) {
+            vma.record(&event);
+        }
+    }
+}
+
+fn breakdown_event(pid: u32, report: &BreakdownReport) -> Event {
+    Event::VmaBreakdown {
+        ts: now_ms(),
+        pid,
+        map_count: report.breakdown.map_count(),
+        read_ms: (report.cost.as_secs_f64() * 10_000.0).round() / 10.0,
+        groups: report
+            .breakdown
+            .groups
+            .iter()
+            .map(|g| MappingGroup {
+                class: g.class.as_str(),
+                pattern: g.pattern.clone(),
+                dir: g.dir.clone(),
+                mappings: g.mappings,
+                files: g.files,
+                bytes: g.bytes,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,487 @@
+//! The target's VMA count against `vm.max_map_count`: live count, growth trend, time to
+//! exhaustion, and the `vma_exhaustion` alerts.
+
+pub mod maps;
+pub mod rate;
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use tracer_common::vma::{VmaEvent, VmaRegister, packed_count};
+
+use crate::{
+    alert::{Change, Check, Latch, Severity},
+    event::{AlertKind, Event},
+};
+use maps::thousands;
+use rate::{RateWindow, Trend};
+
+/// Where the kernel's limit lives.
+pub const MAX_MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
+
+/// Reads `vm.max_map_count`.
+pub fn read_max_map_count() -> std::io::Result<u32> {
+    let text = std::fs::read_to_string(MAX_MAP_COUNT)?;
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// When `vma_exhaustion` fires, per severity.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    /// Warn when the time to exhaustion is below this many seconds...
+    pub warn_eta_secs: f64,
+    /// ...or the count is above this fraction of the limit.
+    pub warn_usage: f64,
+    pub crit_eta_secs: f64,
+    pub crit_usage: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            warn_eta_secs: 6.0 * 3600.0,
+            warn_usage: 0.80,
+            crit_eta_secs: 30.0 * 60.0,
+            crit_usage: 0.95,
+        }
+    }
+}
+
+/// A raised alert clears only when the usage is this much below its threshold...
+const USAGE_HYSTERESIS: f64 = 0.02;
+/// ...and the time to exhaustion this many times above its threshold (or unknown).
+const ETA_HYSTERESIS: f64 = 1.25;
+
+/// Thread names (`comm`) tracked for attribution; further names count as "other".
+const MAX_THREAD_NAMES: usize = 256;
+
+/// The live state, for the terminal view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmaStatus {
+    pub count: u32,
+    pub limit: u32,
+    pub peak: u32,
+    pub trend: Option<Trend>,
+    pub eta_secs: Option<f64>,
+    pub alert: Option<Severity>,
+    /// Net change of the count per thread name over the last one to two minutes, largest
+    /// growth first.
+    pub growth_by_thread: Vec<(String, i64)>,
+}
+
+/// The VMA model of one target.
+pub struct VmaModel {
+    pid: u32,
+    thresholds: Thresholds,
+    limit: u32,
+    count: u32,
+    /// Highest ticket applied from the ring buffer; older records do not move the count.
+    latest_ticket: u64,
+    /// Count of the previous record applied, for per-thread attribution.
+    last_record_count: u32,
+    peak: u32,
+    window: RateWindow,
+    trend: Option<Trend>,
+    warning: Latch,
+    critical: Latch,
+    /// Net change per thread name in the current and the previous minute.
+    growth: [HashMap<[u8; 16], i64>; 2],
+    growth_minute: u64,
+}
+
+impl VmaModel {
+    /// A model seeded with the count read from /proc/PID/maps at attach.
+    pub fn new(pid: u32, seed: u32, limit: u32, thresholds: Thresholds, window_secs: f64) -> Self {
+        Self {
+            pid,
+            thresholds,
+            limit,
+            count: seed,
+            latest_ticket: 0,
+            last_record_count: seed,
+            peak: seed,
+            window: RateWindow::new(window_secs),
+            trend: None,
+            warning: Latch::default(),
+            critical: Latch::default(),
+            growth: [HashMap::new(), HashMap::new()],
+            growth_minute: 0,
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
+    /// Applies one ring-buffer record. Records can arrive out of order across CPUs; the one
+    /// with the highest ticket holds the newest count.
+    pub fn record(&mut self, event: &VmaEvent) {
+        self.peak = self.peak.max(event.map_count);
+        let delta = i64::from(event.map_count) - i64::from(self.last_record_count);
+        self.last_record_count = event.map_count;
+        let names = &mut self.growth[0];
+        let key = if names.len() < MAX_THREAD_NAMES || names.contains_key(&event.comm) {
+            event.comm
+        } else {
+            *b"(other)\0\0\0\0\0\0\0\0\0"
+        };
+        *names.entry(key).or_default() += delta;
+        if event.ticket > self.latest_ticket {
+            self.latest_ticket = event.ticket;
+            self.count = event.map_count;
+        }
+    }
+
+    /// Applies the kernel's register, which holds the newest reading of all: it is exact even
+    /// when ring-buffer records were lost.
+    pub fn register(&mut self, register: &VmaRegister) {
+        if register.latest != 0 {
+            self.count = packed_count(register.latest);
+            self.peak = self.peak.max(self.count);
+        }
+    }
+
+    /// Samples the count at `t_secs` (monotonic), refreshes the trend, raises or resolves
+    /// alerts, and appends the events of this tick to `out`.
+    pub fn tick(&mut self, t_secs: f64, ts: u64, events_lost: u64, out: &mut Vec<Event>) {
+        self.window.push(t_secs, f64::from(self.count));
+        self.trend = self.window.trend();
+        let limit = f64::from(self.limit);
+        let eta = self.eta_secs();
+        let usage = f64::from(self.count) / limit;
+
+        out.push(Event::Vma {
+            ts,
+            pid: self.pid,
+            map_count: self.count,
+            peak: self.peak,
+            max_map_count: self.limit,
+            usage: (usage * 10_000.0).round() / 10_000.0,
+            growth_per_min: self.trend.map(|t| (t.per_sec * 600.0).round() / 10.0),
+            eta_seconds: eta.map(round_secs),
+            events_lost,
+        });
+        self.peak = self.count;
+
+        let t = self.thresholds;
+        for (severity, eta_limit, usage_limit) in [
+            (Severity::Warning, t.warn_eta_secs, t.warn_usage),
+            (Severity::Critical, t.crit_eta_secs, t.crit_usage),
+        ] {
+            let check = Check {
+                firing: usage >= usage_limit || eta.is_some_and(|e| e <= eta_limit),
+                cleared: usage < usage_limit - USAGE_HYSTERESIS
+                    && eta.is_none_or(|e| e > eta_limit * ETA_HYSTERESIS),
+            };
+            let latch = match severity {
+                Severity::Warning => &mut self.warning,
+                Severity::Critical => &mut self.critical,
+            };
+            match latch.update(check) {
+                Some(Change::Raise) => out.push(Event::Alert {
+                    ts,
+                    pid: self.pid,
+                    kind: AlertKind::VmaExhaustion,
+                    severity,
+                    message: self.describe(eta),
+                    eta_seconds: eta.map(round_secs),
+                }),
+                Some(Change::Resolve) => out.push(Event::AlertResolved {
+                    ts,
+                    pid: self.pid,
+                    kind: AlertKind::VmaExhaustion,
+                    severity,
+                    message: format!(
+                        "VMA count back to {} of {} ({:.1}%){}",
+                        thousands(self.count.into()),
+                        thousands(self.limit.into()),
+                        usage * 100.0,
+                        eta.map_or_else(String::new, |e| format!(
+                            ", exhaustion in {}",
+                            duration(e)
+                        ))
+                    ),
+                }),
+                None => {}
+            }
+        }
+
+        let minute = (t_secs / 60.0) as u64;
+        if minute != self.growth_minute {
+            self.growth_minute = minute;
+            self.growth.swap(0, 1);
+            self.growth[0].clear();
+        }
+    }
+
+    /// Seconds until the trend reaches the limit.
+    pub fn eta_secs(&self) -> Option<f64> {
+        let trend = self.trend?;
+        // The fitted level smooths churn, but never report more headroom than the count has.
+        let level = trend.level.max(f64::from(self.count));
+        Trend { level, ..trend }.eta_secs(f64::from(self.limit))
+    }
+
+    pub fn status(&self) -> VmaStatus {
+        let mut by_name: HashMap<&[u8; 16], i64> = HashMap::new();
+        for minute in &self.growth {
+            for (name, delta) in minute {
+                *by_name.entry(name).or_default() += delta;
+            }
+        }
+        let mut growth_by_thread: Vec<(String, i64)> = by_name
+            .into_iter()
+            .filter(|&(_, delta)| delta != 0)
+            .map(|(name, delta)| (comm_to_string(name), delta))
+            .collect();
+        growth_by_thread.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        VmaStatus {
+            count: self.count,
+            limit: self.limit,
+            peak: self.peak,
+            trend: self.trend,
+            eta_secs: self.eta_secs(),
+            alert: if self.critical.is_active() {
+                Some(Severity::Critical)
+            } else if self.warning.is_active() {
+                Some(Severity::Warning)
+            } else {
+                None
+            },
+            growth_by_thread,
+        }
+    }
+
+    /// The alert text: what, how fast, when, and what to do about it.
+    fn describe(&self, eta: Option<f64>) -> String {
+        let usage = f64::from(self.count) / f64::from(self.limit) * 100.0;
+        let mut message = format!(
+            "VMA count {} of vm.max_map_count {} ({usage:.1}%)",
+            thousands(self.count.into()),
+            thousands(self.limit.into()),
+        );
+        if let (Some(trend), Some(eta)) = (self.trend, eta) {
+            let _ = write!(
+                message,
+                ", growing {}/min: limit reached in {}",
+                rate_per_min(trend.per_sec),
+                duration(eta)
+            );
+        }
+        message.push_str(
+            "; mmap will fail (Kafka: \"Map failed\") - raise it (sysctl -w vm.max_map_count=262144) \
+             or cut mapped segments (fewer partitions, larger segment.bytes, shorter retention)",
+        );
+        message
+    }
+}
+
+/// A growth rate for humans: "+1,203", "+2.5", "-40".
+pub fn rate_per_min(per_sec: f64) -> String {
+    let per_min = per_sec * 60.0;
+    if per_min.abs() >= 100.0 {
+        let sign = if per_min < 0.0 { "-" } else { "+" };
+        format!("{sign}{}", thousands(per_min.abs().round() as u64))
+    } else {
+        format!("{per_min:+.1}")
+    }
+}
+
+fn round_secs(secs: f64) -> u64 {
+    secs.round() as u64
+}
+
+/// `comm` bytes up to the first NUL.
+pub fn comm_to_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Seconds for humans: "45s", "12m 5s", "3h 20m", "4d 2h".
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::vma::pack;
+
+    use super::*;
+
+    fn record(ticket: u64, map_count: u32, comm: &str) -> VmaEvent {
+        let mut name = [0u8; 16];
+        name[..comm.len()].copy_from_slice(comm.as_bytes());
+        VmaEvent {
+            ts_ns: 0,
+            ticket,
+            ret: 0,
+            tid: 1,
+            map_count,
+            syscall_nr: 9,
+            pad: 0,
+            comm: name,
+        }
+    }
+
+    fn alerts(events: &[Event]) -> Vec<(&'static str, Severity)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Alert { severity, .. } => Some(("alert", *severity)),
+                Event::AlertResolved { severity, .. } => Some(("resolved", *severity)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_highest_ticket_wins_and_the_register_is_final() {
+        let mut model = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
+        model.record(&record(5, 110, "a"));
+        model.record(&record(4, 105, "b"));
+        assert_eq!(model.count(), 110);
+        model.register(&VmaRegister {
+            next_ticket: 6,
+            latest: pack(6, 111),
+        });
+        assert_eq!(model.count(), 111);
+        // An empty register (no syscall since attach) keeps the seed.
+        let mut fresh = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
+        fresh.register(&VmaRegister::default());
+        assert_eq!(fresh.count(), 100);
+    }
+
+    #[test]
+    fn growth_is_attributed_to_thread_names() {
+        let mut model = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
+        model.record(&record(1, 102, "log-cleaner"));
+        model.record(&record(2, 101, "gc"));
+        model.record(&record(3, 105, "log-cleaner"));
+        let status = model.status();
+        assert_eq!(
+            status.growth_by_thread,
+            vec![("log-cleaner".to_owned(), 6), ("gc".to_owned(), -1)]
+        );
+        assert_eq!(status.peak, 105);
+    }
+
+    #[test]
+    fn steady_growth_warns_then_goes_critical_with_a_true_eta() {
+        let thresholds = Thresholds::default();
+        let mut model = VmaModel::new(7, 10_000, 65_530, thresholds, 600.0);
+        let mut events = Vec::new();
+        let mut first_eta = None;
+        // 1,000 mappings a minute.
+        for t in 0..3000u32 {
+            let count = 10_000 + t * 1000 / 60;
+            model.register(&VmaRegister {
+                next_ticket: 1,
+                latest: pack(1, count),
+            });
+            let before = events.len();
+            model.tick(f64::from(t), u64::from(t) * 1000, 0, &mut events);
+            if first_eta.is_none()
+                && let Some(Event::Vma {
+                    eta_seconds: Some(eta),
+                    ..
+                }) = events.get(before)
+            {
+                first_eta = Some((t, *eta));
+            }
+        }
+        let (t0, eta) = first_eta.unwrap();
+        let true_eta = f64::from(65_530 - (10_000 + t0 * 1000 / 60)) * 60.0 / 1000.0;
+        // Counts are whole numbers, so the first seconds of samples give the rate to ~1%.
+        assert!(
+            (eta as f64 - true_eta).abs() < true_eta * 0.01,
+            "eta {eta} vs {true_eta}"
+        );
+        // 55,530 of headroom at 1,000/min: ETA < 6h at once, < 30 min after ~25 min.
+        assert_eq!(
+            alerts(&events),
+            vec![("alert", Severity::Warning), ("alert", Severity::Critical)]
+        );
+        assert_eq!(model.status().alert, Some(Severity::Critical));
+    }
+
+    #[test]
+    fn usage_alerts_resolve_with_hysteresis_when_the_limit_is_raised() {
+        let mut model = VmaModel::new(7, 60_000, 65_530, Thresholds::default(), 600.0);
+        let mut events = Vec::new();
+        model.tick(0.0, 0, 0, &mut events);
+        assert_eq!(alerts(&events), vec![("alert", Severity::Warning)]);
+        // 91.6% of a slightly higher limit: still above warning - nothing new.
+        model.set_limit(65_500);
+        model.tick(1.0, 1000, 0, &mut events);
+        assert_eq!(alerts(&events).len(), 1);
+        // sysctl -w vm.max_map_count=262144: the warning clears exactly once.
+        model.set_limit(262_144);
+        model.tick(2.0, 2000, 0, &mut events);
+        model.tick(3.0, 3000, 0, &mut events);
+        assert_eq!(
+            alerts(&events),
+            vec![
+                ("alert", Severity::Warning),
+                ("resolved", Severity::Warning)
+            ]
+        );
+        let Some(Event::Alert { message, .. }) =
+            events.iter().find(|e| matches!(e, Event::Alert { .. }))
+        else {
+            panic!("no alert")
+        };
+        assert!(
+            message.contains("60,000 of vm.max_map_count 65,530 (91.6%)"),
+            "{message}"
+        );
+        assert!(message.contains("sysctl -w vm.max_map_count"), "{message}");
+    }
+
+    #[test]
+    fn vma_events_report_unknown_rates_as_null() {
+        let mut model = VmaModel::new(3, 500, 65_530, Thresholds::default(), 600.0);
+        let mut events = Vec::new();
+        model.tick(0.0, 1, 2, &mut events);
+        assert_eq!(
+            events[0],
+            Event::Vma {
+                ts: 1,
+                pid: 3,
+                map_count: 500,
+                peak: 500,
+                max_map_count: 65_530,
+                usage: 0.0076,
+                growth_per_min: None,
+                eta_seconds: None,
+                events_lost: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn rates_for_humans() {
+        assert_eq!(rate_per_min(20.05), "+1,203");
+        assert_eq!(rate_per_min(-1.0), "-60.0");
+        assert_eq!(rate_per_min(-10.0), "-600");
+        assert_eq!(rate_per_min(0.0), "+0.0");
+    }
+
+    #[test]
+    fn durations_for_humans() {
+        assert_eq!(duration(44.6), "45s");
+        assert_eq!(duration(725.0), "12m 5s");
+        assert_eq!(duration(12_000.0), "3h 20m");
+        assert_eq!(duration(360_000.0), "4d 4h");
+    }
+}

@@ -1,0 +1,156 @@
+//! `cargo xtask`: the project's own commands. Each one installs what it needs first, so a
+//! fresh machine goes from clone to result with one command.
+//!
+//! - `cargo xtask setup`: nightly rust-src, bpf-linker (built against nightly's LLVM), and the
+//!   Debian packages the tests use.
+//! - `cargo xtask build`: setup, then `target/release/tracer` with the eBPF object embedded.
+//! - `cargo xtask demo`: build, then `tracer demo` (as root).
+//! - `cargo xtask test`: build, then unit tests and the integration tests (as root).
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, build, demo and test tracer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages the build and the tests need.
+    Setup,
+    /// Build target/release/tracer (one file, eBPF object embedded).
+    Build,
+    /// Build, then run the tracer on its built-in demo workload.
+    Demo {
+        /// Arguments passed to `tracer demo` (e.g. -- --duration 60).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every test: unit tests, then the integration tests against real
+    /// processes (needs root).
+    Test {
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Setup => setup::run(),
+        Task::Build => build(&root).map(|_| ()),
+        Task::Demo { args } => {
+            let tracer = build(&root)?;
+            let mut command = as_root(&tracer);
+            command.arg("demo").args(args);
+            check(&mut command)
+        }
+        Task::Test { filter } => test(&root, filter.as_deref()),
+    }
+}
+
+/// Sets up, then builds the release binary; returns its path.
+fn build(root: &Path) -> anyhow::Result<PathBuf> {
+    setup::run()?;
+    check(cargo(root).args(["build", "--release", "--package", "tracer"]))?;
+    let tracer = root.join("target/release/tracer");
+    if !tracer.is_file() {
+        bail!("the build left no {}", tracer.display());
+    }
+    Ok(tracer)
+}
+
+fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
+    let tracer = build(root)?;
+    check(cargo(root).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-tests",
+        "--exclude",
+        "tracer-ebpf",
+    ]))?;
+    let mut integration = cargo(root);
+    integration
+        .args(["test", "--release", "--package", "tracer-tests", "--"])
+        .arg("--test-threads=1");
+    if let Some(filter) = filter {
+        integration.arg(filter);
+    }
+    integration.env("TRACER_BIN", &tracer);
+    check(&mut as_root_command(integration))
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(root)
+        .env("PATH", setup::path_with_cargo_bin());
+    command
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `program` run as root: directly when we are root, through sudo otherwise.
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command
+            .arg("--preserve-env=TRACER_BIN,PATH,RUST_LOG")
+            .arg(program);
+        command
+    }
+}
+
+fn as_root_command(command: Command) -> Command {
+    if is_root() {
+        return command;
+    }
+    let mut sudo = Command::new("sudo");
+    sudo.arg("--preserve-env=TRACER_BIN,PATH,RUST_LOG,CARGO_HOME,RUSTUP_HOME,RUSTUP_TOOLCHAIN");
+    if let Some(dir) = command.get_current_dir() {
+        sudo.current_dir(dir);
+    }
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            sudo.env(key, value);
+        }
+    }
+    sudo.arg(command.get_program()).args(command.get_args());
+    sudo
+}
+
+/// Runs `command`, failing with its command line when it fails.
+pub fn check(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
