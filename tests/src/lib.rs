@@ -36,24 +36,51 @@ pub fn tracer_bin() -> PathBuf {
 }
 
 /// A directory under the system temp dir, removed when dropped.
-pub struct TempDir(PathBuf);
+pub struct TempDir {
+    path: PathBuf,
+    mounted: bool,
+}
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
         let path = std::env::temp_dir().join(format!("tracer-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
+        Self {
+            path,
+            mounted: false,
+        }
+    }
+
+    /// A temp dir with a tmpfs of its own: creating tens of thousands of files is fast there
+    /// (on ext4 it slows to a few hundred per second next to recently deleted inodes), and
+    /// unmounting frees everything at once.
+    pub fn tmpfs(name: &str) -> Self {
+        let mut dir = Self::new(name);
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2g", "tracer-test"])
+            .arg(&dir.path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs on {}", dir.path.display());
+        dir.mounted = true;
+        dir
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.mounted {
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(&self.path)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -113,6 +140,28 @@ pub fn programs_unloaded(prefix: &str) -> bool {
         thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+/// Sets a sysctl for the life of the guard, restoring the old value on drop.
+pub struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(name: &str, value: &str) -> Self {
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        let old = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        Self { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, self.old.trim());
+    }
 }
 
 /// Number of loaded BPF programs whose name starts with `prefix` (from `bpftool`).
@@ -183,6 +232,11 @@ impl Process {
         }
     }
 
+    /// The next stdout line if one is waiting.
+    pub fn try_line(&self) -> Option<(Instant, String)> {
+        self.lines.try_recv().ok()
+    }
+
     /// Skips lines until one starts with `prefix`; returns it.
     pub fn expect_line(&self, prefix: &str, timeout: Duration) -> (Instant, String) {
         let deadline = Instant::now() + timeout;
@@ -223,6 +277,8 @@ impl Drop for Process {
 /// `tracer attach --pid PID --json ARGS...`, its NDJSON parsed line by line.
 pub struct Tracer {
     pub process: Process,
+    /// Every event read so far, in order.
+    history: std::cell::RefCell<Vec<Event>>,
 }
 
 /// One event from the tracer, with the time the test read it.
@@ -252,6 +308,7 @@ impl Tracer {
             .args(args);
         let tracer = Self {
             process: Process::spawn(&mut command),
+            history: std::cell::RefCell::default(),
         };
         tracer.expect("target_attached", Duration::from_secs(10));
         tracer
@@ -259,10 +316,31 @@ impl Tracer {
 
     /// The next event; `None` when the tracer has exited.
     pub fn next(&self, timeout: Duration) -> Option<Event> {
-        self.process.next_line(timeout).map(|(at, line)| Event {
+        self.process.next_line(timeout).map(|line| self.parse(line))
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&self) -> Option<Event> {
+        self.process.try_line().map(|line| self.parse(line))
+    }
+
+    /// Every event of type `kind` read so far.
+    pub fn seen(&self, kind: &str) -> Vec<Event> {
+        self.history
+            .borrow()
+            .iter()
+            .filter(|e| e.kind() == kind)
+            .cloned()
+            .collect()
+    }
+
+    fn parse(&self, (at, line): (Instant, String)) -> Event {
+        let event = Event {
             at,
             json: serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
-        })
+        };
+        self.history.borrow_mut().push(event.clone());
+        event
     }
 
     /// Skips events until one of type `kind`.

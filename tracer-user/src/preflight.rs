@@ -18,9 +18,9 @@ const MIN_KERNEL: (u32, u32) = (5, 12);
 
 /// Runs every check, then raises the memlock limit; returns the kernel's BTF.
 pub fn check() -> anyhow::Result<Btf> {
-    check_privileges(
-        &fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?,
-    )?;
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    check_privileges(&status)?;
+    check_pid_namespace(&status)?;
     let release = kernel_release();
     check_kernel(&release)?;
     if !std::path::Path::new(btf::VMLINUX).exists() {
@@ -48,6 +48,21 @@ fn check_privileges(status: &str) -> anyhow::Result<()> {
     bail!(
         "tracer needs root (or the capabilities CAP_BPF and CAP_PERFMON) to load its eBPF probes - run it with sudo"
     );
+}
+
+/// The probes compare the kernel's own (initial namespace) process ids, so tracer must see
+/// them: `NSpid` lists one id per nested pid namespace, and only one in the host's.
+fn check_pid_namespace(status: &str) -> anyhow::Result<()> {
+    let depth = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .map_or(1, |ids| ids.split_whitespace().count());
+    if depth > 1 {
+        bail!(
+            "tracer runs in a container's pid namespace, where process ids differ from the kernel's - run it in the host's (docker run --pid=host, Kubernetes hostPID: true)"
+        );
+    }
+    Ok(())
 }
 
 fn kernel_release() -> String {
@@ -106,6 +121,13 @@ mod tests {
         let denied = check_privileges("CapInh:\t0000000000000000\nCapEff:\t0000004000000000\n");
         assert!(denied.unwrap_err().to_string().contains("run it with sudo"));
         assert!(check_privileges("").is_err());
+    }
+
+    #[test]
+    fn only_the_host_pid_namespace() {
+        assert!(check_pid_namespace("Name:\tx\nNSpid:\t4242\n").is_ok());
+        let nested = check_pid_namespace("NSpid:\t4242\t7\n").unwrap_err();
+        assert!(nested.to_string().contains("hostPID"), "{nested}");
     }
 
     #[test]
