@@ -62,6 +62,12 @@ fn attach(pid: &str) -> Command {
     command
 }
 
+/// Runs a shell script in a private mount namespace, where mounts can be changed without
+/// touching the machine's.
+fn in_private_mounts(script: &str) -> Output {
+    run(Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", script]))
+}
+
 fn sleeper() -> Process {
     Process::spawn(Command::new("sleep").arg("60"))
 }
@@ -123,15 +129,7 @@ fn a_kernel_without_btf() {
         tracer_bin().display(),
         target.pid
     );
-    let output = run(Command::new("unshare").args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ]));
-    assert_fails_with(&output, "CONFIG_DEBUG_INFO_BTF");
+    assert_fails_with(&in_private_mounts(&script), "CONFIG_DEBUG_INFO_BTF");
 }
 
 #[test]
@@ -146,14 +144,7 @@ fn tracefs_is_not_needed() {
         tracer_bin().display(),
         target.pid
     );
-    let output = run(Command::new("unshare").args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ]));
+    let output = in_private_mounts(&script);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

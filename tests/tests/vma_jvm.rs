@@ -44,6 +44,23 @@ fn java(classes: &Path, class: &str, args: &[&str]) -> Command {
     command
 }
 
+/// A SegmentRoller JVM writing into its own tmpfs, waiting for "GO"; the temp dirs live as
+/// long as the returned guards.
+fn segment_roller(name: &str, args: &[&str]) -> (Process, String, [TempDir; 2]) {
+    let classes = TempDir::new(name);
+    compile_java("SegmentRoller", classes.path());
+    // tmpfs: creating tens of thousands of index files on ext4 is far slower.
+    let logs = TempDir::tmpfs(&format!("{name}-logs"));
+    let root = logs.path().to_str().expect("utf-8 path").to_owned();
+    let jvm = Process::spawn(&mut java(
+        classes.path(),
+        "SegmentRoller",
+        &[&["--root", &root], args].concat(),
+    ));
+    jvm.expect_line("READY", Duration::from_secs(30));
+    (jvm, root, [classes, logs])
+}
+
 /// What the test saw of a JVM's run to its death.
 #[derive(Default)]
 struct Observed {
@@ -124,16 +141,9 @@ fn follow_to_death(jvm: &Process, tracer: &Tracer, half_headroom: u64) -> Observ
 #[test]
 fn jvm_rolling_segments_to_death_is_predicted() {
     let _limit = Sysctl::set("vm.max_map_count", &DEFAULT_MAX_MAP_COUNT.to_string());
-    let classes = TempDir::new("jvm-classes");
-    compile_java("SegmentRoller", classes.path());
-    let logs = TempDir::tmpfs("kafka-logs");
-    let root = logs.path().to_str().expect("utf-8 path");
-    let mut jvm = Process::spawn(&mut java(
-        classes.path(),
-        "SegmentRoller",
+    let (mut jvm, _root, _dirs) = segment_roller(
+        "jvm-death",
         &[
-            "--root",
-            root,
             "--partitions",
             "50",
             "--rate",
@@ -143,8 +153,7 @@ fn jvm_rolling_segments_to_death_is_predicted() {
             "--pause-ms",
             "2500",
         ],
-    ));
-    jvm.expect_line("READY", Duration::from_secs(30));
+    );
     let mut tracer = Tracer::attach(jvm.pid, &[]);
     let first = tracer.expect("vma", Duration::from_secs(5));
     let (start_count, limit) = (first.u64("map_count"), first.u64("max_map_count"));
@@ -193,17 +202,10 @@ fn jvm_rolling_segments_to_death_is_predicted() {
 
 #[test]
 fn jvm_at_rest_matches_proc() {
-    let classes = TempDir::new("jvm-rest");
-    compile_java("SegmentRoller", classes.path());
-    let logs = TempDir::tmpfs("kafka-rest");
-    let root = logs.path().to_str().expect("utf-8 path");
     // 3,000 segments, then the JVM pauses for a minute with its 6,000 index mappings.
-    let mut jvm = Process::spawn(&mut java(
-        classes.path(),
-        "SegmentRoller",
+    let (mut jvm, root, _dirs) = segment_roller(
+        "jvm-rest",
         &[
-            "--root",
-            root,
             "--rate",
             "0",
             "--max-segments",
@@ -213,8 +215,7 @@ fn jvm_at_rest_matches_proc() {
             "--pause-ms",
             "60000",
         ],
-    ));
-    jvm.expect_line("READY", Duration::from_secs(30));
+    );
     let tracer = Tracer::attach(jvm.pid, &[]);
     jvm.send("GO");
     jvm.expect_line("PAUSE", Duration::from_mins(1));

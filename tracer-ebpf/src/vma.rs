@@ -11,6 +11,7 @@ use aya_ebpf::{
     maps::{Array, RingBuf},
     programs::RawTracePointContext,
 };
+use aya_log_ebpf::{error, warn};
 use tracer_common::{
     lost::LOST_VMA,
     vma::{VmaEvent, VmaRegister, WAKEUP_BYTES, is_newer, is_settled, pack, packed_count},
@@ -35,7 +36,7 @@ const CAS_ATTEMPTS: usize = 8;
 pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
     let offsets = target::offsets();
     let register = VMA_STATE.get_ptr_mut(0).ok_or(())?;
-    let Some(count) = read_map_count(offsets.task_mm, offsets.mm_map_count) else {
+    let Some(count) = read_map_count(ctx, offsets.task_mm, offsets.mm_map_count) else {
         return Ok(());
     };
     // SAFETY: `register` points into the array map's value, valid for the program's run; its
@@ -58,9 +59,13 @@ pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
         // Lost every race for a ticket: count it as a lost record. The next exit of any of
         // the target's threads publishes the count again.
         lost::count(LOST_VMA);
+        warn!(
+            ctx,
+            "no VMA ticket after {} compare-and-swap races", CAS_ATTEMPTS
+        );
         return Ok(());
     };
-    let Some(count) = read_map_count(offsets.task_mm, offsets.mm_map_count) else {
+    let Some(count) = read_map_count(ctx, offsets.task_mm, offsets.mm_map_count) else {
         return Ok(());
     };
     let mut current = unsafe { atomic::load(latest) };
@@ -82,18 +87,28 @@ pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// `current->mm->map_count`, or `None` for a task without an mm (exiting) or a failed read.
+/// `current->mm->map_count`, or `None` for a task without an mm (exiting). A failed read
+/// means the offsets from BTF are wrong for this kernel: logged, since nothing else would show.
 #[inline(always)]
-fn read_map_count(task_mm: u32, mm_map_count: u32) -> Option<u32> {
+fn read_map_count(ctx: &RawTracePointContext, task_mm: u32, mm_map_count: u32) -> Option<u32> {
     // SAFETY: reads of kernel memory through bpf_probe_read_kernel, which checks the address.
-    unsafe {
+    let result = unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let mm: *const u8 = bpf_probe_read_kernel(task.add(task_mm as usize).cast()).ok()?;
-        if mm.is_null() {
-            return None;
+        match bpf_probe_read_kernel::<*const u8>(task.add(task_mm as usize).cast()) {
+            Ok(mm) if mm.is_null() => return None,
+            Ok(mm) => bpf_probe_read_kernel::<i32>(mm.add(mm_map_count as usize).cast()),
+            Err(e) => Err(e),
         }
-        let count: i32 = bpf_probe_read_kernel(mm.add(mm_map_count as usize).cast()).ok()?;
-        u32::try_from(count).ok()
+    };
+    match result {
+        Ok(count) => u32::try_from(count).ok(),
+        Err(e) => {
+            error!(
+                ctx,
+                "reading current->mm->map_count failed ({}): wrong BTF offsets?", e
+            );
+            None
+        }
     }
 }
 

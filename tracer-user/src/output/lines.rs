@@ -31,25 +31,22 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 severity,
                 message,
                 ..
-            } => {
-                writeln!(
-                    out,
-                    "{} {pid} ALERT {} {}: {message}",
-                    clock(*ts),
-                    severity.as_str(),
-                    kind.as_str()
-                )?;
             }
-            Event::AlertResolved {
+            | Event::AlertResolved {
                 ts,
                 pid,
                 kind,
                 severity,
                 message,
             } => {
+                let what = if matches!(event, Event::Alert { .. }) {
+                    "ALERT"
+                } else {
+                    "resolved"
+                };
                 writeln!(
                     out,
-                    "{} {pid} resolved {} {}: {message}",
+                    "{} {pid} {what} {} {}: {message}",
                     clock(*ts),
                     severity.as_str(),
                     kind.as_str()
