@@ -142,6 +142,135 @@ pub fn programs_unloaded(prefix: &str) -> bool {
     true
 }
 
+/// The target's TCP sockets per state as `ss -tanp` shows them (sockets with `pid=PID` among
+/// their users), in state names as the tracer spells them. `netns` runs `ss` inside a named
+/// network namespace.
+pub fn ss_states(pid: u32, netns: Option<&Netns>) -> std::collections::BTreeMap<String, u64> {
+    let mut command = match netns {
+        Some(ns) => ns.exec(Path::new("ss")),
+        None => Command::new("ss"),
+    };
+    let out = command.arg("-tanpH").output().expect("run ss (iproute2)");
+    assert!(
+        out.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let needle = format!("pid={pid},");
+    let mut states = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+    {
+        let state = match line.split_whitespace().next().unwrap_or_default() {
+            "ESTAB" => "ESTABLISHED".to_owned(),
+            "UNCONN" | "CLOSED" => "CLOSE".to_owned(),
+            other => other.replace("WAIT-", "WAIT").replace('-', "_"),
+        };
+        *states.entry(state).or_insert(0) += 1;
+    }
+    states
+}
+
+/// A network namespace of the test's own, with loopback up; removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let netns = Self {
+            name: format!("tracer-{tag}-{}", std::process::id()),
+        };
+        ip(&["netns", "add", &netns.name]);
+        ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// `program` run inside the namespace.
+    pub fn exec(&self, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Sets a sysctl of the namespace (net.* sysctls are per namespace).
+    pub fn sysctl(&self, name: &str, value: &str) {
+        let status = self
+            .exec(Path::new("sysctl"))
+            .args(["-q", "-w", &format!("{name}={value}")])
+            .status()
+            .expect("run sysctl");
+        assert!(status.success(), "sysctl {name}={value} in {}", self.name);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+/// Two network namespaces joined by a veth pair: a small network of the test's own, with
+/// [`VethPair::A_ADDR`] on side `a` and [`VethPair::B_ADDR`] on side `b`.
+pub struct VethPair {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl VethPair {
+    pub const A_ADDR: &str = "192.0.2.1";
+    pub const B_ADDR: &str = "192.0.2.2";
+
+    #[expect(
+        clippy::new_without_default,
+        reason = "it creates namespaces: not a default value"
+    )]
+    pub fn new() -> Self {
+        let pair = Self {
+            a: Netns::new("a"),
+            b: Netns::new("b"),
+        };
+        let id = std::process::id();
+        let (va, vb) = (format!("tra{id}"), format!("trb{id}"));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        for (ns, dev, addr) in [(&pair.a, &va, Self::A_ADDR), (&pair.b, &vb, Self::B_ADDR)] {
+            ip(&["link", "set", dev, "netns", &ns.name]);
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
+            ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
 /// Sets a sysctl for the life of the guard, restoring the old value on drop.
 pub struct Sysctl {
     path: PathBuf,
@@ -293,6 +422,16 @@ impl Event {
         self.json["type"].as_str().unwrap_or_default()
     }
 
+    /// The non-zero `states` of a `sockets` event, as [`ss_states`] gives them.
+    pub fn states(&self) -> std::collections::BTreeMap<String, u64> {
+        self.json["states"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no states in {}", self.json))
+            .iter()
+            .filter_map(|(state, n)| Some((state.clone(), n.as_u64()?)).filter(|(_, n)| *n > 0))
+            .collect()
+    }
+
     pub fn u64(&self, field: &str) -> u64 {
         self.json[field]
             .as_u64()
@@ -358,11 +497,27 @@ impl Tracer {
 
     /// The first `vma` event read after `after`.
     pub fn vma_after(&self, after: Instant) -> Event {
+        self.after("vma", after)
+    }
+
+    /// The first event of type `kind` read after `after`, within 30 s.
+    pub fn after(&self, kind: &str, after: Instant) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let event = self.expect("vma", Duration::from_secs(5));
-            if event.at > after {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {kind} event within 30 s");
+            let event = self
+                .next(left)
+                .unwrap_or_else(|| panic!("tracer exited before a {kind} event"));
+            if event.kind() == kind && event.at > after {
                 return event;
             }
         }
+    }
+
+    /// The `states` of the first `sockets` event after `after`, without zeros, as
+    /// [`ss_states`] gives them.
+    pub fn states_after(&self, after: Instant) -> std::collections::BTreeMap<String, u64> {
+        self.after("sockets", after).states()
     }
 }

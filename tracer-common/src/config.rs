@@ -8,23 +8,53 @@
 /// initial pid namespace). The programs return at once for every other process.
 pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
 
-/// Name of the global holding [`KernelOffsets`].
-pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
+/// Name of the global holding [`KernelLayout`].
+pub const KERNEL_LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
 
-/// Byte offsets of the kernel structure fields the programs read with
-/// `bpf_probe_read_kernel`. rustc emits no CO-RE relocations, so these come from
-/// `/sys/kernel/btf/vmlinux` at load time.
+/// An offset that this kernel does not have (an optional field).
+pub const ABSENT: u32 = u32::MAX;
+
+/// Where things are in the running kernel: byte offsets of the structure fields the programs
+/// read with `bpf_probe_read_kernel` (rustc emits no CO-RE relocations, so these come from
+/// `/sys/kernel/btf/vmlinux` at load time), and syscall numbers of this architecture.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    /// `struct task_struct` -> `mm` (`struct mm_struct *`).
+pub struct KernelLayout {
+    /// `task_struct.mm` (`struct mm_struct *`).
     pub task_mm: u32,
-    /// `struct mm_struct` -> `map_count` (`int`); on 6.x kernels it sits in an anonymous struct.
+    /// `mm_struct.map_count` (`int`); on 6.x kernels it sits in an anonymous struct.
     pub mm_map_count: u32,
-    /// `struct pt_regs` -> the syscall number (`orig_ax` on x86-64, `syscallno` on arm64).
+    /// The syscall number in `struct pt_regs` (`orig_ax` on x86-64, `syscallno` on arm64).
     pub regs_syscall_nr: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// `task_struct.files` -> `files_struct.fdt` -> `fdtable.fd[n]` -> `file.private_data`
+    /// (`struct socket *`) -> `socket.sk`: from an fd returned by accept to its socket.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock_common` fields (at the start of `struct sock`).
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_net.net` (`struct net *`) and `net.ns.inum`: the socket's network
+    /// namespace, as `stat /proc/PID/ns/net` shows its inode.
+    pub skc_net: u32,
+    pub net_ns_inum: u32,
+    /// `sock.sk_protocol` (`u16` since 5.6).
+    pub sk_protocol: u32,
+    /// `sock.sk_socket`: NULL once the socket has no file (closed, or not yet accepted).
+    pub sk_socket: u32,
+    /// `sock.sk_shutdown` (`u8` since 6.4; [`ABSENT`] where it is a bitfield).
+    pub sk_shutdown: u32,
+    /// Syscall numbers of accept and accept4 on this architecture.
+    pub nr_accept: u32,
+    pub nr_accept4: u32,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 16);
+const _: () = assert!(size_of::<KernelLayout>() == 23 * 4);

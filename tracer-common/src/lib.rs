@@ -7,12 +7,15 @@
 
 pub mod config;
 pub mod lost;
+pub mod tcp;
 pub mod vma;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are `#[repr(C)]`, `Copy`, made of plain integers with explicit
     // padding, and valid for any bit pattern.
-    unsafe impl aya::Pod for crate::config::KernelOffsets {}
+    unsafe impl aya::Pod for crate::config::KernelLayout {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
+    unsafe impl aya::Pod for crate::tcp::ListenKey {}
+    unsafe impl aya::Pod for crate::tcp::TupleKey {}
 }

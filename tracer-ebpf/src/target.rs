@@ -1,20 +1,48 @@
 //! The read-only globals that say which process is traced and where to find kernel fields.
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use tracer_common::config::KernelOffsets;
+use tracer_common::config::KernelLayout;
 
 /// The target's thread-group id; set by the agent at load time (`TARGET_TGID_GLOBAL`).
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
 
-/// Offsets of kernel structure fields, from the running kernel's BTF (`KERNEL_OFFSETS_GLOBAL`).
+/// Field offsets and syscall numbers of the running kernel (`KERNEL_LAYOUT_GLOBAL`).
 #[unsafe(no_mangle)]
-static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     task_mm: 0,
     mm_map_count: 0,
     regs_syscall_nr: 0,
-    pad: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_state: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    skc_net: 0,
+    net_ns_inum: 0,
+    sk_protocol: 0,
+    sk_socket: 0,
+    sk_shutdown: 0,
+    nr_accept: 0,
+    nr_accept4: 0,
 };
+
+/// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.
+macro_rules! layout {
+    ($field:ident) => {
+        // SAFETY: a volatile read of a global the loader has written.
+        unsafe { core::ptr::read_volatile(&raw const $crate::target::KERNEL_LAYOUT.$field) }
+    };
+}
+pub(crate) use layout;
 
 /// Whether the current task belongs to the target: one helper call and one compare, the first
 /// thing every program does.
@@ -23,11 +51,4 @@ pub fn is_current() -> bool {
     // SAFETY: a volatile read keeps the compiler from folding the load-time value to 0.
     let target = unsafe { core::ptr::read_volatile(&raw const TARGET_TGID) };
     (bpf_get_current_pid_tgid() >> 32) as u32 == target
-}
-
-/// The kernel field offsets handed in at load time.
-#[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // SAFETY: as above, the value is set at load time and must not be constant-folded.
-    unsafe { core::ptr::read_volatile(&raw const KERNEL_OFFSETS) }
 }

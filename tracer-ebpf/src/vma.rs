@@ -2,7 +2,6 @@
 //! ticket protocol that keeps the newest reading).
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -17,7 +16,7 @@ use tracer_common::{
     vma::{VmaEvent, VmaRegister, WAKEUP_BYTES, is_newer, is_settled, pack, packed_count},
 };
 
-use crate::{atomic, lost, target};
+use crate::{atomic, kernel::wakeup_flags, lost, target::layout};
 
 /// The register holding the newest reading of the count (one entry, shared by all CPUs).
 #[map]
@@ -33,10 +32,10 @@ static VMA_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// are bounded by the number of the target's threads in a syscall exit at once.
 const CAS_ATTEMPTS: usize = 8;
 
-pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
-    let offsets = target::offsets();
+/// At each syscall exit of the target: publishes the VMA count if it changed.
+pub fn on_sys_exit(ctx: &RawTracePointContext, syscall_nr: u64) -> Result<(), ()> {
     let register = VMA_STATE.get_ptr_mut(0).ok_or(())?;
-    let Some(count) = read_map_count(ctx, offsets.task_mm, offsets.mm_map_count) else {
+    let Some(count) = read_map_count(ctx) else {
         return Ok(());
     };
     // SAFETY: `register` points into the array map's value, valid for the program's run; its
@@ -65,7 +64,7 @@ pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
         );
         return Ok(());
     };
-    let Some(count) = read_map_count(ctx, offsets.task_mm, offsets.mm_map_count) else {
+    let Some(count) = read_map_count(ctx) else {
         return Ok(());
     };
     let mut current = unsafe { atomic::load(latest) };
@@ -76,27 +75,28 @@ pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
         match unsafe { atomic::compare_exchange(latest, current, pack(ticket, count)) } {
             Ok(()) => {
                 if current == 0 || packed_count(current) != count {
-                    emit(ctx, ticket, count, offsets.regs_syscall_nr);
+                    emit(ctx, ticket, count, syscall_nr);
                 }
                 return Ok(());
             }
             Err(now) => current = now,
         }
     }
-    emit(ctx, ticket, count, offsets.regs_syscall_nr);
+    emit(ctx, ticket, count, syscall_nr);
     Ok(())
 }
 
 /// `current->mm->map_count`, or `None` for a task without an mm (exiting). A failed read
 /// means the offsets from BTF are wrong for this kernel: logged, since nothing else would show.
 #[inline(always)]
-fn read_map_count(ctx: &RawTracePointContext, task_mm: u32, mm_map_count: u32) -> Option<u32> {
+fn read_map_count(ctx: &RawTracePointContext) -> Option<u32> {
+    let (task_mm, mm_map_count) = (layout!(task_mm) as usize, layout!(mm_map_count) as usize);
     // SAFETY: reads of kernel memory through bpf_probe_read_kernel, which checks the address.
     let result = unsafe {
         let task = bpf_get_current_task() as *const u8;
-        match bpf_probe_read_kernel::<*const u8>(task.add(task_mm as usize).cast()) {
+        match bpf_probe_read_kernel::<*const u8>(task.add(task_mm).cast()) {
             Ok(mm) if mm.is_null() => return None,
-            Ok(mm) => bpf_probe_read_kernel::<i32>(mm.add(mm_map_count as usize).cast()),
+            Ok(mm) => bpf_probe_read_kernel::<i32>(mm.add(mm_map_count).cast()),
             Err(e) => Err(e),
         }
     };
@@ -113,15 +113,10 @@ fn read_map_count(ctx: &RawTracePointContext, task_mm: u32, mm_map_count: u32) -
 }
 
 #[inline(always)]
-fn emit(ctx: &RawTracePointContext, ticket: u64, count: u32, regs_syscall_nr: u32) {
+fn emit(ctx: &RawTracePointContext, ticket: u64, count: u32, syscall_nr: u64) {
     let Some(mut entry) = VMA_EVENTS.reserve::<VmaEvent>(0) else {
         lost::count(LOST_VMA);
         return;
-    };
-    let regs: *const u8 = ctx.arg(0);
-    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; the read is checked by the helper.
-    let syscall_nr = unsafe {
-        bpf_probe_read_kernel::<u64>(regs.add(regs_syscall_nr as usize).cast()).unwrap_or(u64::MAX)
     };
     entry.write(VmaEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -133,10 +128,5 @@ fn emit(ctx: &RawTracePointContext, ticket: u64, count: u32, regs_syscall_nr: u3
         pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    let flags = if VMA_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(u64::from(flags));
+    entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES));
 }

@@ -151,29 +151,41 @@ impl Btf {
     /// Byte offset of `member` in `struct ty`, looking through anonymous struct and union
     /// members.
     pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
-        let id = self
+        self.field_offset(ty, &[member])
+    }
+
+    /// Byte offset of a nested field: `field_offset("sock_common", &["skc_net", "net"])` is
+    /// the offset of `skc_net.net`. Each step looks through anonymous members and typedefs.
+    pub fn field_offset(&self, ty: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut id = self
             .types
             .iter()
             .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == Some(ty))
-            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
-        let bits = self
-            .find_member(id + 1, member, 0)
-            .ok_or_else(|| BtfError::NoMember {
-                ty: ty.to_owned(),
-                member: member.to_owned(),
-            })?;
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?
+            + 1;
+        let mut bits = 0;
+        for member in path {
+            let (offset, member_type) =
+                self.find_member(id, member, 0)
+                    .ok_or_else(|| BtfError::NoMember {
+                        ty: ty.to_owned(),
+                        member: path.join("."),
+                    })?;
+            bits += offset;
+            id = self.resolve(member_type as usize);
+        }
         if bits % 8 != 0 {
             return Err(BtfError::Bitfield {
                 ty: ty.to_owned(),
-                member: member.to_owned(),
+                member: path.join("."),
             });
         }
         Ok(bits / 8)
     }
 
-    /// Bit offset of `member` within the struct or union `id`, plus `base`. Anonymous members
+    /// Bit offset and type id of `member` within the struct or union `id`. Anonymous members
     /// nest at most a few levels in practice; `depth` bounds the search anyway.
-    fn find_member(&self, id: usize, member: &str, depth: u32) -> Option<u32> {
+    fn find_member(&self, id: usize, member: &str, depth: u32) -> Option<(u32, u32)> {
         let ty = self.types.get(id.checked_sub(1)?)?;
         if depth > 8 {
             return None;
@@ -184,13 +196,15 @@ impl Btf {
             } else {
                 offset
             };
+            let is_bitfield = ty.kind_flag && offset >> 24 != 0;
             if name_off == 0 {
                 let inner = self.resolve(member_type as usize);
-                if let Some(found) = self.find_member(inner, member, depth + 1) {
-                    return Some(bits + found);
+                if let Some((found, found_type)) = self.find_member(inner, member, depth + 1) {
+                    return Some((bits + found, found_type));
                 }
             } else if self.name(name_off) == Some(member) {
-                return Some(bits);
+                // A bitfield's bit offset is not a byte offset even when it is a multiple of 8.
+                return Some((if is_bitfield { bits | 1 } else { bits }, member_type));
             }
         }
         None
@@ -311,6 +325,33 @@ mod tests {
     }
 
     #[test]
+    fn nested_paths_follow_member_types() {
+        // 1: ptr; 2: anon struct { ptr net; } ; 3: typedef possible_net_t -> 2;
+        // 4: struct sock_common { int pad[6]; possible_net_t skc_net at byte 48; }
+        let data = blob(&[
+            (2, "", 0, false, &[]),
+            (KIND_STRUCT, "", 8, false, &[("net", 1, 0)]),
+            (KIND_TYPEDEF, "possible_net_t", 2, false, &[]),
+            (
+                KIND_STRUCT,
+                "sock_common",
+                56,
+                false,
+                &[("skc_net", 3, 384)],
+            ),
+        ]);
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(btf.field_offset("sock_common", &["skc_net", "net"]), Ok(48));
+        assert_eq!(
+            btf.field_offset("sock_common", &["skc_net", "nope"]),
+            Err(BtfError::NoMember {
+                ty: "sock_common".into(),
+                member: "skc_net.nope".into()
+            })
+        );
+    }
+
+    #[test]
     fn kind_flag_offsets_and_bitfields() {
         // With kind_flag set, the low 24 bits are the bit offset and the top 8 the bitfield size.
         let data = blob(&[
@@ -324,7 +365,11 @@ mod tests {
             ),
         ]);
         let btf = Btf::parse(&data).unwrap();
-        assert_eq!(btf.member_offset("sock_common", "skc_state"), Ok(2));
+        // Bitfields are reported as such even when byte-aligned: their size is not the type's.
+        assert!(matches!(
+            btf.member_offset("sock_common", "skc_state"),
+            Err(BtfError::Bitfield { .. })
+        ));
         assert!(matches!(
             btf.member_offset("sock_common", "odd"),
             Err(BtfError::Bitfield { .. })

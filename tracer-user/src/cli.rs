@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{session::Options, vma::Thresholds};
+use crate::{session::Options, tcp::TcpThresholds, vma::Thresholds};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +90,28 @@ pub struct WatchArgs {
     /// Time window over which the growth rate is estimated.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub rate_window: Duration,
+    /// A socket in CLOSE_WAIT longer than this is leaked (its peer closed, the process did not).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub close_wait_after: Duration,
+    /// Leaked CLOSE_WAIT sockets that raise close_wait_leak.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub close_wait_min: u32,
+    /// A socket the process closed that waits in FIN_WAIT2 longer than this is stuck on its peer.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub fin_wait2_after: Duration,
+    /// Stuck FIN_WAIT2 sockets that raise fin_wait2_pileup.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fin_wait2_min: u32,
+    /// New connections per second above this many times the usual rate are a surge...
+    #[arg(long, default_value_t = 5.0)]
+    pub surge_factor: f64,
+    /// ...when there are also at least this many per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub surge_min: f64,
+    /// Sockets of the target the kernel follows at most (memory grows with the sockets, up to
+    /// about 100 bytes each); more are counted as untracked.
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub max_sockets: u32,
 }
 
 impl WatchArgs {
@@ -108,6 +130,9 @@ impl WatchArgs {
         if self.rate_window < Duration::from_secs(10) {
             anyhow::bail!("--rate-window must be at least 10s");
         }
+        if self.surge_factor.is_nan() || self.surge_factor <= 1.0 {
+            anyhow::bail!("--surge-factor must be above 1");
+        }
         Ok(Options {
             max_map_count: self.max_map_count,
             thresholds: Thresholds {
@@ -117,6 +142,15 @@ impl WatchArgs {
                 crit_usage: self.crit_usage,
             },
             rate_window: self.rate_window,
+            tcp: TcpThresholds {
+                close_wait_after: self.close_wait_after.as_secs_f64(),
+                close_wait_min: self.close_wait_min,
+                fin_wait2_after: self.fin_wait2_after.as_secs_f64(),
+                fin_wait2_min: self.fin_wait2_min,
+                surge_factor: self.surge_factor,
+                surge_min: self.surge_min,
+            },
+            max_sockets: self.max_sockets,
         })
     }
 }

@@ -1,15 +1,35 @@
 //! The event schema: every record `attach --json` writes, one JSON object per line. The
 //! README documents it; fields are only ever added, never renamed or removed.
 
+use std::net::IpAddr;
+
 use serde::Serialize;
 
-use crate::alert::Severity;
+use crate::{alert::Severity, tcp::proc::state_name};
 
 /// Milliseconds since the Unix epoch, the `ts` of every event.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Seconds of CLOCK_MONOTONIC: the clock of the kernel's `bpf_ktime_get_ns`, so kernel
+/// timestamps and the agent's own can be compared.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The `ts` of something that happened at `at` seconds of [`monotonic`] time.
+pub fn ms_at(at: f64) -> u64 {
+    let ago = (monotonic() - at).max(0.0);
+    now_ms().saturating_sub((ago * 1000.0) as u64)
 }
 
 /// One line of the NDJSON stream.
@@ -54,7 +74,8 @@ pub enum Event {
         kind: AlertKind,
         severity: Severity,
         message: String,
-        eta_seconds: Option<u64>,
+        #[serde(flatten)]
+        detail: AlertDetail,
     },
     /// A condition raised earlier has cleared.
     AlertResolved {
@@ -64,8 +85,114 @@ pub enum Event {
         severity: Severity,
         message: String,
     },
+    /// A state transition of one of the target's TCP sockets.
+    TcpState {
+        ts: u64,
+        pid: u32,
+        family: u8,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+        old: &'static str,
+        new: &'static str,
+    },
+    /// The target's TCP sockets, at least once per second.
+    Sockets {
+        ts: u64,
+        pid: u32,
+        /// Sockets the target holds an fd for, per state: what `ss -tanp` shows with its pid.
+        states: StateCounts,
+        /// Connections on its listening ports it has not accepted yet, per state.
+        accept_queue: StateCounts,
+        /// Sockets it closed that the kernel is still finishing, per state.
+        orphaned: StateCounts,
+        /// Age of the oldest CLOSE_WAIT socket (held or queued); null when there is none.
+        close_wait_oldest_seconds: Option<f64>,
+        /// New connections per second on its listening ports, over the last 10 s.
+        new_connections_per_second: f64,
+        /// Remote addresses with the most ESTABLISHED connections to it.
+        peers: Vec<PeerCount>,
+        /// Transition records dropped because the ring buffer was full.
+        events_lost: u64,
+        /// Sockets not followed because the kernel's socket table (`--max-sockets`) was full.
+        untracked: u64,
+    },
     /// The target exited; `attach` ends after this.
     TargetExit { ts: u64, pid: u32 },
+}
+
+/// What an alert is about, beyond its message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AlertDetail {
+    Vma {
+        eta_seconds: Option<u64>,
+    },
+    Sockets {
+        count: u32,
+        oldest_seconds: f64,
+        peers: Vec<PeerCount>,
+    },
+    Surge {
+        new_connections_per_second: f64,
+        baseline_per_second: f64,
+        peers: Vec<PeerCount>,
+    },
+}
+
+/// Connections with one remote address: to one of the target's listening ports
+/// (`local_port`, where the target serves) or to one remote service (`remote_port`, where the
+/// target is the client).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerCount {
+    pub addr: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
+    pub count: u32,
+}
+
+/// Socket counts per TCP state, serialized as an object keyed by state name. With `all`, every
+/// state a process's socket can be in is present (zeros included), so the schema is stable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub counts: [u32; 16],
+    pub all: bool,
+}
+
+/// States a socket of a process can be in (TIME_WAIT and NEW_SYN_RECV belong to none).
+const PROCESS_STATES: [u8; 9] = [1, 2, 3, 4, 5, 8, 9, 10, 11];
+
+impl StateCounts {
+    pub fn get(&self, state: u8) -> u32 {
+        self.counts.get(usize::from(state)).copied().unwrap_or(0)
+    }
+
+    pub fn add(&mut self, state: u8) {
+        if let Some(count) = self.counts.get_mut(usize::from(state)) {
+            *count += 1;
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+}
+
+impl Serialize for StateCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        for state in PROCESS_STATES {
+            let count = self.get(state);
+            if self.all || count > 0 {
+                map.serialize_entry(state_name(state), &count)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// The conditions alerts are raised for.
@@ -74,12 +201,21 @@ pub enum Event {
 pub enum AlertKind {
     /// The VMA count will reach `vm.max_map_count` soon, or is close to it.
     VmaExhaustion,
+    /// Sockets the peers closed sit in CLOSE_WAIT: the process is not closing them.
+    CloseWaitLeak,
+    /// The process closed its side and is left waiting in FIN_WAIT2 for peers that do not.
+    FinWait2Pileup,
+    /// New connections arrive far faster than usual.
+    ConnectionSurge,
 }
 
 impl AlertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::VmaExhaustion => "vma_exhaustion",
+            Self::CloseWaitLeak => "close_wait_leak",
+            Self::FinWait2Pileup => "fin_wait2_pileup",
+            Self::ConnectionSurge => "connection_surge",
         }
     }
 }
@@ -119,6 +255,56 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&event).unwrap(),
             r#"{"type":"vma","ts":1700000000000,"pid":42,"map_count":1000,"peak":1002,"max_map_count":65530,"usage":0.015,"growth_per_min":12.5,"eta_seconds":null,"events_lost":0}"#
+        );
+    }
+
+    #[test]
+    fn socket_counts_list_every_process_state() {
+        let mut states = StateCounts {
+            all: true,
+            ..StateCounts::default()
+        };
+        states.add(8);
+        states.add(8);
+        states.add(1);
+        let json = serde_json::to_string(&states).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ESTABLISHED":1,"SYN_SENT":0,"SYN_RECV":0,"FIN_WAIT1":0,"FIN_WAIT2":0,"CLOSE_WAIT":2,"LAST_ACK":0,"LISTEN":0,"CLOSING":0}"#
+        );
+        let sparse = StateCounts {
+            all: false,
+            ..states
+        };
+        assert_eq!(
+            serde_json::to_string(&sparse).unwrap(),
+            r#"{"ESTABLISHED":1,"CLOSE_WAIT":2}"#
+        );
+        assert_eq!(states.total(), 3);
+    }
+
+    #[test]
+    fn alert_details_are_flattened() {
+        let event = Event::Alert {
+            ts: 1,
+            pid: 2,
+            kind: AlertKind::CloseWaitLeak,
+            severity: Severity::Warning,
+            message: "m".into(),
+            detail: AlertDetail::Sockets {
+                count: 3,
+                oldest_seconds: 7.5,
+                peers: vec![PeerCount {
+                    addr: "::ffff:127.0.0.1".parse().unwrap(),
+                    local_port: Some(9092),
+                    remote_port: None,
+                    count: 3,
+                }],
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"type":"alert","ts":1,"pid":2,"kind":"close_wait_leak","severity":"warning","message":"m","count":3,"oldest_seconds":7.5,"peers":[{"addr":"::ffff:127.0.0.1","local_port":9092,"count":3}]}"#
         );
     }
 

@@ -12,6 +12,7 @@ mod preflight;
 mod probes;
 mod session;
 mod target;
+mod tcp;
 mod vma;
 
 use std::process::ExitCode;

@@ -8,12 +8,13 @@ use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
 use tracer_common::{
-    config::{KERNEL_OFFSETS_GLOBAL, KernelOffsets, TARGET_TGID_GLOBAL},
-    lost::{LOST_SLOTS, LOST_VMA},
+    config::{ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, TARGET_TGID_GLOBAL},
+    lost::{LOST_SLOTS, LOST_TCP, LOST_VMA, UNTRACKED_TCP},
+    tcp::{ListenKey, TcpEvent, TupleKey},
     vma::{VmaEvent, VmaRegister},
 };
 
@@ -28,15 +29,42 @@ const REGS_SYSCALL_NR: &str = "orig_ax";
 #[cfg(target_arch = "aarch64")]
 const REGS_SYSCALL_NR: &str = "syscallno";
 
-/// Resolves the kernel field offsets the programs need from the running kernel's BTF.
-pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-    Ok(KernelOffsets {
+/// Resolves where the programs' kernel fields are in the running kernel, from its BTF.
+pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
+    let sock_common = |field: &str| btf.member_offset("sock_common", field);
+    Ok(KernelLayout {
         task_mm: btf.member_offset("task_struct", "mm")?,
         mm_map_count: btf.member_offset("mm_struct", "map_count")?,
         regs_syscall_nr: btf.member_offset("pt_regs", REGS_SYSCALL_NR)?,
-        pad: 0,
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdtable_fd: btf.member_offset("fdtable", "fd")?,
+        file_private_data: btf.member_offset("file", "private_data")?,
+        socket_sk: btf.member_offset("socket", "sk")?,
+        skc_family: sock_common("skc_family")?,
+        skc_state: sock_common("skc_state")?,
+        skc_num: sock_common("skc_num")?,
+        skc_dport: sock_common("skc_dport")?,
+        skc_rcv_saddr: sock_common("skc_rcv_saddr")?,
+        skc_daddr: sock_common("skc_daddr")?,
+        skc_v6_rcv_saddr: sock_common("skc_v6_rcv_saddr")?,
+        skc_v6_daddr: sock_common("skc_v6_daddr")?,
+        skc_net: btf.field_offset("sock_common", &["skc_net", "net"])?,
+        net_ns_inum: btf.field_offset("net", &["ns", "inum"])?,
+        sk_protocol: btf.member_offset("sock", "sk_protocol")?,
+        sk_socket: btf.member_offset("sock", "sk_socket")?,
+        // A bitfield before 6.4: then held sockets are told from closed ones by sk_socket alone.
+        sk_shutdown: match btf.member_offset("sock", "sk_shutdown") {
+            Err(BtfError::Bitfield { .. }) => ABSENT,
+            other => other?,
+        },
+        nr_accept: SYS_ACCEPT,
+        nr_accept4: SYS_ACCEPT4,
     })
 }
+
+const SYS_ACCEPT: u32 = libc::SYS_accept as u32;
+const SYS_ACCEPT4: u32 = libc::SYS_accept4 as u32;
 
 /// Why the programs could not be loaded or attached; the caller words the fix.
 #[derive(Debug)]
@@ -92,17 +120,30 @@ pub struct Probes {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     vma_state: Array<MapData, VmaRegister>,
     vma_events: Option<RingBuf<MapData>>,
+    tcp_events: Option<RingBuf<MapData>>,
+    tcp_listen: HashMap<MapData, ListenKey, u8>,
+    tcp_seed: HashMap<MapData, TupleKey, u8>,
+    tcp_seed_left: Array<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
 }
 
+/// The programs and the tracepoints they attach to.
+const PROGRAMS: [(&str, &str); 2] = [
+    ("tracer_sysexit", "sys_exit"),
+    ("tracer_tcpstate", "inet_sock_set_state"),
+];
+
 impl Probes {
-    /// Loads the embedded object for `tgid` and attaches every program.
-    pub fn attach(tgid: u32, offsets: &KernelOffsets) -> Result<Self, ProbeError> {
+    /// Loads the embedded object for `tgid` and attaches every program. `max_sockets` bounds
+    /// the kernel's table of the target's sockets.
+    pub fn attach(tgid: u32, layout: &KernelLayout, max_sockets: u32) -> Result<Self, ProbeError> {
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations in the object; skip parsing the kernel's BTF a second time.
             .btf(None)
             .override_global(TARGET_TGID_GLOBAL, &tgid, true)
-            .override_global(KERNEL_OFFSETS_GLOBAL, offsets, true)
+            .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
+            .map_max_entries("TCP_SOCKETS", max_sockets)
+            .map_max_entries("TCP_SEED", max_sockets)
             .load(OBJECT)
             .map_err(|e| classify("loading the eBPF object", &e))?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -112,28 +153,54 @@ impl Probes {
                 None
             }
         };
-        let program: &mut RawTracePoint = ebpf
-            .program_mut("vma_sys_exit")
-            .ok_or_else(|| ProbeError::Other("the object has no vma_sys_exit program".into()))?
-            .try_into()
-            .map_err(|e| classify("vma_sys_exit", &e))?;
-        program
-            .load()
-            .map_err(|e| classify("loading vma_sys_exit", &e))?;
-        program
-            .attach("sys_exit")
-            .map_err(|e| classify("attaching vma_sys_exit to raw tracepoint sys_exit", &e))?;
+        for (name, tracepoint) in PROGRAMS {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Other(format!("the object has no program {name}")))?
+                .try_into()
+                .map_err(|e| classify(name, &e))?;
+            program
+                .load()
+                .map_err(|e| classify(&format!("loading {name}"), &e))?;
+            program.attach(tracepoint).map_err(|e| {
+                classify(
+                    &format!("attaching {name} to raw tracepoint {tracepoint}"),
+                    &e,
+                )
+            })?;
+        }
 
-        let vma_state = take(&mut ebpf, "VMA_STATE")?;
-        let vma_events = take(&mut ebpf, "VMA_EVENTS")?;
-        let lost = take(&mut ebpf, "LOST")?;
         Ok(Self {
+            vma_state: take(&mut ebpf, "VMA_STATE")?,
+            vma_events: Some(take(&mut ebpf, "VMA_EVENTS")?),
+            tcp_events: Some(take(&mut ebpf, "TCP_EVENTS")?),
+            tcp_listen: take(&mut ebpf, "TCP_LISTENERS")?,
+            tcp_seed: take(&mut ebpf, "TCP_SEED")?,
+            tcp_seed_left: take(&mut ebpf, "TCP_SEED_LEFT")?,
+            lost: take(&mut ebpf, "LOST")?,
             _ebpf: ebpf,
             logger,
-            vma_state,
-            vma_events: Some(vma_events),
-            lost,
         })
+    }
+
+    /// Hands the kernel the target's sockets found in /proc: its listening ports, and the
+    /// sockets to adopt at their first transition. Returns how many did not fit.
+    pub fn seed_tcp(
+        &mut self,
+        listen: &[ListenKey],
+        sockets: &[TupleKey],
+    ) -> Result<u64, aya::maps::MapError> {
+        for key in listen {
+            self.tcp_listen.insert(key, 0, 0)?;
+        }
+        let mut seeded = 0;
+        for key in sockets {
+            if self.tcp_seed.insert(key, 0, 0).is_ok() {
+                seeded += 1;
+            }
+        }
+        self.tcp_seed_left.set(0, seeded, 0)?;
+        Ok(sockets.len() as u64 - seeded)
     }
 
     /// The kernel's register of the newest VMA count reading.
@@ -141,19 +208,22 @@ impl Probes {
         self.vma_state.get(&0, 0)
     }
 
-    /// Hands out the ring buffer of VMA change records (once), for the drain loop.
-    pub fn take_vma_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.vma_events.take()
+    /// Hands out the ring buffers (once each), for the drain loop.
+    pub fn take_rings(&mut self) -> Option<(RingBuf<MapData>, RingBuf<MapData>)> {
+        Some((self.vma_events.take()?, self.tcp_events.take()?))
     }
 
-    /// Records dropped because `VMA_EVENTS` was full, summed over CPUs.
-    pub fn vma_lost(&self) -> Result<u64, aya::maps::MapError> {
-        self.lost_in(LOST_VMA)
-    }
-
-    fn lost_in(&self, slot: u32) -> Result<u64, aya::maps::MapError> {
-        debug_assert!(slot < LOST_SLOTS);
-        Ok(self.lost.get(&slot, 0)?.iter().sum())
+    /// What the kernel had to drop so far, summed over CPUs.
+    pub fn lost(&self) -> Result<Lost, aya::maps::MapError> {
+        let slot = |slot: u32| -> Result<u64, aya::maps::MapError> {
+            debug_assert!(slot < LOST_SLOTS);
+            Ok(self.lost.get(&slot, 0)?.iter().sum())
+        };
+        Ok(Lost {
+            vma_records: slot(LOST_VMA)?,
+            tcp_records: slot(LOST_TCP)?,
+            tcp_untracked: slot(UNTRACKED_TCP)?,
+        })
     }
 
     /// Forwards pending kernel-side log lines.
@@ -162,6 +232,14 @@ impl Probes {
             logger.flush();
         }
     }
+}
+
+/// Counts of what the kernel side dropped (see `tracer_common::lost`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    pub vma_records: u64,
+    pub tcp_records: u64,
+    pub tcp_untracked: u64,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, ProbeError>
@@ -174,13 +252,18 @@ where
     T::try_from(map).map_err(|e| classify(name, &e))
 }
 
-/// Decodes one `VMA_EVENTS` record: length first, then an unaligned read.
-pub fn decode_vma_event(bytes: &[u8]) -> Option<VmaEvent> {
-    if bytes.len() < size_of::<VmaEvent>() {
+/// A record type of a ring buffer: plain `repr(C)` data, valid for any bytes.
+pub trait Record: Copy {}
+impl Record for VmaEvent {}
+impl Record for TcpEvent {}
+
+/// Decodes one ring-buffer record: length first, then an unaligned read.
+pub fn decode<T: Record>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: the length is checked; VmaEvent is repr(C) plain data valid for any bytes.
-    Some(unsafe { bytes.as_ptr().cast::<VmaEvent>().read_unaligned() })
+    // SAFETY: the length is checked; records are repr(C) plain data valid for any bytes.
+    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
 #[cfg(test)]
@@ -205,7 +288,7 @@ mod tests {
         };
         let mut shifted = vec![0u8; 1];
         shifted.extend_from_slice(bytes);
-        assert_eq!(decode_vma_event(&shifted[1..]), Some(event));
-        assert_eq!(decode_vma_event(&bytes[..55]), None);
+        assert_eq!(decode::<VmaEvent>(&shifted[1..]), Some(event));
+        assert_eq!(decode::<VmaEvent>(&bytes[..55]), None);
     }
 }

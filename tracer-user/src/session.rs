@@ -15,12 +15,15 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
+use tracer_common::tcp::{ListenKey, TupleKey};
+
 use crate::{
     btf::Btf,
-    event::{Event, MappingGroup, now_ms},
+    event::{Event, MappingGroup, monotonic, now_ms},
     preflight,
-    probes::{self, ProbeError, Probes},
+    probes::{self, Lost, ProbeError, Probes},
     target::Target,
+    tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
     vma::{
         self, Thresholds, VmaModel, VmaStatus,
         maps::{Breakdown, MapsReader},
@@ -48,6 +51,9 @@ pub struct Options {
     pub max_map_count: Option<u32>,
     pub thresholds: Thresholds,
     pub rate_window: Duration,
+    pub tcp: TcpThresholds,
+    /// Capacity of the kernel's table of the target's sockets.
+    pub max_sockets: u32,
 }
 
 /// How a session ended.
@@ -63,7 +69,8 @@ pub struct Frame<'a> {
     pub attached: Instant,
     pub vma: VmaStatus,
     pub breakdown: Option<&'a BreakdownReport>,
-    pub events_lost: u64,
+    pub tcp: &'a Census,
+    pub lost: Lost,
 }
 
 /// The latest classified /proc/PID/maps.
@@ -85,7 +92,9 @@ pub struct Session {
     target: Target,
     probes: Probes,
     vma_events: AsyncFd<RingBuf<MapData>>,
+    tcp_events: AsyncFd<RingBuf<MapData>>,
     vma: VmaModel,
+    tcp: TcpModel,
     limit_override: Option<u32>,
     breakdown: Option<BreakdownReport>,
     /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
@@ -100,10 +109,10 @@ impl Session {
     /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
     /// nothing that happens in between is missed.
     pub fn attach(target: Target, btf: &Btf, options: &Options) -> anyhow::Result<Self> {
-        let offsets = probes::kernel_offsets(btf).map_err(|e| {
+        let layout = probes::kernel_layout(btf).map_err(|e| {
             anyhow!("{e} - this kernel's layout is not supported, please report it with `uname -r`")
         })?;
-        let mut probes = Probes::attach(target.pid, &offsets).map_err(|e| match e {
+        let mut probes = Probes::attach(target.pid, &layout, options.max_sockets).map_err(|e| match e {
             ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
                 "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
             ),
@@ -111,22 +120,29 @@ impl Session {
             ProbeError::Rejected(e) => anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF"),
             ProbeError::Other(e) => anyhow!(e),
         })?;
-        let ring = probes
-            .take_vma_events()
-            .context("the VMA ring buffer was already taken")?;
-        // SAFETY: the ring buffer owns its map fd, which stays open until it is dropped with
-        // the AsyncFd.
-        let vma_events = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| anyhow!("polling the VMA ring buffer: {e}"))?;
+        let (vma_ring, tcp_ring) = probes
+            .take_rings()
+            .context("the ring buffers were already taken")?;
+        // SAFETY: each ring buffer owns its map fd, which stays open until it is dropped with
+        // its AsyncFd.
+        let (vma_events, tcp_events) = unsafe {
+            (
+                AsyncFd::register_with_interest(vma_ring, Interest::READABLE),
+                AsyncFd::register_with_interest(tcp_ring, Interest::READABLE),
+            )
+        };
+        let vma_events = vma_events.map_err(|e| anyhow!("polling the VMA ring buffer: {e}"))?;
+        let tcp_events = tcp_events.map_err(|e| anyhow!("polling the TCP ring buffer: {e}"))?;
 
-        let mut reader = MapsReader::new();
-        let started = Instant::now();
-        let seed = reader.read(target.pid).map_err(|e| {
+        let unreadable = |what: &str, e: std::io::Error| {
             anyhow!(
-                "reading /proc/{}/maps: {e} - run tracer as root to watch another user's process",
+                "reading /proc/{}/{what}: {e} - run tracer as root to watch another user's process",
                 target.pid
             )
-        })?;
+        };
+        let mut reader = MapsReader::new();
+        let started = Instant::now();
+        let seed = reader.read(target.pid).map_err(|e| unreadable("maps", e))?;
         let breakdown = BreakdownReport {
             cost: started.elapsed(),
             read_at: Instant::now(),
@@ -144,6 +160,13 @@ impl Session {
             options.thresholds,
             options.rate_window.as_secs_f64(),
         );
+
+        let mut tcp = TcpModel::new(target.pid, options.tcp);
+        tcp.seed(
+            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("net/tcp", e))?,
+            monotonic(),
+        );
+
         let mut events = vec![Event::TargetAttached {
             ts: now_ms(),
             pid: target.pid,
@@ -154,7 +177,9 @@ impl Session {
             target,
             probes,
             vma_events,
+            tcp_events,
             vma,
+            tcp,
             limit_override: options.max_map_count,
             breakdown: Some(breakdown),
             refresh: None,
@@ -176,7 +201,6 @@ impl Session {
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut limit_read = Instant::now();
-        let clock = Instant::now();
 
         let end = loop {
             tokio::select! {
@@ -187,7 +211,12 @@ impl Session {
                     drain_vma(guard.get_inner_mut(), &mut self.vma);
                     guard.clear_ready();
                 }
-                _ = drain.tick() => drain_vma(self.vma_events.get_mut(), &mut self.vma),
+                guard = self.tcp_events.readable_mut() => {
+                    let mut guard = guard.context("polling the TCP ring buffer")?;
+                    drain_tcp(guard.get_inner_mut(), &mut self.tcp, &mut self.events);
+                    guard.clear_ready();
+                }
+                _ = drain.tick() => self.drain(),
                 done = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
                     self.refresh = None;
                     let (reader, result) = done.context("the /proc/PID/maps reader panicked")?;
@@ -207,7 +236,7 @@ impl Session {
                             self.vma.set_limit(limit);
                         }
                     }
-                    self.report(sink, clock.elapsed().as_secs_f64())?;
+                    self.report(sink)?;
                 }
             }
             if !self.events.is_empty() {
@@ -216,8 +245,8 @@ impl Session {
             }
         };
 
-        // Whatever the target did last is in the ring buffer and the register: report it.
-        drain_vma(self.vma_events.get_mut(), &mut self.vma);
+        // Whatever the target did last is in the ring buffers and the register: report it.
+        self.drain();
         if let Ok(register) = self.probes.vma_register() {
             self.vma.register(&register);
         }
@@ -231,15 +260,22 @@ impl Session {
         Ok(end)
     }
 
-    fn report(&mut self, sink: &mut dyn Sink, t_secs: f64) -> anyhow::Result<()> {
+    fn drain(&mut self) {
         drain_vma(self.vma_events.get_mut(), &mut self.vma);
+        drain_tcp(self.tcp_events.get_mut(), &mut self.tcp, &mut self.events);
+    }
+
+    fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
+        self.drain();
         let register = self
             .probes
             .vma_register()
             .context("reading the VMA register")?;
         self.vma.register(&register);
-        let lost = self.probes.vma_lost().unwrap_or(0);
-        self.vma.tick(t_secs, now_ms(), lost, &mut self.events);
+        let lost = self.probes.lost().unwrap_or_default();
+        let (now, ts) = (monotonic(), now_ms());
+        self.vma.tick(now, ts, lost.vma_records, &mut self.events);
+        self.tcp.tick(now, ts, &lost, &mut self.events);
         self.probes.flush_log();
         self.maybe_refresh_breakdown();
         sink.frame(&Frame {
@@ -247,7 +283,8 @@ impl Session {
             attached: self.attached,
             vma: self.vma.status(),
             breakdown: self.breakdown.as_ref(),
-            events_lost: lost,
+            tcp: self.tcp.census(),
+            lost,
         })?;
         Ok(())
     }
@@ -279,11 +316,56 @@ impl Session {
     }
 }
 
+/// Hands the kernel the target's sockets that existed before attach (it adopts them at their
+/// first transition) and returns them for the model. /proc is read twice, so that a socket
+/// whose state changed while the kernel was being told is seeded with its later state.
+fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
+    let before = tcp::proc::read(pid)?;
+    let listen: Vec<ListenKey> = before
+        .listen_ports
+        .iter()
+        .map(|&port| ListenKey {
+            netns: before.netns,
+            port,
+            pad: 0,
+        })
+        .collect();
+    let tuples: Vec<TupleKey> = before
+        .sockets
+        .iter()
+        .map(|s| TupleKey {
+            netns: before.netns,
+            family: u16::from(s.tuple.family),
+            sport: s.tuple.sport,
+            dport: s.tuple.dport,
+            pad: 0,
+            saddr: s.tuple.saddr,
+            daddr: s.tuple.daddr,
+        })
+        .collect();
+    let unseeded = probes
+        .seed_tcp(&listen, &tuples)
+        .map_err(std::io::Error::other)?;
+    if unseeded > 0 {
+        log::warn!("{unseeded} existing sockets did not fit in the kernel's table (--max-sockets)");
+    }
+    tcp::proc::read(pid)
+}
+
 /// Applies every pending VMA record.
 fn drain_vma(ring: &mut RingBuf<MapData>, vma: &mut VmaModel) {
     while let Some(item) = ring.next() {
-        if let Some(event) = probes::decode_vma_event(&item) {
+        if let Some(event) = probes::decode(&item) {
             vma.record(&event);
+        }
+    }
+}
+
+/// Applies every pending TCP record; transitions become events.
+fn drain_tcp(ring: &mut RingBuf<MapData>, tcp: &mut TcpModel, events: &mut Vec<Event>) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = probes::decode(&item) {
+            tcp.record(&event, events);
         }
     }
 }

@@ -3,7 +3,9 @@
 //! - the nightly toolchain's `rust-src` (the eBPF crate builds `core` for bpfel-unknown-none);
 //! - `bpf-linker`, built against the LLVM that ships inside the nightly toolchain, because it
 //!   must match rustc's LLVM major and Debian has no LLVM that new;
-//! - Debian packages: a JDK (the integration tests run a real JVM), iproute2 (`ss`), gcc.
+//! - Debian packages: a JDK (the integration tests run a real JVM), iproute2 (`ss`, `ip netns`),
+//!   gcc (the C workloads), bpftool (to check nothing stays loaded), redis-server (a real
+//!   server to freeze).
 
 use std::{
     env,
@@ -25,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ss"),
     ("gcc", "gcc"),
     ("bpftool", "bpftool"),
+    ("redis-server", "redis-server"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

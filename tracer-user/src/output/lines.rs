@@ -53,7 +53,10 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 )?;
             }
             Event::TargetExit { ts, pid } => writeln!(out, "{} {pid} exited", clock(*ts))?,
-            Event::Vma { .. } | Event::VmaBreakdown { .. } => {}
+            Event::Vma { .. }
+            | Event::VmaBreakdown { .. }
+            | Event::TcpState { .. }
+            | Event::Sockets { .. } => {}
         }
     }
     out.flush()
@@ -83,7 +86,7 @@ impl Lines {
             thousands(vma.count.into()),
             thousands(vma.limit.into()),
             f64::from(vma.count) / f64::from(vma.limit) * 100.0,
-            frame.events_lost
+            frame.lost.vma_records
         )?;
         out.flush()
     }

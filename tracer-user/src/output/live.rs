@@ -107,6 +107,7 @@ impl LiveView {
         ));
         screen.line("");
         vma_panel(&mut screen, frame);
+        sockets_panel(&mut screen, frame);
         mappings_panel(&mut screen, frame);
         screen.line(&format!("{BOLD}Alerts{RESET}"));
         if self.alerts.is_empty() {
@@ -177,17 +178,17 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
             duration(e),
             clock(now_ms().saturating_add((e * 1000.0) as u64))
         ),
-        None if vma.trend.is_some() => "never (not growing)".to_owned(),
+        None if vma.trend.is_some() => "none, not growing".to_owned(),
         None => "-".to_owned(),
     };
     screen.line(&format!(
-        "      growth {growth}   exhaustion in {eta}   peak {} this second",
+        "      growth {growth}   time to limit {eta}   peak {} this second",
         thousands(vma.peak.into())
     ));
-    if frame.events_lost > 0 {
+    if frame.lost.vma_records > 0 {
         screen.line(&format!(
             "      {YELLOW}{} change records lost{RESET} (the count stays exact; attribution is partial)",
-            thousands(frame.events_lost)
+            thousands(frame.lost.vma_records)
         ));
     }
     if !vma.growth_by_thread.is_empty() {
@@ -196,6 +197,73 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
             let _ = write!(text, "  {name} {delta:+}");
         }
         screen.line(&text);
+    }
+    screen.line("");
+}
+
+/// The target's TCP sockets per state, the oldest CLOSE_WAIT, new connections and peers.
+fn sockets_panel(screen: &mut Screen, frame: &Frame<'_>) {
+    let tcp = frame.tcp;
+    let mut states = String::new();
+    for (state, count) in [
+        (1, "ESTABLISHED"),
+        (8, "CLOSE_WAIT"),
+        (10, "LISTEN"),
+        (5, "FIN_WAIT2"),
+        (2, "SYN_SENT"),
+        (3, "SYN_RECV"),
+        (4, "FIN_WAIT1"),
+        (9, "LAST_ACK"),
+        (11, "CLOSING"),
+    ]
+    .map(|(state, name)| (name, tcp.held.get(state)))
+    {
+        if count > 0 || state == "ESTABLISHED" || state == "CLOSE_WAIT" {
+            let color = if state == "CLOSE_WAIT" && count > 0 {
+                YELLOW
+            } else {
+                ""
+            };
+            let _ = write!(
+                states,
+                "  {color}{state} {}{RESET}",
+                thousands(count.into())
+            );
+        }
+    }
+    screen.line(&format!("{BOLD}Sockets{RESET}{states}"));
+    let mut detail = String::from("     ");
+    if let Some(oldest) = tcp.close_wait_oldest {
+        let _ = write!(
+            detail,
+            " {YELLOW}oldest CLOSE_WAIT {}{RESET} ",
+            duration(oldest)
+        );
+    }
+    let _ = write!(
+        detail,
+        " accept queue {}  orphaned {}  new {:.1}/s",
+        tcp.accept_queue.total(),
+        tcp.orphaned.total(),
+        tcp.new_per_second
+    );
+    if !tcp.baseline_per_second.is_nan() {
+        let _ = write!(detail, " (usual {:.1}/s)", tcp.baseline_per_second);
+    }
+    screen.line(&detail);
+    if !tcp.peers.is_empty() {
+        let mut peers = format!("      {DIM}top peers:{RESET}");
+        for peer in &tcp.peers {
+            let _ = write!(peers, "  {} x{}", peer.addr, thousands(peer.count.into()));
+        }
+        screen.line(&peers);
+    }
+    if frame.lost.tcp_records + frame.lost.tcp_untracked > 0 {
+        screen.line(&format!(
+            "      {YELLOW}{} transition records lost, {} sockets not followed (--max-sockets){RESET}",
+            thousands(frame.lost.tcp_records),
+            thousands(frame.lost.tcp_untracked)
+        ));
     }
     screen.line("");
 }

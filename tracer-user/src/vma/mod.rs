@@ -10,7 +10,7 @@ use tracer_common::vma::{VmaEvent, VmaRegister, packed_count};
 
 use crate::{
     alert::{Change, Check, Latch, Severity},
-    event::{AlertKind, Event},
+    event::{AlertDetail, AlertKind, Event},
 };
 use maps::thousands;
 use rate::{RateWindow, Trend};
@@ -189,7 +189,9 @@ impl VmaModel {
                     kind: AlertKind::VmaExhaustion,
                     severity,
                     message: self.describe(eta),
-                    eta_seconds: eta.map(round_secs),
+                    detail: AlertDetail::Vma {
+                        eta_seconds: eta.map(round_secs),
+                    },
                 }),
                 Some(Change::Resolve) => out.push(Event::AlertResolved {
                     ts,

@@ -1,0 +1,152 @@
+//! The target's TCP sockets, as the kernel programs follow them.
+//!
+//! `sock:inet_sock_set_state` fires for every TCP state change on the machine, often in softirq
+//! context where `current` is some other task, so ownership follows the socket, not the pid. A
+//! socket becomes the target's when (see [`Adopted`]) the target itself listens or connects or
+//! closes it (transitions that only happen in the owner's process context), when it arrives on
+//! one of the target's listening ports (an accepted connection), when it is one the agent found
+//! in /proc at attach, or when the target accepts it. From then on every transition of that
+//! socket reaches the agent, whoever's context it runs in.
+
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+/// `AF_INET` and `AF_INET6`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Kernel TCP states (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LAST_ACK: u8 = 9;
+pub const TCP_LISTEN: u8 = 10;
+
+/// `sk_shutdown` when both directions are shut: what `close()` sets before the socket loses
+/// its file.
+pub const SHUTDOWN_MASK: u8 = 3;
+
+/// Whether a transition only ever runs in the socket owner's own process context (listen,
+/// connect, close, shutdown), so that `current` there is the owner.
+#[inline]
+pub const fn is_owner_transition(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_LISTEN | TCP_SYN_SENT)
+            | (TCP_ESTABLISHED, TCP_FIN_WAIT1)
+            | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+    )
+}
+
+/// Why a record was written.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A state transition of one of the target's sockets.
+    Transition = 0,
+    /// The target accepted the socket (it now holds an fd for it); the state did not change.
+    Accepted = 1,
+}
+
+/// How a socket became the target's, in the record that adopted it (0 in later records).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopted {
+    /// Already known.
+    Known = 0,
+    /// The target listened, connected, closed or shut it down, in its own context.
+    ByOwner = 1,
+    /// It arrived on one of the target's listening ports.
+    OnListenPort = 2,
+    /// It was in /proc when the agent attached.
+    FromProc = 3,
+    /// The target accepted it.
+    ByAccept = 4,
+}
+
+/// One record of the `TCP_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the event.
+    pub ts_ns: u64,
+    /// The `struct sock *`: the socket's identity while it lives.
+    pub sk: u64,
+    /// The task the event ran in (often not the target's: softirq).
+    pub tid: u32,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
+    /// [`Kind`] as a byte.
+    pub kind: u8,
+    /// States before and after (equal for [`Kind::Accepted`]).
+    pub old: u8,
+    pub new: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Whether the target still holds the socket through an fd.
+    pub held: u8,
+    /// [`Adopted`] as a byte.
+    pub adopted: u8,
+    /// Local and remote port, host order.
+    pub sport: u16,
+    pub dport: u16,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 6],
+    /// Local and remote address; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<TcpEvent>() == 72);
+const _: () = assert!(core::mem::offset_of!(TcpEvent, saddr) == 40);
+
+/// Key of `TCP_LISTEN`: a listening port of the target in one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    /// Explicit padding; always zero.
+    pub pad: u16,
+}
+
+const _: () = assert!(size_of::<ListenKey>() == 8);
+
+/// Key of `TCP_SEED`: a socket found in /proc at attach, by its addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub netns: u32,
+    /// 4 or 6.
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    /// Explicit padding; always zero.
+    pub pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<TupleKey>() == 44);
+
+/// Records submitted without a wakeup until this much is pending (see `vma::WAKEUP_BYTES`).
+pub const WAKEUP_BYTES: u64 = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_process_context_transitions_adopt_by_owner() {
+        assert!(is_owner_transition(TCP_CLOSE, TCP_LISTEN));
+        assert!(is_owner_transition(TCP_CLOSE, TCP_SYN_SENT));
+        assert!(is_owner_transition(TCP_ESTABLISHED, TCP_FIN_WAIT1));
+        assert!(is_owner_transition(TCP_CLOSE_WAIT, TCP_LAST_ACK));
+        // These run in softirq, where `current` is whoever was on the CPU.
+        assert!(!is_owner_transition(TCP_ESTABLISHED, TCP_CLOSE_WAIT));
+        assert!(!is_owner_transition(TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(!is_owner_transition(TCP_LISTEN, 3));
+        assert!(!is_owner_transition(TCP_LAST_ACK, TCP_CLOSE));
+    }
+}

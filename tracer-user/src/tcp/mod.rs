@@ -1,0 +1,825 @@
+//! The target's TCP sockets: counts per state, each socket's time in its state, and the
+//! alerts of a stuck server (`close_wait_leak`), of peers that never finish closing
+//! (`fin_wait2_pileup`), and of a flood of new clients (`connection_surge`).
+
+pub mod proc;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
+
+use crate::{
+    alert::{Change, Check, Latch, Severity},
+    event::{AlertDetail, AlertKind, Event, PeerCount, StateCounts, ms_at},
+    probes::Lost,
+    vma::{duration, maps::thousands},
+};
+use proc::{ProcSockets, Tuple, state_name};
+
+const ESTABLISHED: u8 = 1;
+const SYN_RECV: u8 = 3;
+const FIN_WAIT2: u8 = 5;
+const CLOSE_WAIT: u8 = 8;
+
+/// Seconds of per-second new-connection counts kept for the surge baseline.
+const BASELINE_SECS: usize = 600;
+/// Seconds the surge rate is averaged over.
+const SURGE_SECS: usize = 10;
+/// Fewest seconds of history before a surge can be called.
+const BASELINE_MIN_SECS: usize = 30;
+/// Remote addresses listed in alerts and in the `sockets` event.
+const TOP_PEERS: usize = 5;
+/// New connections remembered for the surge alert's peer list.
+const RECENT_PEERS: usize = 100_000;
+
+/// When the socket alerts fire.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TcpThresholds {
+    /// A socket in CLOSE_WAIT longer than this is leaked...
+    pub close_wait_after: f64,
+    /// ...and this many leaked sockets raise `close_wait_leak`.
+    pub close_wait_min: u32,
+    /// A socket left in FIN_WAIT2 longer than this is waiting on a peer that does not close...
+    pub fin_wait2_after: f64,
+    /// ...and this many raise `fin_wait2_pileup`.
+    pub fin_wait2_min: u32,
+    /// New connections per second above this many times the baseline are a surge...
+    pub surge_factor: f64,
+    /// ...when they are also at least this many per second.
+    pub surge_min: f64,
+}
+
+impl Default for TcpThresholds {
+    fn default() -> Self {
+        Self {
+            close_wait_after: 5.0,
+            close_wait_min: 1,
+            fin_wait2_after: 30.0,
+            fin_wait2_min: 10,
+            surge_factor: 5.0,
+            surge_min: 100.0,
+        }
+    }
+}
+
+/// One socket of the target.
+#[derive(Clone, Copy, Debug)]
+struct Sock {
+    tuple: Tuple,
+    state: u8,
+    /// When it entered its state, in monotonic seconds (attach time for sockets found in /proc).
+    since: f64,
+    /// Whether the target holds an fd for it.
+    held: bool,
+    /// Whether it ever did: a socket not held now was either closed (orphaned) or not yet
+    /// accepted (in the accept queue).
+    was_held: bool,
+    /// Whether the target is its server side (it arrived on a listening port).
+    server: bool,
+}
+
+impl Sock {
+    /// Whom a socket is with, for grouping: the client address and the target's port for a
+    /// server-side socket, the remote service for a client-side one.
+    fn peer(&self) -> (IpAddr, Option<u16>, Option<u16>) {
+        if self.server {
+            (self.tuple.remote(), Some(self.tuple.sport), None)
+        } else {
+            (self.tuple.remote(), None, Some(self.tuple.dport))
+        }
+    }
+}
+
+/// The counts of one moment, for the `sockets` event and the live view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Census {
+    pub held: StateCounts,
+    pub accept_queue: StateCounts,
+    pub orphaned: StateCounts,
+    pub close_wait_oldest: Option<f64>,
+    pub new_per_second: f64,
+    pub baseline_per_second: f64,
+    pub peers: Vec<PeerCount>,
+}
+
+/// The TCP model of one target.
+pub struct TcpModel {
+    pid: u32,
+    thresholds: TcpThresholds,
+    socks: HashMap<u64, Sock>,
+    /// Sockets found in /proc at attach, by addresses, until the kernel reports them.
+    seeded: HashMap<Tuple, Sock>,
+    /// New connections on the listening ports per report interval, newest last.
+    new_per_tick: VecDeque<u32>,
+    new_this_tick: u32,
+    /// Remote addresses of recent new connections, with the time they arrived.
+    recent: VecDeque<(f64, IpAddr, u16)>,
+    close_wait: Latch,
+    fin_wait2: Latch,
+    surge: Latch,
+    census: Census,
+}
+
+impl TcpModel {
+    pub fn new(pid: u32, thresholds: TcpThresholds) -> Self {
+        Self {
+            pid,
+            thresholds,
+            socks: HashMap::new(),
+            seeded: HashMap::new(),
+            new_per_tick: VecDeque::new(),
+            new_this_tick: 0,
+            recent: VecDeque::new(),
+            close_wait: Latch::default(),
+            fin_wait2: Latch::default(),
+            surge: Latch::default(),
+            census: Census::default(),
+        }
+    }
+
+    /// Takes the sockets found in /proc at attach; their age counts from `now`.
+    pub fn seed(&mut self, found: &ProcSockets, now: f64) {
+        for s in &found.sockets {
+            self.seeded.insert(
+                s.tuple,
+                Sock {
+                    tuple: s.tuple,
+                    state: s.state,
+                    since: now,
+                    held: s.held,
+                    was_held: s.held,
+                    server: found.listen_ports.contains(&s.tuple.sport),
+                },
+            );
+        }
+    }
+
+    /// Applies one kernel record; a transition also becomes a `tcp_state` event.
+    pub fn record(&mut self, e: &TcpEvent, out: &mut Vec<Event>) {
+        let tuple = Tuple {
+            family: e.family,
+            saddr: e.saddr,
+            sport: e.sport,
+            daddr: e.daddr,
+            dport: e.dport,
+        };
+        let at = e.ts_ns as f64 / 1e9;
+        let held = e.held != 0;
+        // A socket known from /proc is the same socket whichever way the kernel adopted it.
+        let seeded = if self.socks.contains_key(&e.sk) {
+            None
+        } else {
+            self.seeded.remove(&tuple)
+        };
+        let sock = self.socks.entry(e.sk).or_insert_with(|| {
+            seeded.unwrap_or(Sock {
+                tuple,
+                state: e.old,
+                since: at,
+                held,
+                was_held: held,
+                server: e.adopted == Adopted::OnListenPort as u8
+                    || e.adopted == Adopted::ByAccept as u8,
+            })
+        });
+        sock.tuple = tuple;
+        sock.held = held;
+        sock.was_held |= held;
+        if e.kind == Kind::Accepted as u8 {
+            return;
+        }
+        if sock.state != e.new {
+            sock.state = e.new;
+            sock.since = at;
+        }
+        if e.adopted == Adopted::OnListenPort as u8 && e.new == SYN_RECV {
+            self.new_this_tick += 1;
+            if self.recent.len() == RECENT_PEERS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((at, tuple.remote(), tuple.sport));
+        }
+        if e.new == TCP_CLOSE {
+            self.socks.remove(&e.sk);
+        }
+        out.push(Event::TcpState {
+            ts: ms_at(at),
+            pid: self.pid,
+            family: e.family,
+            saddr: tuple.local(),
+            sport: e.sport,
+            daddr: tuple.remote(),
+            dport: e.dport,
+            old: state_name(e.old),
+            new: state_name(e.new),
+        });
+    }
+
+    /// Counts the sockets at `now` (monotonic seconds), raises or resolves the socket alerts,
+    /// and appends the `sockets` event and any alerts to `out`.
+    pub fn tick(&mut self, now: f64, ts: u64, lost: &Lost, out: &mut Vec<Event>) {
+        self.new_per_tick
+            .push_back(std::mem::take(&mut self.new_this_tick));
+        if self.new_per_tick.len() > BASELINE_SECS + SURGE_SECS {
+            self.new_per_tick.pop_front();
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _, _)| now - t > SURGE_SECS as f64)
+        {
+            self.recent.pop_front();
+        }
+        self.census = self.count(now);
+        let c = &self.census;
+        out.push(Event::Sockets {
+            ts,
+            pid: self.pid,
+            states: c.held.clone(),
+            accept_queue: c.accept_queue.clone(),
+            orphaned: c.orphaned.clone(),
+            close_wait_oldest_seconds: c.close_wait_oldest.map(round_tenths),
+            new_connections_per_second: round_tenths(c.new_per_second),
+            peers: c.peers.clone(),
+            events_lost: lost.tcp_records,
+            untracked: lost.tcp_untracked,
+        });
+        self.check_close_wait(now, ts, out);
+        self.check_fin_wait2(now, ts, out);
+        self.check_surge(ts, out);
+    }
+
+    pub fn census(&self) -> &Census {
+        &self.census
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Sock> {
+        self.socks.values().chain(self.seeded.values())
+    }
+
+    fn count(&self, now: f64) -> Census {
+        let mut census = Census {
+            held: StateCounts {
+                all: true,
+                ..StateCounts::default()
+            },
+            ..Census::default()
+        };
+        let mut by_peer: HashMap<IpAddr, u32> = HashMap::new();
+        for sock in self.all() {
+            let counts = match (sock.held, sock.was_held) {
+                (true, _) => &mut census.held,
+                (false, false) => &mut census.accept_queue,
+                (false, true) => &mut census.orphaned,
+            };
+            counts.add(sock.state);
+            if sock.state == CLOSE_WAIT && (sock.held || !sock.was_held) {
+                let age = now - sock.since;
+                census.close_wait_oldest =
+                    Some(census.close_wait_oldest.map_or(age, |a: f64| a.max(age)));
+            }
+            if sock.state == ESTABLISHED {
+                *by_peer.entry(sock.tuple.remote()).or_default() += 1;
+            }
+        }
+        census.peers = top(by_peer.into_iter().map(|(addr, count)| PeerCount {
+            addr,
+            local_port: None,
+            remote_port: None,
+            count,
+        }));
+        let ticks = self.new_per_tick.len();
+        let recent = &self
+            .new_per_tick
+            .range(ticks.saturating_sub(SURGE_SECS)..)
+            .collect::<Vec<_>>();
+        census.new_per_second =
+            recent.iter().map(|&&n| f64::from(n)).sum::<f64>() / recent.len().max(1) as f64;
+        let mut history: Vec<u32> = self
+            .new_per_tick
+            .range(..ticks.saturating_sub(SURGE_SECS))
+            .copied()
+            .collect();
+        if history.len() >= BASELINE_MIN_SECS {
+            let mid = history.len() / 2;
+            census.baseline_per_second = f64::from(*history.select_nth_unstable(mid).1);
+        } else {
+            census.baseline_per_second = f64::NAN;
+        }
+        census
+    }
+
+    /// Sockets in `state` (held, or not yet accepted when `queued`, or orphaned when
+    /// `orphans`) for longer than `after`: their count, the oldest age, and their peers by
+    /// address and local port.
+    fn stuck(&self, state: u8, after: f64, now: f64, orphans: bool) -> (u32, f64, Vec<PeerCount>) {
+        let mut count = 0;
+        let mut oldest = 0.0_f64;
+        let mut by_peer: HashMap<(IpAddr, Option<u16>, Option<u16>), u32> = HashMap::new();
+        for sock in self.all() {
+            let mine = sock.held
+                || if orphans {
+                    sock.was_held
+                } else {
+                    !sock.was_held
+                };
+            if sock.state != state || !mine || now - sock.since < after {
+                continue;
+            }
+            count += 1;
+            oldest = oldest.max(now - sock.since);
+            *by_peer.entry(sock.peer()).or_default() += 1;
+        }
+        let peers = top(by_peer
+            .into_iter()
+            .map(|((addr, local_port, remote_port), count)| PeerCount {
+                addr,
+                local_port,
+                remote_port,
+                count,
+            }));
+        (count, oldest, peers)
+    }
+
+    fn check_close_wait(&mut self, now: f64, ts: u64, out: &mut Vec<Event>) {
+        let t = self.thresholds;
+        let (count, oldest, peers) = self.stuck(CLOSE_WAIT, t.close_wait_after, now, false);
+        let check = Check {
+            firing: count >= t.close_wait_min,
+            cleared: count == 0,
+        };
+        let message = if count > 0 {
+            format!(
+                "{} sockets stuck in CLOSE_WAIT for over {} (oldest {}), from {}: their peers closed but the process does not close them - a stuck or deadlocked server? Take a thread dump now (jstack {pid} or jcmd {pid} Thread.print)",
+                thousands(count.into()),
+                duration(t.close_wait_after),
+                duration(oldest),
+                describe_peers(&peers),
+                pid = self.pid,
+            )
+        } else {
+            "no socket left in CLOSE_WAIT".to_owned()
+        };
+        let detail = AlertDetail::Sockets {
+            count,
+            oldest_seconds: round_tenths(oldest),
+            peers,
+        };
+        report(
+            self.pid,
+            &mut self.close_wait,
+            AlertKind::CloseWaitLeak,
+            check,
+            ts,
+            message,
+            detail,
+            out,
+        );
+    }
+
+    fn check_fin_wait2(&mut self, now: f64, ts: u64, out: &mut Vec<Event>) {
+        let t = self.thresholds;
+        let (count, oldest, peers) = self.stuck(FIN_WAIT2, t.fin_wait2_after, now, true);
+        let check = Check {
+            firing: count >= t.fin_wait2_min,
+            cleared: count <= t.fin_wait2_min / 2,
+        };
+        let message = format!(
+            "{} sockets closed by the process wait in FIN_WAIT2 for over {} (oldest {}), on {}: the peers do not finish closing - are they stuck?",
+            thousands(count.into()),
+            duration(t.fin_wait2_after),
+            duration(oldest),
+            describe_peers(&peers),
+        );
+        let detail = AlertDetail::Sockets {
+            count,
+            oldest_seconds: round_tenths(oldest),
+            peers,
+        };
+        report(
+            self.pid,
+            &mut self.fin_wait2,
+            AlertKind::FinWait2Pileup,
+            check,
+            ts,
+            message,
+            detail,
+            out,
+        );
+    }
+
+    fn check_surge(&mut self, ts: u64, out: &mut Vec<Event>) {
+        let t = self.thresholds;
+        let (rate, baseline) = (self.census.new_per_second, self.census.baseline_per_second);
+        if baseline.is_nan() {
+            return;
+        }
+        let floor = baseline.max(1.0);
+        let check = Check {
+            firing: rate >= t.surge_min && rate >= t.surge_factor * floor,
+            cleared: rate < t.surge_min / 2.0 || rate < t.surge_factor / 2.0 * floor,
+        };
+        let mut by_peer: HashMap<(IpAddr, u16), u32> = HashMap::new();
+        for &(_, addr, port) in &self.recent {
+            *by_peer.entry((addr, port)).or_default() += 1;
+        }
+        let peers = top(by_peer.into_iter().map(|((addr, port), count)| PeerCount {
+            addr,
+            local_port: Some(port),
+            remote_port: None,
+            count,
+        }));
+        let message = format!(
+            "{rate:.0} new connections/s over the last {SURGE_SECS}s against a usual {baseline:.0}/s, from {}: network threads may saturate and ISR flap",
+            describe_peers(&peers)
+        );
+        let detail = AlertDetail::Surge {
+            new_connections_per_second: round_tenths(rate),
+            baseline_per_second: round_tenths(baseline),
+            peers,
+        };
+        report(
+            self.pid,
+            &mut self.surge,
+            AlertKind::ConnectionSurge,
+            check,
+            ts,
+            message,
+            detail,
+            out,
+        );
+    }
+}
+
+/// Feeds a latch and turns its change into an `alert` or `alert_resolved` event.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call shape for every socket alert"
+)]
+fn report(
+    pid: u32,
+    latch: &mut Latch,
+    kind: AlertKind,
+    check: Check,
+    ts: u64,
+    message: String,
+    detail: AlertDetail,
+    out: &mut Vec<Event>,
+) {
+    match latch.update(check) {
+        Some(Change::Raise) => out.push(Event::Alert {
+            ts,
+            pid,
+            kind,
+            severity: Severity::Warning,
+            message,
+            detail,
+        }),
+        Some(Change::Resolve) => out.push(Event::AlertResolved {
+            ts,
+            pid,
+            kind,
+            severity: Severity::Warning,
+            message,
+        }),
+        None => {}
+    }
+}
+
+/// The largest groups first, at most [`TOP_PEERS`].
+fn top(groups: impl Iterator<Item = PeerCount>) -> Vec<PeerCount> {
+    let mut all: Vec<PeerCount> = groups.collect();
+    all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.addr.cmp(&b.addr)));
+    all.truncate(TOP_PEERS);
+    all
+}
+
+/// "10.0.0.5 -> :9092 x8, to 10.0.0.7:9092 x4".
+fn describe_peers(peers: &[PeerCount]) -> String {
+    let parts: Vec<String> = peers
+        .iter()
+        .map(|p| match (p.local_port, p.remote_port) {
+            (Some(port), _) => format!("{} -> :{port} x{}", p.addr, p.count),
+            (None, Some(port)) => format!("to {}:{port} x{}", p.addr, p.count),
+            (None, None) => format!("{} x{}", p.addr, p.count),
+        })
+        .collect();
+    if parts.is_empty() {
+        "no peer".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn round_tenths(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::tcp::{TCP_ESTABLISHED, TCP_LISTEN};
+
+    use super::{proc::ProcSocket, *};
+
+    const LISTENER: u64 = 0x1000;
+
+    fn event(sk: u64, old: u8, new: u8, adopted: Adopted, at: f64, peer: u8) -> TcpEvent {
+        let mut saddr = [0; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, peer]);
+        TcpEvent {
+            ts_ns: (at * 1e9) as u64,
+            sk,
+            tid: 1,
+            netns: 1,
+            kind: Kind::Transition as u8,
+            old,
+            new,
+            family: 4,
+            held: 1,
+            adopted: adopted as u8,
+            sport: 9092,
+            dport: 40_000 + sk as u16,
+            pad: [0; 6],
+            saddr,
+            daddr,
+        }
+    }
+
+    /// A server socket accepted from `peer` at `at`, and the peer closing it at `closed`.
+    fn accept_then_peer_close(
+        model: &mut TcpModel,
+        sk: u64,
+        peer: u8,
+        at: f64,
+        closed: f64,
+        out: &mut Vec<Event>,
+    ) {
+        let mut syn = event(sk, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, at, peer);
+        syn.held = 0;
+        model.record(&syn, out);
+        let mut est = event(sk, SYN_RECV, ESTABLISHED, Adopted::Known, at, peer);
+        est.held = 0;
+        model.record(&est, out);
+        let mut accepted = event(sk, ESTABLISHED, ESTABLISHED, Adopted::Known, at, peer);
+        accepted.kind = Kind::Accepted as u8;
+        model.record(&accepted, out);
+        model.record(
+            &event(sk, ESTABLISHED, CLOSE_WAIT, Adopted::Known, closed, peer),
+            out,
+        );
+    }
+
+    fn alerts(events: &[Event]) -> Vec<(&'static str, AlertKind)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Alert { kind, .. } => Some(("alert", *kind)),
+                Event::AlertResolved { kind, .. } => Some(("resolved", *kind)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn close_wait_leak_fires_after_the_threshold_and_resolves_when_drained() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let mut out = Vec::new();
+        model.record(
+            &event(LISTENER, TCP_CLOSE, TCP_LISTEN, Adopted::ByOwner, 0.0, 0),
+            &mut out,
+        );
+        for sk in 1..=3 {
+            accept_then_peer_close(
+                &mut model,
+                sk,
+                if sk == 3 { 2 } else { 1 },
+                1.0,
+                2.0,
+                &mut out,
+            );
+        }
+        let transitions = out
+            .iter()
+            .filter(|e| matches!(e, Event::TcpState { .. }))
+            .count();
+        assert_eq!(
+            transitions,
+            1 + 3 * 3,
+            "one tcp_state per transition, none for accept"
+        );
+        out.clear();
+        model.tick(6.9, 0, &Lost::default(), &mut out);
+        assert!(
+            alerts(&out).is_empty(),
+            "4.9 s in CLOSE_WAIT is under the 5 s threshold"
+        );
+        assert_eq!(model.census().held.get(CLOSE_WAIT), 3);
+        assert_eq!(model.census().held.get(TCP_LISTEN), 1);
+        model.tick(7.1, 0, &Lost::default(), &mut out);
+        let alert = out
+            .iter()
+            .find(|e| matches!(e, Event::Alert { .. }))
+            .expect("alert");
+        let Event::Alert {
+            detail: AlertDetail::Sockets { count, peers, .. },
+            message,
+            ..
+        } = alert
+        else {
+            panic!("{alert:?}")
+        };
+        assert_eq!(*count, 3);
+        assert_eq!(
+            peers[0],
+            PeerCount {
+                addr: "10.0.0.1".parse().unwrap(),
+                local_port: Some(9092),
+                remote_port: None,
+                count: 2
+            }
+        );
+        assert!(message.contains("jstack 7"), "{message}");
+        model.tick(8.0, 0, &Lost::default(), &mut out);
+        assert_eq!(
+            alerts(&out),
+            vec![("alert", AlertKind::CloseWaitLeak)],
+            "raised once"
+        );
+        // The server resumes and closes: LAST_ACK, then CLOSE.
+        for sk in 1..=3 {
+            let mut last_ack = event(sk, CLOSE_WAIT, 9, Adopted::Known, 9.0, 1);
+            last_ack.held = 0;
+            model.record(&last_ack, &mut out);
+            model.record(&event(sk, 9, TCP_CLOSE, Adopted::Known, 9.1, 1), &mut out);
+        }
+        model.tick(9.5, 0, &Lost::default(), &mut out);
+        assert_eq!(
+            alerts(&out),
+            vec![
+                ("alert", AlertKind::CloseWaitLeak),
+                ("resolved", AlertKind::CloseWaitLeak)
+            ]
+        );
+        assert_eq!(model.census().held.total(), 1, "only the listener is left");
+    }
+
+    #[test]
+    fn queued_and_orphaned_sockets_are_counted_apart() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let mut out = Vec::new();
+        // Arrived on the listening port, never accepted: the accept queue.
+        let mut queued = event(1, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, 0.0, 1);
+        queued.held = 0;
+        model.record(&queued, &mut out);
+        // The target's client socket, closed by the target: orphaned in FIN_WAIT2.
+        model.record(&event(2, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 2), &mut out);
+        model.record(
+            &event(2, 2, TCP_ESTABLISHED, Adopted::Known, 0.1, 2),
+            &mut out,
+        );
+        model.record(
+            &event(2, TCP_ESTABLISHED, 4, Adopted::Known, 0.2, 2),
+            &mut out,
+        );
+        let mut fin2 = event(2, 4, FIN_WAIT2, Adopted::Known, 0.3, 2);
+        fin2.held = 0;
+        model.record(&fin2, &mut out);
+        model.tick(1.0, 0, &Lost::default(), &mut out);
+        let census = model.census();
+        assert_eq!(census.held.total(), 0);
+        assert_eq!(census.accept_queue.get(SYN_RECV), 1);
+        assert_eq!(census.orphaned.get(FIN_WAIT2), 1);
+        assert!(
+            (census.new_per_second - 1.0).abs() < 1e-9,
+            "one new connection in the one second observed"
+        );
+    }
+
+    #[test]
+    fn fin_wait2_pileup_needs_many_old_ones() {
+        let thresholds = TcpThresholds {
+            fin_wait2_min: 3,
+            fin_wait2_after: 10.0,
+            ..TcpThresholds::default()
+        };
+        let mut model = TcpModel::new(7, thresholds);
+        let mut out = Vec::new();
+        for sk in 1..=4 {
+            model.record(&event(sk, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 3), &mut out);
+            model.record(
+                &event(sk, 2, TCP_ESTABLISHED, Adopted::Known, 0.0, 3),
+                &mut out,
+            );
+            model.record(
+                &event(sk, TCP_ESTABLISHED, 4, Adopted::Known, 1.0, 3),
+                &mut out,
+            );
+            model.record(&event(sk, 4, FIN_WAIT2, Adopted::Known, 1.0, 3), &mut out);
+        }
+        out.clear();
+        model.tick(10.0, 0, &Lost::default(), &mut out);
+        assert!(alerts(&out).is_empty());
+        model.tick(11.5, 0, &Lost::default(), &mut out);
+        assert_eq!(alerts(&out), vec![("alert", AlertKind::FinWait2Pileup)]);
+        for sk in 1..=3 {
+            model.record(
+                &event(sk, FIN_WAIT2, TCP_CLOSE, Adopted::Known, 12.0, 3),
+                &mut out,
+            );
+        }
+        model.tick(12.5, 0, &Lost::default(), &mut out);
+        assert_eq!(
+            alerts(&out),
+            vec![
+                ("alert", AlertKind::FinWait2Pileup),
+                ("resolved", AlertKind::FinWait2Pileup)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_surge_is_measured_against_the_baseline() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let mut out = Vec::new();
+        let mut sk = 100;
+        let mut connect = |model: &mut TcpModel, n: u32, at: f64, out: &mut Vec<Event>| {
+            for _ in 0..n {
+                sk += 1;
+                let mut syn = event(sk, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, at, 9);
+                syn.held = 0;
+                model.record(&syn, out);
+            }
+        };
+        // A minute at 10 new connections a second, then 400 a second.
+        for t in 0..60 {
+            connect(&mut model, 10, f64::from(t), &mut out);
+            model.tick(f64::from(t) + 0.5, 0, &Lost::default(), &mut out);
+        }
+        assert!(alerts(&out).is_empty());
+        for t in 60..70 {
+            connect(&mut model, 400, f64::from(t), &mut out);
+            model.tick(f64::from(t) + 0.5, 0, &Lost::default(), &mut out);
+        }
+        assert_eq!(alerts(&out), vec![("alert", AlertKind::ConnectionSurge)]);
+        assert!((model.census().baseline_per_second - 10.0).abs() < 1e-9);
+        for t in 70..90 {
+            connect(&mut model, 10, f64::from(t), &mut out);
+            model.tick(f64::from(t) + 0.5, 0, &Lost::default(), &mut out);
+        }
+        assert_eq!(
+            alerts(&out),
+            vec![
+                ("alert", AlertKind::ConnectionSurge),
+                ("resolved", AlertKind::ConnectionSurge)
+            ]
+        );
+    }
+
+    #[test]
+    fn sockets_from_proc_are_taken_over_by_their_first_record() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let mut tuple = Tuple {
+            family: 4,
+            saddr: [0; 16],
+            sport: 9092,
+            daddr: [0; 16],
+            dport: 40_001,
+        };
+        tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        model.seed(
+            &ProcSockets {
+                netns: 1,
+                sockets: vec![ProcSocket {
+                    tuple,
+                    state: ESTABLISHED,
+                    inode: 5,
+                    held: true,
+                    rx_queue: 0,
+                }],
+                listen_ports: vec![9092],
+            },
+            0.0,
+        );
+        let mut out = Vec::new();
+        model.tick(1.0, 0, &Lost::default(), &mut out);
+        assert_eq!(model.census().held.get(ESTABLISHED), 1);
+        model.record(
+            &event(1, ESTABLISHED, CLOSE_WAIT, Adopted::FromProc, 2.0, 1),
+            &mut out,
+        );
+        model.tick(3.0, 0, &Lost::default(), &mut out);
+        assert_eq!(model.census().held.get(ESTABLISHED), 0);
+        assert_eq!(
+            model.census().held.get(CLOSE_WAIT),
+            1,
+            "moved, not duplicated"
+        );
+        assert_eq!(model.census().close_wait_oldest, Some(1.0));
+    }
+}
