@@ -84,6 +84,62 @@ impl Drop for TempDir {
     }
 }
 
+/// A free loopback port (closed again: whoever needs it binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until something listens on loopback `port`.
+pub fn wait_for_listener(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Redis server (Debian's) on a free loopback port, with its files in `dir`.
+pub fn start_redis(dir: &TempDir) -> (Process, u16) {
+    let port = free_port();
+    let redis = Process::spawn(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path()),
+    );
+    wait_for_listener(port, "redis-server");
+    (redis, port)
+}
+
+/// The body of `GET path` on loopback `port`, which must answer 200.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_owned()
+}
+
 /// Compiles `tests/java/<class>.java` into `out`.
 pub fn compile_java(class: &str, out: &Path) {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))

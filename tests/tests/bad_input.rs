@@ -53,6 +53,20 @@ fn assert_fails_with(output: &Output, needle: &str) {
     assert!(programs_unloaded("tracer_"), "a program was left loaded");
 }
 
+/// The arguments of `tracer attach --json --duration SECONDS --pid PID`.
+fn attach_args(seconds: &str, pid: u32) -> Vec<String> {
+    [
+        "attach",
+        "--json",
+        "--duration",
+        seconds,
+        "--pid",
+        &pid.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn attach(pid: &str) -> Command {
     let mut command = Command::new(tracer_bin());
     command.args(["attach", "--json", "--duration", "3", "--pid", pid]);
@@ -115,6 +129,38 @@ fn without_root() {
         .arg(tracer_bin())
         .args(["attach", "--pid", &target.pid.to_string()]);
     assert_fails_with(&run(&mut command), "run it with sudo");
+}
+
+/// `tracer attach` as user nobody with only the capabilities `caps`, on a root process.
+fn attach_with_capabilities(caps: &str) -> Output {
+    let target = sleeper();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer_bin())
+        .args(attach_args("2", target.pid));
+    run(&mut command)
+}
+
+#[test]
+fn least_privilege_is_enough() {
+    // What the README, the systemd unit and the Kubernetes example grant: no root.
+    let output = attach_with_capabilities("+bpf,+perfmon,+sys_ptrace,+dac_read_search");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("\"type\":\"vma\"") && stdout.contains("\"type\":\"sockets\""),
+        "{stdout}"
+    );
+    // Without the two that open another user's /proc, the error names them.
+    let output = attach_with_capabilities("+bpf,+perfmon");
+    assert_fails_with(&output, "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH");
 }
 
 #[test]
@@ -180,14 +226,7 @@ fn a_thread_id_means_its_process() {
 #[test]
 fn duration_ends_attach_cleanly() {
     let target = sleeper();
-    let output = run(Command::new(tracer_bin()).args([
-        "attach",
-        "--json",
-        "--duration",
-        "2",
-        "--pid",
-        &target.pid.to_string(),
-    ]));
+    let output = run(Command::new(tracer_bin()).args(attach_args("2", target.pid)));
     assert!(output.status.success(), "{:?}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let vma_lines = stdout

@@ -8,6 +8,20 @@
 /// initial pid namespace). The programs return at once for every other process.
 pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
 
+/// Name of the global holding the [`PidNamespace`] that `TARGET_TGID` is in.
+pub const TARGET_PIDNS_GLOBAL: &str = "TARGET_PIDNS";
+
+/// The pid namespace of the agent, when it is not the host's (a container, a Kubernetes pod
+/// with `shareProcessNamespace`): the programs then compare `bpf_get_ns_current_pid_tgid` in
+/// it instead of the kernel's own ids. All zero in the host's namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidNamespace {
+    /// `st_dev` and `st_ino` of `/proc/self/ns/pid`.
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// Name of the global holding [`KernelLayout`].
 pub const KERNEL_LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
 

@@ -15,6 +15,7 @@ mod pod {
     // SAFETY: all these types are `#[repr(C)]`, `Copy`, made of plain integers with explicit
     // padding, and valid for any bit pattern.
     unsafe impl aya::Pod for crate::config::KernelLayout {}
+    unsafe impl aya::Pod for crate::config::PidNamespace {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
     unsafe impl aya::Pod for crate::tcp::ListenKey {}
     unsafe impl aya::Pod for crate::tcp::TupleKey {}

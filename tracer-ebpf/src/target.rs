@@ -1,11 +1,18 @@
 //! The read-only globals that say which process is traced and where to find kernel fields.
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use tracer_common::config::KernelLayout;
+use aya_ebpf::{
+    bindings::bpf_pidns_info,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_ns_current_pid_tgid},
+};
+use tracer_common::config::{KernelLayout, PidNamespace};
 
 /// The target's thread-group id; set by the agent at load time (`TARGET_TGID_GLOBAL`).
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
+
+/// The pid namespace `TARGET_TGID` is in; zero for the host's (`TARGET_PIDNS_GLOBAL`).
+#[unsafe(no_mangle)]
+static TARGET_PIDNS: PidNamespace = PidNamespace { dev: 0, ino: 0 };
 
 /// Field offsets and syscall numbers of the running kernel (`KERNEL_LAYOUT_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -45,10 +52,29 @@ macro_rules! layout {
 pub(crate) use layout;
 
 /// Whether the current task belongs to the target: one helper call and one compare, the first
-/// thing every program does.
+/// thing every program does. In a container's pid namespace the helper that sees ids in that
+/// namespace is used instead; it fails for tasks outside it.
 #[inline(always)]
 pub fn is_current() -> bool {
-    // SAFETY: a volatile read keeps the compiler from folding the load-time value to 0.
-    let target = unsafe { core::ptr::read_volatile(&raw const TARGET_TGID) };
-    (bpf_get_current_pid_tgid() >> 32) as u32 == target
+    // SAFETY: volatile reads keep the compiler from folding the load-time values to 0.
+    let (target, pidns) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const TARGET_TGID),
+            core::ptr::read_volatile(&raw const TARGET_PIDNS),
+        )
+    };
+    if pidns.ino == 0 {
+        return (bpf_get_current_pid_tgid() >> 32) as u32 == target;
+    }
+    let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: the helper writes at most `size` bytes into `ids`.
+    let ret = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            pidns.dev,
+            pidns.ino,
+            &raw mut ids,
+            size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    ret == 0 && ids.tgid == target
 }

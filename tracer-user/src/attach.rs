@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::{
-    cli::{AttachArgs, WatchArgs},
+    cli::{AttachArgs, OutputArgs, WatchArgs},
     output::Output,
     preflight,
     session::{End, Session},
@@ -20,16 +20,16 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
             target.pid, target.comm
         );
     }
-    watch(target, &args.watch).await.map(|_| ())
+    watch(target, &args.watch, args.output).await.map(|_| ())
 }
 
 /// Checks the machine, attaches to `target` and reports to stdout until the session ends.
-pub async fn watch(target: Target, watch: &WatchArgs) -> anyhow::Result<End> {
+pub async fn watch(target: Target, watch: &WatchArgs, output: OutputArgs) -> anyhow::Result<End> {
     let options = watch.options()?;
-    let btf = preflight::check()?;
-    let session = Session::attach(target, &btf, &options)?;
-    let mut output = Output::for_stdout(watch.json);
-    match session.run(&mut output, stop_signal(watch.duration)).await {
+    let machine = preflight::check()?;
+    let session = Session::attach(target, &machine, &options)?;
+    let mut sink = Output::for_stdout(output.json);
+    match session.run(&mut sink, stop_signal(output.duration)).await {
         // The reader of stdout went away (`| head`): a normal way to stop.
         Err(e) if is_broken_pipe(&e) => Ok(End::Stopped),
         other => other,
@@ -60,7 +60,7 @@ pub async fn stop_signal(duration: Option<Duration>) {
     }
 }
 
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .chain()
         .filter_map(|e| e.downcast_ref::<std::io::Error>())

@@ -27,6 +27,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// Run the tracer on a built-in workload whose mappings grow like a Kafka broker's.
     Demo(DemoArgs),
+    /// Run as a long-lived agent next to the server: follows targets across restarts, serves
+    /// Prometheus metrics and the event stream over HTTP, sends alerts to a webhook.
+    Agent(AgentArgs),
     /// The demo's workload (started by `tracer demo`).
     #[command(hide = true)]
     DemoWorkload(WorkloadArgs),
@@ -37,6 +40,54 @@ pub struct AttachArgs {
     /// Process to watch (a thread id is taken as its process).
     #[arg(long, value_parser = parse_pid)]
     pub pid: u32,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// Where `attach` and `demo` report, and for how long.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct OutputArgs {
+    /// Write NDJSON events to stdout instead of the live view (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (e.g. 90s, 10m, 2h; a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// Default address of the agent's HTTP endpoints.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// A process to watch (repeatable). It is not replaced when it exits.
+    #[arg(long = "pid", value_parser = parse_pid)]
+    pub pids: Vec<u32>,
+    /// Watch every process whose command line matches REGEX, and the next one when it exits
+    /// (repeatable; NAME=REGEX names the target in metrics, e.g. kafka=kafka\.Kafka).
+    #[arg(long = "match", value_name = "[NAME=]REGEX")]
+    pub matches: Vec<String>,
+    /// TOML file with targets and thresholds; flags given on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address of GET /metrics, /events and /healthz.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Allow --listen on an address other hosts can reach (metrics and events are not
+    /// authenticated).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// POST every alert and resolution as JSON to this http:// or https:// URL, with retries.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Do not copy the event stream to stdout.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Stop after this long (for tests and soak runs; normally until SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -49,6 +100,8 @@ pub struct DemoArgs {
     /// The workload stops growing at this many mappings [default: 45% of the limit].
     #[arg(long)]
     pub stop_at: Option<u32>,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -66,12 +119,6 @@ pub struct WorkloadArgs {
 /// How a target is watched and when alerts fire.
 #[derive(Clone, Debug, Args)]
 pub struct WatchArgs {
-    /// Write NDJSON events to stdout instead of the live view (schema in the README).
-    #[arg(long)]
-    pub json: bool,
-    /// Stop after this long (e.g. 90s, 10m, 2h; a bare number is seconds).
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
     /// Predict against this limit instead of vm.max_map_count ("what if the limit were N").
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_map_count: Option<u32>,
@@ -191,7 +238,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// "80%" or "80" -> 0.8.
-fn parse_percent(text: &str) -> Result<f64, String> {
+pub fn parse_percent(text: &str) -> Result<f64, String> {
     let number = text.trim().trim_end_matches('%');
     match number.parse::<f64>() {
         Ok(p) if p > 0.0 && p <= 100.0 => Ok(p / 100.0),

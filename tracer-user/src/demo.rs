@@ -61,7 +61,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut child = command.spawn().context("starting the demo workload")?;
     let target = Target::open(child.id()).context("watching the demo workload");
     let result = match target {
-        Ok(target) => attach::watch(target, &args.watch).await.map(|_| ()),
+        Ok(target) => attach::watch(target, &args.watch, args.output)
+            .await
+            .map(|_| ()),
         Err(e) => Err(e),
     };
     let _ = child.kill();

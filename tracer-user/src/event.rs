@@ -109,6 +109,8 @@ pub enum Event {
         orphaned: StateCounts,
         /// Age of the oldest CLOSE_WAIT socket (held or queued); null when there is none.
         close_wait_oldest_seconds: Option<f64>,
+        /// CLOSE_WAIT sockets older than `--close-wait-after`: the leak.
+        close_wait_leaked: u32,
         /// New connections per second on its listening ports, over the last 10 s.
         new_connections_per_second: f64,
         /// Remote addresses with the most ESTABLISHED connections to it.
@@ -163,7 +165,7 @@ pub struct StateCounts {
 }
 
 /// States a socket of a process can be in (TIME_WAIT and NEW_SYN_RECV belong to none).
-const PROCESS_STATES: [u8; 9] = [1, 2, 3, 4, 5, 8, 9, 10, 11];
+pub const PROCESS_STATES: [u8; 9] = [1, 2, 3, 4, 5, 8, 9, 10, 11];
 
 impl StateCounts {
     pub fn get(&self, state: u8) -> u32 {

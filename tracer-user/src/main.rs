@@ -1,6 +1,7 @@
 //! `tracer`: an eBPF tracer that watches one server process (typically a Kafka broker) for the
 //! slow-building failures that take it down, and warns before they do.
 
+mod agent;
 mod alert;
 mod attach;
 mod btf;
@@ -17,12 +18,16 @@ mod vma;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
@@ -44,6 +49,10 @@ fn main() -> ExitCode {
                     match command {
                         Command::Attach(args) => attach::run(args).await,
                         Command::Demo(args) => demo::run(args).await,
+                        Command::Agent(args) => {
+                            let (_, agent) = matches.subcommand().expect("a subcommand was parsed");
+                            agent::run(args, agent).await
+                        }
                         Command::DemoWorkload(_) => unreachable!("handled above"),
                     }
                 })

@@ -1,11 +1,16 @@
 //! Checks of the machine and of our privileges, made before anything is loaded, so each
 //! problem ends in one line that names its fix.
 
-use std::fs;
+use std::{fs, os::unix::fs::MetadataExt as _};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 
-use crate::btf::{self, Btf};
+use tracer_common::config::{KernelLayout, PidNamespace};
+
+use crate::{
+    btf::{self, Btf},
+    probes,
+};
 
 /// Capability bits (linux/capability.h).
 const CAP_SYS_ADMIN: u32 = 21;
@@ -16,11 +21,19 @@ const CAP_BPF: u32 = 39;
 /// fetch-add and compare-and-swap (5.12).
 const MIN_KERNEL: (u32, u32) = (5, 12);
 
-/// Runs every check, then raises the memlock limit; returns the kernel's BTF.
-pub fn check() -> anyhow::Result<Btf> {
+/// What the probes need to know about this machine, found once at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Machine {
+    /// Where the programs' kernel fields are, from the kernel's BTF.
+    pub layout: KernelLayout,
+    /// The pid namespace the agent's pids are in.
+    pub pidns: PidNamespace,
+}
+
+/// Runs every check, raises the memlock limit, and reads what the probes need to know.
+pub fn check() -> anyhow::Result<Machine> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     check_privileges(&status)?;
-    check_pid_namespace(&status)?;
     let release = kernel_release();
     check_kernel(&release)?;
     if !std::path::Path::new(btf::VMLINUX).exists() {
@@ -30,8 +43,14 @@ pub fn check() -> anyhow::Result<Btf> {
         );
     }
     let btf = Btf::from_kernel().with_context(|| format!("reading {}", btf::VMLINUX))?;
+    let layout = probes::kernel_layout(&btf).map_err(|e| {
+        anyhow!("{e} - this kernel ({release}) is laid out in a way tracer does not know yet, please report it")
+    })?;
     raise_memlock_limit();
-    Ok(btf)
+    Ok(Machine {
+        layout,
+        pidns: pid_namespace()?,
+    })
 }
 
 /// Loading BPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which root has).
@@ -50,19 +69,23 @@ fn check_privileges(status: &str) -> anyhow::Result<()> {
     );
 }
 
-/// The probes compare the kernel's own (initial namespace) process ids, so tracer must see
-/// them: `NSpid` lists one id per nested pid namespace, and only one in the host's.
-fn check_pid_namespace(status: &str) -> anyhow::Result<()> {
-    let depth = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))
-        .map_or(1, |ids| ids.split_whitespace().count());
-    if depth > 1 {
-        bail!(
-            "tracer runs in a container's pid namespace, where process ids differ from the kernel's - run it in the host's (docker run --pid=host, Kubernetes hostPID: true)"
-        );
+/// Inode of the initial (host) pid namespace: `PROC_PID_INIT_INO` in the kernel.
+const HOST_PIDNS_INO: u64 = 0xEFFF_FFFC;
+
+/// The pid namespace the agent sees pids in, for the probes: zero in the host's, where they
+/// compare the kernel's own ids; `/proc/self/ns/pid` in a container's. (`NSpid` in
+/// /proc/self/status cannot tell: a container's own /proc shows only its ids.)
+fn pid_namespace() -> anyhow::Result<PidNamespace> {
+    let ns = fs::metadata("/proc/self/ns/pid").context("reading /proc/self/ns/pid")?;
+    Ok(in_container(ns.dev(), ns.ino()))
+}
+
+fn in_container(dev: u64, ino: u64) -> PidNamespace {
+    if ino == HOST_PIDNS_INO {
+        PidNamespace::default()
+    } else {
+        PidNamespace { dev, ino }
     }
-    Ok(())
 }
 
 fn kernel_release() -> String {
@@ -124,10 +147,15 @@ mod tests {
     }
 
     #[test]
-    fn only_the_host_pid_namespace() {
-        assert!(check_pid_namespace("Name:\tx\nNSpid:\t4242\n").is_ok());
-        let nested = check_pid_namespace("NSpid:\t4242\t7\n").unwrap_err();
-        assert!(nested.to_string().contains("hostPID"), "{nested}");
+    fn pid_namespaces() {
+        assert_eq!(in_container(4, HOST_PIDNS_INO), PidNamespace::default());
+        assert_eq!(
+            in_container(4, 4_026_532_999),
+            PidNamespace {
+                dev: 4,
+                ino: 4_026_532_999
+            }
+        );
     }
 
     #[test]

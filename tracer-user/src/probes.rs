@@ -12,7 +12,10 @@ use aya::{
     programs::RawTracePoint,
 };
 use tracer_common::{
-    config::{ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, TARGET_TGID_GLOBAL},
+    config::{
+        ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL,
+        TARGET_TGID_GLOBAL,
+    },
     lost::{LOST_SLOTS, LOST_TCP, LOST_VMA, UNTRACKED_TCP},
     tcp::{ListenKey, TcpEvent, TupleKey},
     vma::{VmaEvent, VmaRegister},
@@ -134,13 +137,20 @@ const PROGRAMS: [(&str, &str); 2] = [
 ];
 
 impl Probes {
-    /// Loads the embedded object for `tgid` and attaches every program. `max_sockets` bounds
+    /// Loads the embedded object for `tgid` (a pid in `pidns`) and attaches every program.
+    /// `max_sockets` bounds
     /// the kernel's table of the target's sockets.
-    pub fn attach(tgid: u32, layout: &KernelLayout, max_sockets: u32) -> Result<Self, ProbeError> {
+    pub fn attach(
+        tgid: u32,
+        pidns: &PidNamespace,
+        layout: &KernelLayout,
+        max_sockets: u32,
+    ) -> Result<Self, ProbeError> {
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations in the object; skip parsing the kernel's BTF a second time.
             .btf(None)
             .override_global(TARGET_TGID_GLOBAL, &tgid, true)
+            .override_global(TARGET_PIDNS_GLOBAL, pidns, true)
             .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
             .map_max_entries("TCP_SOCKETS", max_sockets)
             .map_max_entries("TCP_SEED", max_sockets)

@@ -18,9 +18,8 @@ use tokio::{
 use tracer_common::tcp::{ListenKey, TupleKey};
 
 use crate::{
-    btf::Btf,
     event::{Event, MappingGroup, monotonic, now_ms},
-    preflight,
+    preflight::{self, Machine},
     probes::{self, Lost, ProbeError, Probes},
     target::Target,
     tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
@@ -108,11 +107,8 @@ pub struct Session {
 impl Session {
     /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
     /// nothing that happens in between is missed.
-    pub fn attach(target: Target, btf: &Btf, options: &Options) -> anyhow::Result<Self> {
-        let layout = probes::kernel_layout(btf).map_err(|e| {
-            anyhow!("{e} - this kernel's layout is not supported, please report it with `uname -r`")
-        })?;
-        let mut probes = Probes::attach(target.pid, &layout, options.max_sockets).map_err(|e| match e {
+    pub fn attach(target: Target, machine: &Machine, options: &Options) -> anyhow::Result<Self> {
+        let mut probes = Probes::attach(target.pid, &machine.pidns, &machine.layout, options.max_sockets).map_err(|e| match e {
             ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
                 "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
             ),
@@ -136,7 +132,7 @@ impl Session {
 
         let unreadable = |what: &str, e: std::io::Error| {
             anyhow!(
-                "reading /proc/{}/{what}: {e} - run tracer as root to watch another user's process",
+                "reading /proc/{}/{what}: {e} - run tracer as root, or give it CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to watch another user's process",
                 target.pid
             )
         };
@@ -163,7 +159,7 @@ impl Session {
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
         tcp.seed(
-            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("net/tcp", e))?,
+            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("{fd,net/tcp}", e))?,
             monotonic(),
         );
 

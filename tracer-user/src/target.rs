@@ -42,7 +42,7 @@ impl fmt::Display for TargetError {
             ),
             Self::Unreadable { pid, error } => write!(
                 f,
-                "cannot read /proc/{pid}: {error} - run tracer as root (or with CAP_SYS_PTRACE) to watch another user's process"
+                "cannot read /proc/{pid}: {error} - run tracer as root, or give it CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to watch another user's process"
             ),
         }
     }
@@ -138,11 +138,15 @@ fn read_proc(pid: u32, file: &str) -> Result<String, TargetError> {
     })
 }
 
-/// State letter and flags from /proc/PID/stat. The comm field may hold spaces and
-/// parentheses, so fields are counted from the last ')'.
+/// The fields of /proc/PID/stat after the comm, from field 3 (the state) on. The comm may
+/// hold spaces and parentheses, so they start after the last ')'.
+pub fn stat_fields(stat: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_ascii_whitespace())
+}
+
+/// State letter and flags from /proc/PID/stat.
 fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
+    let mut fields = stat_fields(stat)?;
     let state = fields.next()?.chars().next()?;
     // After the state: ppid, pgrp, session, tty_nr, tpgid, then flags.
     let flags = fields.nth(5)?.parse().ok()?;

@@ -5,7 +5,7 @@
 //!   must match rustc's LLVM major and Debian has no LLVM that new;
 //! - Debian packages: a JDK (the integration tests run a real JVM), iproute2 (`ss`, `ip netns`),
 //!   gcc (the C workloads), bpftool (to check nothing stays loaded), redis-server (a real
-//!   server to freeze).
+//!   server to freeze), prometheus (promtool checks /metrics and the alerting rules), curl.
 
 use std::{
     env,
@@ -28,6 +28,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("bpftool", "bpftool"),
     ("redis-server", "redis-server"),
+    ("prometheus", "promtool"),
+    ("curl", "curl"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

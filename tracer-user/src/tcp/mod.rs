@@ -100,6 +100,8 @@ pub struct Census {
     pub accept_queue: StateCounts,
     pub orphaned: StateCounts,
     pub close_wait_oldest: Option<f64>,
+    /// CLOSE_WAIT sockets older than the leak threshold.
+    pub close_wait_leaked: u32,
     pub new_per_second: f64,
     pub baseline_per_second: f64,
     pub peers: Vec<PeerCount>,
@@ -234,6 +236,8 @@ impl TcpModel {
             self.recent.pop_front();
         }
         self.census = self.count(now);
+        let leaked = self.stuck(CLOSE_WAIT, self.thresholds.close_wait_after, now, false);
+        self.census.close_wait_leaked = leaked.0;
         let c = &self.census;
         out.push(Event::Sockets {
             ts,
@@ -242,12 +246,13 @@ impl TcpModel {
             accept_queue: c.accept_queue.clone(),
             orphaned: c.orphaned.clone(),
             close_wait_oldest_seconds: c.close_wait_oldest.map(round_tenths),
+            close_wait_leaked: c.close_wait_leaked,
             new_connections_per_second: round_tenths(c.new_per_second),
             peers: c.peers.clone(),
             events_lost: lost.tcp_records,
             untracked: lost.tcp_untracked,
         });
-        self.check_close_wait(now, ts, out);
+        self.check_close_wait(leaked, ts, out);
         self.check_fin_wait2(now, ts, out);
         self.check_surge(ts, out);
     }
@@ -344,9 +349,13 @@ impl TcpModel {
         (count, oldest, peers)
     }
 
-    fn check_close_wait(&mut self, now: f64, ts: u64, out: &mut Vec<Event>) {
+    fn check_close_wait(
+        &mut self,
+        (count, oldest, peers): (u32, f64, Vec<PeerCount>),
+        ts: u64,
+        out: &mut Vec<Event>,
+    ) {
         let t = self.thresholds;
-        let (count, oldest, peers) = self.stuck(CLOSE_WAIT, t.close_wait_after, now, false);
         let check = Check {
             firing: count >= t.close_wait_min,
             cleared: count == 0,

@@ -1,0 +1,548 @@
+//! `tracer agent`: re-attach across restarts, /metrics checked by promtool and against /proc,
+//! /events through `curl -N`, a slow client, the webhook, bad config, a busy port, least
+//! privilege, a container's pid namespace, and a compressed soak of target churn.
+
+#![expect(
+    clippy::float_cmp,
+    reason = "the metric samples compared are whole counts, exact in f64"
+)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tracer_tests::{
+    Event, Process, TempDir, compile_c, free_port, http_get, maps_count, programs_unloaded,
+    rss_kib, ss_states, start_redis, tracer_bin, wait_for_listener,
+};
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+/// A running `tracer agent`, its NDJSON stdout parsed.
+struct Agent {
+    process: Process,
+    port: u16,
+}
+
+impl Agent {
+    fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(tracer_bin());
+        command
+            .args(["agent", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args);
+        let agent = Self {
+            process: Process::spawn(&mut command),
+            port,
+        };
+        wait_for_listener(port, "the agent");
+        agent
+    }
+
+    /// The next event of type `kind` on stdout.
+    fn expect(&self, kind: &str, timeout: Duration) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {kind} event from the agent within {timeout:?}"
+            );
+            let (at, line) = self.process.next_line(left).expect("agent running");
+            let event = Event {
+                at,
+                json: serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+            };
+            if event.kind() == kind {
+                return event;
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> String {
+        http_get(self.port, path)
+    }
+
+    /// Samples of /metrics: (name with labels, value).
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        self.get("/metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// A copy of the acceptor (a server that keeps every connection) under a name of the test's
+/// own, so that `--match` finds only it.
+fn marked_acceptor(dir: &TempDir, name: &str) -> PathBuf {
+    let built = compile_c("acceptor", dir.path());
+    let marked = dir.path().join(name);
+    std::fs::rename(&built, &marked).expect("rename");
+    marked
+}
+
+fn start_acceptor(binary: &Path) -> (Process, u16) {
+    let server = Process::spawn(Command::new(binary).arg("0"));
+    let (_, ready) = server.expect_line("READY", Duration::from_secs(5));
+    let port = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    (server, port)
+}
+
+#[test]
+fn a_restarted_target_is_reattached_within_a_second() {
+    let dir = TempDir::new("agent-restart");
+    let marker = format!("broker-{}", std::process::id());
+    let binary = marked_acceptor(&dir, &marker);
+    let agent = Agent::start(&["--match", &format!("broker={marker}")]);
+    let (mut server, _) = start_acceptor(&binary);
+    let attached = agent.expect("target_attached", Duration::from_secs(5));
+    assert_eq!(attached.u64("pid"), u64::from(server.pid));
+    for restart in 0..3 {
+        drop(server);
+        let exit = agent.expect("target_exit", Duration::from_secs(5));
+        let spawned_ms = now_ms();
+        let (next, _) = start_acceptor(&binary);
+        server = next;
+        let attached = agent.expect("target_attached", Duration::from_secs(5));
+        assert_eq!(
+            attached.u64("pid"),
+            u64::from(server.pid),
+            "restart {restart}"
+        );
+        assert!(
+            attached.json["cmdline"]
+                .as_str()
+                .expect("cmdline")
+                .contains(&marker)
+        );
+        let took = attached.u64("ts").saturating_sub(spawned_ms);
+        println!(
+            "restart {restart}: exit {}, re-attached {took} ms after the new process started",
+            exit.json
+        );
+        assert!(took < 1000, "re-attached {took} ms after the restart");
+        // Only the live pid has series.
+        agent.expect("vma", Duration::from_secs(5));
+        let metrics = agent.metrics();
+        let pids: Vec<&String> = metrics
+            .keys()
+            .filter(|k| k.starts_with("tracer_vma_count{"))
+            .collect();
+        assert_eq!(
+            pids,
+            [&format!(
+                "tracer_vma_count{{target=\"broker\",pid=\"{}\"}}",
+                server.pid
+            )]
+        );
+        assert_eq!(metrics["tracer_targets"], 1.0);
+    }
+}
+
+#[test]
+fn metrics_pass_promtool_and_match_the_kernel() {
+    let dir = TempDir::new("agent-metrics");
+    let (server, port) = start_acceptor(&compile_c("acceptor", dir.path()));
+    let clients: Vec<TcpStream> = (0..7)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    server.expect_line("ACCEPTED 7", Duration::from_secs(5));
+    let agent = Agent::start(&["--pid", &server.pid.to_string()]);
+    agent.expect("sockets", Duration::from_secs(5));
+    agent.expect("vma", Duration::from_secs(5));
+    let text = agent.get("/metrics");
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (cargo xtask setup installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // Exit 1 is a parse error; 3 is lint advice. Two kinds of advice are expected: the issue
+    // names the metric tracer_vma_count, and the OpenMetrics text puts a counter's HELP on
+    // its name without _total, which promtool reads as the classic format.
+    assert_ne!(
+        checked.status.code(),
+        Some(1),
+        "promtool could not parse /metrics: {report}"
+    );
+    for line in report.lines() {
+        let expected = line.contains("tracer_vma_count non-histogram")
+            || (line.contains("_total no help text")
+                && text.contains(&format!(
+                    "# HELP {} ",
+                    line.split("_total").next().unwrap_or_default()
+                )));
+        assert!(expected, "promtool: {line}");
+    }
+
+    let metrics = agent.metrics();
+    let labels = format!("target=\"acceptor\",pid=\"{}\"", server.pid);
+    let vma = metrics[&format!("tracer_vma_count{{{labels}}}")];
+    assert_eq!(
+        vma,
+        f64::from(maps_count(server.pid).expect("alive")),
+        "against /proc/PID/maps"
+    );
+    let limit: f64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .expect("sysctl")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(metrics[&format!("tracer_vma_limit{{{labels}}}")], limit);
+    let ss = ss_states(server.pid, None);
+    for (state, n) in [("ESTABLISHED", 7.0), ("LISTEN", 1.0), ("CLOSE_WAIT", 0.0)] {
+        assert_eq!(
+            metrics[&format!("tracer_tcp_sockets{{{labels},state=\"{state}\"}}")],
+            n,
+            "{state}"
+        );
+        assert_eq!(ss.get(state).copied().unwrap_or(0) as f64, n, "ss {state}");
+    }
+    assert!(metrics["tracer_agent_resident_memory_bytes"] > 0.0);
+    assert!(metrics.contains_key("tracer_agent_cpu_seconds_total"));
+    assert_eq!(
+        metrics[&format!("tracer_events_lost{{{labels},ring=\"vma\"}}")],
+        0.0
+    );
+    drop(clients);
+    assert_eq!(agent.get("/healthz"), "ok\n");
+}
+
+#[test]
+fn events_stream_through_curl() {
+    let dir = TempDir::new("agent-curl");
+    let (server, _) = start_acceptor(&compile_c("acceptor", dir.path()));
+    let agent = Agent::start(&["--pid", &server.pid.to_string(), "--quiet"]);
+    let url = format!("http://127.0.0.1:{}/events", agent.port);
+    let ndjson = Process::spawn(Command::new("curl").args(["-sN", &url]));
+    let sse =
+        Process::spawn(Command::new("curl").args(["-sN", "-H", "Accept: text/event-stream", &url]));
+    let (_, line) = ndjson.expect_line("{\"type\":\"vma\"", Duration::from_secs(5));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+        "{line}"
+    );
+    let (_, data) = sse.expect_line("data: {\"type\":\"vma\"", Duration::from_secs(5));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&data["data: ".len()..]).is_ok(),
+        "{data}"
+    );
+    drop(server);
+    ndjson.expect_line("{\"type\":\"target_exit\"", Duration::from_secs(5));
+    sse.expect_line("data: {\"type\":\"target_exit\"", Duration::from_secs(5));
+}
+
+#[test]
+fn a_slow_client_does_not_slow_the_agent() {
+    let dir = TempDir::new("agent-slow");
+    let (server, port) = start_redis(&dir);
+    let agent = Agent::start(&["--pid", &server.pid.to_string()]);
+    // A client that asks for the stream and never reads it.
+    let mut stalled = TcpStream::connect(("127.0.0.1", agent.port)).expect("connect");
+    write!(stalled, "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    // About 75,000 tcp_state events (five per connection): more than the stalled client's
+    // socket buffers and queue can hold.
+    let churn = thread::spawn(move || {
+        for _ in 0..15 {
+            let batch: Vec<TcpStream> = (0..1000)
+                .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+                .collect();
+            drop(batch);
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Meanwhile the agent keeps its one-second rhythm on stdout.
+    let mut last = agent.expect("vma", Duration::from_secs(5)).at;
+    let mut longest = Duration::ZERO;
+    while !churn.is_finished() {
+        let at = agent.expect("vma", Duration::from_secs(5)).at;
+        longest = longest.max(at - last);
+        last = at;
+    }
+    churn.join().expect("churn");
+    println!("longest gap between vma events under load with a stalled client: {longest:?}");
+    assert!(
+        longest < Duration::from_secs(3),
+        "the agent stalled for {longest:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = agent.metrics();
+        let dropped = metrics
+            .get("tracer_events_dropped_total{reason=\"slow_client\"}")
+            .copied()
+            .unwrap_or(0.0);
+        if dropped > 0.0 {
+            println!("events dropped for the stalled client: {dropped}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client's drops are not counted: {metrics:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(agent.get("/healthz"), "ok\n");
+    drop(stalled);
+}
+
+#[test]
+fn alerts_reach_the_webhook_through_retries() {
+    let hook = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hook_port = hook.local_addr().expect("addr").port();
+    // The first delivery fails with 500, the next one succeeds.
+    let received = thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for status in ["500 Internal Server Error", "200 OK"] {
+            let (stream, _) = hook.accept().expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("header");
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().expect("length");
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .expect("answer");
+            bodies.push(String::from_utf8(body).expect("utf-8"));
+        }
+        bodies
+    });
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    // A what-if limit just above the count: vma_exhaustion at once.
+    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
+    let agent = Agent::start(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--max-map-count",
+        &limit,
+        "--webhook",
+        &format!("http://127.0.0.1:{hook_port}/hook"),
+    ]);
+    agent.expect("alert", Duration::from_secs(5));
+    let bodies = received.join().expect("webhook server");
+    assert_eq!(bodies[0], bodies[1], "the same alert, retried");
+    let alert: serde_json::Value = serde_json::from_str(&bodies[1]).expect("JSON");
+    assert_eq!(alert["type"], "alert");
+    assert_eq!(alert["kind"], "vma_exhaustion");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent
+        .metrics()
+        .get("tracer_webhook_deliveries_total")
+        .copied()
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "delivery not counted");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs the agent to its end; returns its exit status and stderr.
+fn agent_fails(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(tracer_bin())
+        .arg("agent")
+        .args(args)
+        .output()
+        .expect("run agent");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_busy_port_and_open_listen_fail_cleanly() {
+    let dir = TempDir::new("agent-bad");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[[target]]\nmatch = 'kafka'\n\n[thresholds]\nclose_wait = \"5s\"\n",
+    )
+    .expect("write");
+    let (status, stderr) = agent_fails(&["--config", config.to_str().expect("utf-8")]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("line 5") && stderr.contains("close_wait"),
+        "{stderr}"
+    );
+
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let (status, stderr) =
+        agent_fails(&["--match", "kafka", "--listen", &format!("127.0.0.1:{port}")]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("in use") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = agent_fails(&["--match", "kafka", "--listen", "0.0.0.0:0"]);
+    assert!(!status.success());
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+
+    let (status, stderr) = agent_fails(&["--pid", "4000000"]);
+    assert!(!status.success());
+    assert!(stderr.contains("no process with pid 4000000"), "{stderr}");
+    assert!(programs_unloaded("tracer_"));
+}
+
+#[test]
+fn sigterm_detaches_cleanly() {
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let mut agent = Agent::start(&["--pid", &target.pid.to_string()]);
+    agent.expect("vma", Duration::from_secs(5));
+    // SAFETY: a signal to a child we spawned.
+    assert_eq!(
+        unsafe {
+            libc::kill(
+                i32::try_from(agent.process.pid).expect("pid"),
+                libc::SIGTERM,
+            )
+        },
+        0
+    );
+    assert!(
+        agent.process.wait(Duration::from_secs(5)).success(),
+        "exit 0 on SIGTERM"
+    );
+    assert!(programs_unloaded("tracer_"));
+}
+
+#[test]
+fn inside_a_container_pid_namespace() {
+    // The agent and its target in a pid namespace of their own, with their own /proc, as in a
+    // Kubernetes pod with shareProcessNamespace: the probes filter on the namespace's pids.
+    let dir = TempDir::new("agent-pidns");
+    let marker = format!("pod-broker-{}", std::process::id());
+    let binary = marked_acceptor(&dir, &marker);
+    let script = format!(
+        "sleep 30 | {binary} 0 > /dev/null & exec {tracer} agent --match {marker} --listen 127.0.0.1:0 --duration 4",
+        binary = binary.display(),
+        tracer = tracer_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let attached = events
+        .iter()
+        .find(|e| e["type"] == "target_attached")
+        .expect("attached");
+    assert!(
+        attached["pid"].as_u64().expect("pid") < 100,
+        "a pid of the namespace: {attached}"
+    );
+    let vma = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "vma")
+        .expect("vma");
+    assert!(vma["map_count"].as_u64().expect("count") > 10, "{vma}");
+    let sockets = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "sockets")
+        .expect("sockets");
+    assert_eq!(sockets["states"]["LISTEN"], 1, "{sockets}");
+}
+
+#[test]
+fn memory_stays_flat_through_target_churn() {
+    let dir = TempDir::new("agent-soak");
+    let marker = format!("soak-broker-{}", std::process::id());
+    let binary = marked_acceptor(&dir, &marker);
+    let agent = Agent::start(&["--match", &marker, "--quiet"]);
+    let mut rss_after = Vec::new();
+    for cycle in 1..=40 {
+        let (server, port) = start_acceptor(&binary);
+        // Each incarnation serves a burst of connections: socket table churn too.
+        let clients: Vec<TcpStream> = (0..300)
+            .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+            .collect();
+        thread::sleep(Duration::from_millis(700));
+        drop(clients);
+        drop(server);
+        if cycle == 10 || cycle == 40 {
+            thread::sleep(Duration::from_millis(500));
+            rss_after.push(rss_kib(agent.process.pid));
+        }
+    }
+    let metrics = agent.metrics();
+    println!(
+        "agent RSS after 10 restarts {} KiB, after 40 {} KiB; {metrics:?}",
+        rss_after[0], rss_after[1]
+    );
+    assert!(
+        metrics["tracer_target_attaches_total"] >= 35.0,
+        "{metrics:?}"
+    );
+    assert!(
+        rss_after[1] < rss_after[0] + 4096,
+        "RSS grew from {} to {} KiB",
+        rss_after[0],
+        rss_after[1]
+    );
+    assert!(
+        !metrics.keys().any(|k| k.starts_with("tracer_vma_count{"))
+            || metrics["tracer_targets"] <= 1.0
+    );
+}
