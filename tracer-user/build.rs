@@ -2,8 +2,8 @@
 //! embed it with `include_bytes_aligned!`: the `tracer` binary is one self-contained file.
 //!
 //! This is aya-build's nested `cargo build` with one addition it cannot express:
-//! `-C target-cpu=v3`. The VMA register needs BPF_ATOMIC fetch-add and compare-and-swap, which
-//! LLVM emits only for cpu v3 (kernel 5.12+ runs them; ring buffers already need 5.8).
+//! `-C target-cpu=v3`, so that LLVM uses the 32-bit ALU and jump instructions (kernel 5.1+;
+//! the ring buffers already need 5.8): shorter programs on the hot tracepoints.
 use std::{env, ffi::OsString, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};

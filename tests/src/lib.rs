@@ -509,6 +509,11 @@ impl Tracer {
         tracer
     }
 
+    /// The tracer's process alone (it stops when dropped).
+    pub fn into_process(self) -> Process {
+        self.process
+    }
+
     /// The next event; `None` when the tracer has exited.
     pub fn next(&self, timeout: Duration) -> Option<Event> {
         self.process.next_line(timeout).map(|line| self.parse(line))

@@ -30,7 +30,7 @@ pub const ABSENT: u32 = u32::MAX;
 
 /// Where things are in the running kernel: byte offsets of the structure fields the programs
 /// read with `bpf_probe_read_kernel` (rustc emits no CO-RE relocations, so these come from
-/// `/sys/kernel/btf/vmlinux` at load time), and syscall numbers of this architecture.
+/// `/sys/kernel/btf/vmlinux` at load time).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
@@ -38,15 +38,6 @@ pub struct KernelLayout {
     pub task_mm: u32,
     /// `mm_struct.map_count` (`int`); on 6.x kernels it sits in an anonymous struct.
     pub mm_map_count: u32,
-    /// The syscall number in `struct pt_regs` (`orig_ax` on x86-64, `syscallno` on arm64).
-    pub regs_syscall_nr: u32,
-    /// `task_struct.files` -> `files_struct.fdt` -> `fdtable.fd[n]` -> `file.private_data`
-    /// (`struct socket *`) -> `socket.sk`: from an fd returned by accept to its socket.
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdtable_fd: u32,
-    pub file_private_data: u32,
-    pub socket_sk: u32,
     /// `sock_common` fields (at the start of `struct sock`).
     pub skc_family: u32,
     pub skc_state: u32,
@@ -66,9 +57,8 @@ pub struct KernelLayout {
     pub sk_socket: u32,
     /// `sock.sk_shutdown` (`u8` since 6.4; [`ABSENT`] where it is a bitfield).
     pub sk_shutdown: u32,
-    /// Syscall numbers of accept and accept4 on this architecture.
-    pub nr_accept: u32,
-    pub nr_accept4: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 23 * 4);
+const _: () = assert!(size_of::<KernelLayout>() == 16 * 4);

@@ -17,6 +17,5 @@ mod pod {
     unsafe impl aya::Pod for crate::config::KernelLayout {}
     unsafe impl aya::Pod for crate::config::PidNamespace {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
-    unsafe impl aya::Pod for crate::tcp::ListenKey {}
     unsafe impl aya::Pod for crate::tcp::TupleKey {}
 }

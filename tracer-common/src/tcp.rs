@@ -5,8 +5,9 @@
 //! socket becomes the target's when (see [`Adopted`]) the target itself listens or connects or
 //! closes it (transitions that only happen in the owner's process context), when it arrives on
 //! one of the target's listening ports (an accepted connection), when it is one the agent found
-//! in /proc at attach, or when the target accepts it. From then on every transition of that
-//! socket reaches the agent, whoever's context it runs in.
+//! in /proc at attach. From then on every transition of that socket reaches the agent, whoever's
+//! context it runs in. Accepting a connection changes no state: the agent asks the kernel, with
+//! the `tracer_tcpheld` program, whether sockets waiting in the accept queue have a file yet.
 
 /// `IPPROTO_TCP`.
 pub const IPPROTO_TCP: u16 = 6;
@@ -61,9 +62,15 @@ pub enum Adopted {
     OnListenPort = 2,
     /// It was in /proc when the agent attached.
     FromProc = 3,
-    /// The target accepted it.
-    ByAccept = 4,
 }
+
+/// Bytes at the start of `struct sock` (its `sock_common`) that the programs read in one go; the
+/// agent checks at load that every `skc_*` field it uses lies within them.
+pub const SOCK_COMMON_BYTES: usize = 128;
+
+/// Sockets `tracer_tcpheld` checks per run: its arguments are the count and the pointers, and a
+/// raw tracepoint program takes at most 12.
+pub const HELD_PROBE_BATCH: usize = 11;
 
 /// One record of the `TCP_EVENTS` ring buffer.
 #[repr(C)]
@@ -100,18 +107,6 @@ pub struct TcpEvent {
 
 const _: () = assert!(size_of::<TcpEvent>() == 72);
 const _: () = assert!(core::mem::offset_of!(TcpEvent, saddr) == 40);
-
-/// Key of `TCP_LISTEN`: a listening port of the target in one network namespace.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ListenKey {
-    pub netns: u32,
-    pub port: u16,
-    /// Explicit padding; always zero.
-    pub pad: u16,
-}
-
-const _: () = assert!(size_of::<ListenKey>() == 8);
 
 /// Key of `TCP_SEED`: a socket found in /proc at attach, by its addresses.
 #[repr(C)]

@@ -1,14 +1,8 @@
-//! Kernel programs of tracer. Each returns at once for anything but the target, whose
-//! thread-group id the agent sets at load time; decisions and arithmetic live in userspace.
+//! Kernel programs of tracer. Each returns at once for anything but the target's memory map or
+//! sockets; decisions and arithmetic live in userspace.
 #![no_std]
 #![no_main]
-#![feature(core_intrinsics)]
-#![expect(
-    internal_features,
-    reason = "atomic intrinsics: the BPF target hides compare-and-swap"
-)]
 
-mod atomic;
 mod kernel;
 mod lost;
 mod target;
@@ -17,22 +11,18 @@ mod vma;
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{kernel::read, target::layout};
+/// `mmap_lock:mmap_lock_released`: every release of a process's memory-map lock; for the
+/// target's, publishes its VMA count when it changed.
+#[raw_tracepoint(tracepoint = "mmap_lock_released")]
+pub fn tracer_mmaplock(ctx: RawTracePointContext) -> i32 {
+    let _ = vma::on_lock_released(&ctx);
+    0
+}
 
-/// `raw_syscalls:sys_exit` (`TP_PROTO(struct pt_regs *regs, long ret)`): every syscall exit on
-/// the machine. For the target: reads its VMA count after each of its syscalls, which catches
-/// every syscall that can change it (mmap, munmap, mremap, mprotect, madvise, brk, mlock,
-/// shmat, execve, prctl, ioctl, ...) without a list to keep up to date; and notes the sockets
-/// it accepts.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn tracer_sysexit(ctx: RawTracePointContext) -> i32 {
-    if !target::is_current() {
-        return 0;
-    }
-    let regs: *const u8 = ctx.arg(0);
-    let syscall_nr = read::<u64>(regs, layout!(regs_syscall_nr)).unwrap_or(u64::MAX);
-    let _ = vma::on_sys_exit(&ctx, syscall_nr);
-    let _ = tcp::on_sys_exit(&ctx, syscall_nr);
+/// `sched:sched_process_exec`: a program replaced; for the target, a new memory map.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn tracer_exec(_ctx: RawTracePointContext) -> i32 {
+    let _ = vma::on_exec();
     0
 }
 
@@ -41,6 +31,13 @@ pub fn tracer_sysexit(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tracer_tcpstate(ctx: RawTracePointContext) -> i32 {
     let _ = tcp::on_set_state(&ctx);
+    0
+}
+
+/// Not attached: the agent runs it on demand to learn which queued sockets were accepted.
+#[raw_tracepoint(tracepoint = "tracer_tcpheld")]
+pub fn tracer_tcpheld(ctx: RawTracePointContext) -> i32 {
+    let _ = tcp::on_probe_held(&ctx);
     0
 }
 

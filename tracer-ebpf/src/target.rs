@@ -19,12 +19,6 @@ static TARGET_PIDNS: PidNamespace = PidNamespace { dev: 0, ino: 0 };
 pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     task_mm: 0,
     mm_map_count: 0,
-    regs_syscall_nr: 0,
-    task_files: 0,
-    files_fdt: 0,
-    fdtable_fd: 0,
-    file_private_data: 0,
-    socket_sk: 0,
     skc_family: 0,
     skc_state: 0,
     skc_num: 0,
@@ -38,8 +32,7 @@ pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     sk_protocol: 0,
     sk_socket: 0,
     sk_shutdown: 0,
-    nr_accept: 0,
-    nr_accept4: 0,
+    pad: 0,
 };
 
 /// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.

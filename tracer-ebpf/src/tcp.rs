@@ -3,17 +3,17 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, RingBuf},
+    maps::{HashMap, RingBuf},
     programs::RawTracePointContext,
 };
 use tracer_common::{
     config::ABSENT,
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
-        AF_INET6, Adopted, IPPROTO_TCP, Kind, ListenKey, SHUTDOWN_MASK, TCP_CLOSE, TCP_LISTEN,
-        TcpEvent, TupleKey, WAKEUP_BYTES, is_owner_transition,
+        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, SHUTDOWN_MASK, SOCK_COMMON_BYTES,
+        TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, WAKEUP_BYTES, is_owner_transition,
     },
 };
 
@@ -32,18 +32,22 @@ const MAX_SOCKETS: u32 = 131_072;
 #[map]
 static TCP_SOCKETS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
-/// The target's listening ports, per network namespace: connections arriving on them are its.
+/// The target's listening ports (key: the port), each with the inode of its network namespace:
+/// connections arriving on them are its. Keyed by port alone so that most other sockets'
+/// transitions are dismissed after reading one field.
 #[map]
-static TCP_LISTENERS: HashMap<ListenKey, u8> = HashMap::with_max_entries(4096, 0);
+static TCP_LISTENERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Sockets the agent found in /proc at attach, by addresses, until their first transition
 /// adopts them.
 #[map]
 static TCP_SEED: HashMap<TupleKey, u8> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
-/// Entries left in `TCP_SEED` (one entry): lookups are skipped once it is empty.
+/// Local ports of the entries left in `TCP_SEED`, with how many: a transition on another port
+/// cannot be a seed's, and skips reading the addresses.
 #[map]
-static TCP_SEED_LEFT: Array<u64> = Array::with_max_entries(1, 0);
+static TCP_SEED_PORTS: HashMap<u32, u32> =
+    HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
 /// Transitions of the target's sockets, one `TcpEvent` each. 1 MiB holds 14,000 records.
 #[map]
@@ -58,17 +62,13 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     let adopted = track(sk, || adopt(sk, old, new))?;
     let key = sk as u64;
     let event = describe(sk, Kind::Transition, old, new, adopted)?;
-    let listen = ListenKey {
-        netns: event.netns,
-        port: event.sport,
-        pad: 0,
-    };
+    let port = u32::from(event.sport);
     // A child socket starts as a clone of its listener: LISTEN -> SYN_RECV is not the
     // listener closing.
     if new == TCP_LISTEN {
-        let _ = TCP_LISTENERS.insert(&listen, &0, 0);
+        let _ = TCP_LISTENERS.insert(&port, &event.netns, 0);
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        let _ = TCP_LISTENERS.remove(&listen);
+        let _ = TCP_LISTENERS.remove(&port);
     }
     if new == TCP_CLOSE {
         let _ = TCP_SOCKETS.remove(&key);
@@ -77,41 +77,63 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// At each syscall exit of the target: an fd returned by accept or accept4 is a socket the
-/// target now holds.
-pub fn on_sys_exit(ctx: &RawTracePointContext, syscall_nr: u64) -> Option<()> {
-    if syscall_nr != u64::from(layout!(nr_accept)) && syscall_nr != u64::from(layout!(nr_accept4)) {
-        return None;
+/// Run by the agent (`BPF_PROG_TEST_RUN`, never attached) with up to [`HELD_PROBE_BATCH`]
+/// socket pointers as `(count, sk...)`: each of the target's sockets that has a file by now
+/// (the target accepted it) is reported in an `Accepted` record.
+pub fn on_probe_held(ctx: &RawTracePointContext) -> Option<()> {
+    let count = ctx.arg::<u64>(0);
+    // The context may only be read at constant offsets: copy the arguments out first.
+    let sockets: [u64; HELD_PROBE_BATCH] = [
+        ctx.arg(1),
+        ctx.arg(2),
+        ctx.arg(3),
+        ctx.arg(4),
+        ctx.arg(5),
+        ctx.arg(6),
+        ctx.arg(7),
+        ctx.arg(8),
+        ctx.arg(9),
+        ctx.arg(10),
+        ctx.arg(11),
+    ];
+    for (index, &sk) in sockets.iter().enumerate() {
+        if index as u64 >= count {
+            break;
+        }
+        report_if_held(sk as *const u8);
     }
-    let fd = u64::try_from(ctx.arg::<i64>(1)).ok()?;
-    // task->files->fdt->fd[fd]->private_data (struct socket *)->sk
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = read(task, layout!(task_files))?;
-    let fdt: *const u8 = read(files, layout!(files_fdt))?;
-    let fds: *const *const u8 = read(fdt, layout!(fdtable_fd))?;
-    let file: *const u8 = read(fds.wrapping_add(fd as usize).cast(), 0)?;
-    let socket: *const u8 = read(file, layout!(file_private_data))?;
-    let sk: *const u8 = read(socket, layout!(socket_sk))?;
-    let adopted = track(sk, || Some(Adopted::ByAccept))?;
-    let state = read::<u8>(sk, layout!(skc_state))?;
-    let mut event = describe(sk, Kind::Accepted, state, state, adopted)?;
-    event.held = 1;
-    emit(&event);
     Some(())
 }
 
-/// For a TCP socket: `Known` when it is in the table already, otherwise `adopt`'s verdict, and
-/// then it is entered (or counted as untracked when the table is full).
+/// One socket of [`on_probe_held`]: a call of its own, so that the unrolled loop does not
+/// multiply its stack.
+#[inline(never)]
+fn report_if_held(sk: *const u8) {
+    if TCP_SOCKETS.get_ptr(&(sk as u64)).is_none() {
+        return;
+    }
+    let Some(state) = read::<u8>(sk, layout!(skc_state)) else {
+        return;
+    };
+    if let Some(event) = describe(sk, Kind::Accepted, state, state, Adopted::Known)
+        && event.held != 0
+    {
+        emit(&event);
+    }
+}
+
+/// `Known` for a socket in the table already; otherwise `adopt`'s verdict, and then a TCP
+/// socket is entered (or counted as untracked when the table is full).
 #[inline(always)]
 fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopted> {
-    if read::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
-        return None;
-    }
     let key = sk as u64;
     if TCP_SOCKETS.get_ptr(&key).is_some() {
         return Some(Adopted::Known);
     }
     let how = adopt()?;
+    if read::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
+        return None;
+    }
     if TCP_SOCKETS.insert(&key, &0, 0).is_err() {
         lost::count(UNTRACKED_TCP);
         return None;
@@ -119,93 +141,120 @@ fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopt
     Some(how)
 }
 
-/// Whether an unknown socket is the target's, and why.
+/// Whether an unknown socket is the target's, and why. Most sockets on a host are not, and
+/// are dismissed after one field read and two lookups.
 #[inline(always)]
 fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
     if target::is_current() && is_owner_transition(old, new) {
         return Some(Adopted::ByOwner);
     }
-    let netns = netns(sk)?;
     let sport = read::<u16>(sk, layout!(skc_num))?;
-    let dport = u16::from_be(read::<u16>(sk, layout!(skc_dport))?);
-    if dport != 0
-        && TCP_LISTENERS
-            .get_ptr(&ListenKey {
-                netns,
-                port: sport,
-                pad: 0,
-            })
-            .is_some()
-    {
-        return Some(Adopted::OnListenPort);
-    }
-    let left = TCP_SEED_LEFT.get_ptr_mut(0)?;
-    // SAFETY: the one entry of an array map, valid for the program's run.
-    if unsafe { *left } == 0 {
+    let port = u32::from(sport);
+    // SAFETY: a value of a hash map, read at once. (Kept apart from the other lookup: the
+    // verifier refuses arithmetic that mixes two maybe-null pointers.)
+    let listener = TCP_LISTENERS.get_ptr(&port).map(|ns| unsafe { *ns });
+    if listener.is_none() && TCP_SEED_PORTS.get_ptr(&port).is_none() {
         return None;
     }
-    let family = read::<u16>(sk, layout!(skc_family))?;
-    let mut tuple = TupleKey {
+    let netns = netns(sk)?;
+    let dport = u16::from_be(read::<u16>(sk, layout!(skc_dport))?);
+    if dport != 0 && listener == Some(netns) {
+        return Some(Adopted::OnListenPort);
+    }
+    let seeds = TCP_SEED_PORTS.get_ptr_mut(&port)?;
+    let event = describe(sk, Kind::Transition, old, new, Adopted::FromProc)?;
+    let tuple = TupleKey {
         netns,
-        family: if family == AF_INET6 { 6 } else { 4 },
+        family: u16::from(event.family),
         sport,
         dport,
         pad: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
+        saddr: event.saddr,
+        daddr: event.daddr,
     };
-    read_addresses(sk, family, &mut tuple.saddr, &mut tuple.daddr)?;
     TCP_SEED.get_ptr(&tuple)?;
     let _ = TCP_SEED.remove(&tuple);
-    // SAFETY: as above; a racing decrement only makes a later lookup happen needlessly.
-    unsafe { *left = (*left).saturating_sub(1) };
+    // SAFETY: as above. A racing update only makes a later lookup happen needlessly.
+    unsafe {
+        *seeds = (*seeds).saturating_sub(1);
+        if *seeds == 0 {
+            let _ = TCP_SEED_PORTS.remove(&port);
+        }
+    }
     Some(Adopted::FromProc)
 }
 
-/// A record of `sk` as it is now.
+/// The start of a `struct sock` (its `sock_common`: addresses, ports, family, state, network
+/// namespace), read in one go instead of field by field.
+struct Common([u8; SOCK_COMMON_BYTES]);
+
+impl Common {
+    #[inline(always)]
+    fn read(sk: *const u8) -> Option<Self> {
+        read(sk, 0).map(Self)
+    }
+
+    /// `N` bytes at a field offset (the agent checked that they lie within the block).
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        let start = offset as usize;
+        self.0.get(start..start + N)?.try_into().ok()
+    }
+
+    #[inline(always)]
+    fn u16(&self, offset: u32) -> Option<u16> {
+        self.bytes(offset).map(u16::from_ne_bytes)
+    }
+}
+
+/// A record of `sk` as it is now, with the given kind and states.
 #[inline(always)]
 fn describe(sk: *const u8, kind: Kind, old: u8, new: u8, adopted: Adopted) -> Option<TcpEvent> {
-    let family = read::<u16>(sk, layout!(skc_family))?;
-    let socket: u64 = read(sk, layout!(sk_socket))?;
-    let shutdown_offset = layout!(sk_shutdown);
-    let closed = shutdown_offset != ABSENT && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
     let mut event = TcpEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: 0,
         sk: sk as u64,
-        tid: bpf_get_current_pid_tgid() as u32,
-        netns: netns(sk)?,
+        tid: 0,
+        netns: 0,
         kind: kind as u8,
         old,
         new,
-        family: if family == AF_INET6 { 6 } else { 4 },
-        held: u8::from(socket != 0 && !closed),
+        family: 0,
+        held: 0,
         adopted: adopted as u8,
-        sport: read(sk, layout!(skc_num))?,
-        dport: u16::from_be(read(sk, layout!(skc_dport))?),
+        sport: 0,
+        dport: 0,
         pad: [0; 6],
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    read_addresses(sk, family, &mut event.saddr, &mut event.daddr)?;
+    fill(sk, &mut event)?;
     Some(event)
 }
 
-/// Local and remote addresses: 4 bytes for IPv4, 16 for IPv6 (v4-mapped included).
-#[inline(always)]
-fn read_addresses(
-    sk: *const u8,
-    family: u16,
-    saddr: &mut [u8; 16],
-    daddr: &mut [u8; 16],
-) -> Option<()> {
+/// Fills in what the socket is now: addresses, ports, namespace, whether it has a file. A
+/// call of its own (two arguments: BPF calls take five at most): its 200 bytes of stack are
+/// needed once per program, not once per caller.
+#[inline(never)]
+fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
+    let common = Common::read(sk)?;
+    let family = common.u16(layout!(skc_family))?;
+    let socket: u64 = read(sk, layout!(sk_socket))?;
+    let shutdown_offset = layout!(sk_shutdown);
+    let closed = shutdown_offset != ABSENT && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
+    let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.tid = bpf_get_current_pid_tgid() as u32;
+    event.netns = read(net, layout!(net_ns_inum))?;
+    event.family = if family == AF_INET6 { 6 } else { 4 };
+    event.held = u8::from(socket != 0 && !closed);
+    event.sport = common.u16(layout!(skc_num))?;
+    event.dport = u16::from_be(common.u16(layout!(skc_dport))?);
     if family == AF_INET6 {
-        *saddr = read(sk, layout!(skc_v6_rcv_saddr))?;
-        *daddr = read(sk, layout!(skc_v6_daddr))?;
+        event.saddr = common.bytes(layout!(skc_v6_rcv_saddr))?;
+        event.daddr = common.bytes(layout!(skc_v6_daddr))?;
     } else {
-        let local: [u8; 4] = read(sk, layout!(skc_rcv_saddr))?;
-        let remote: [u8; 4] = read(sk, layout!(skc_daddr))?;
-        saddr[..4].copy_from_slice(&local);
-        daddr[..4].copy_from_slice(&remote);
+        event.saddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_rcv_saddr))?);
+        event.daddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_daddr))?);
     }
     Some(())
 }

@@ -1,132 +1,92 @@
-//! The target's VMA count, read at each of its syscall exits (see `tracer_common::vma` for the
-//! ticket protocol that keeps the newest reading).
+//! The target's VMA count, read under its `mmap_lock` at every release (see
+//! `tracer_common::vma` for why that is exact).
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::map,
     maps::{Array, RingBuf},
     programs::RawTracePointContext,
 };
-use aya_log_ebpf::{error, warn};
+use aya_log_ebpf::error;
 use tracer_common::{
     lost::LOST_VMA,
-    vma::{VmaEvent, VmaRegister, WAKEUP_BYTES, is_newer, is_settled, pack, packed_count},
+    vma::{VmaEvent, VmaRegister, WAKEUP_BYTES},
 };
 
-use crate::{atomic, kernel::wakeup_flags, lost, target::layout};
+use crate::{
+    kernel::{read, wakeup_flags},
+    lost,
+    target::{self, layout},
+};
 
-/// The register holding the newest reading of the count (one entry, shared by all CPUs).
+/// The target's `mm` and the latest reading of its count (one entry).
 #[map]
 static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(1, 0);
 
-/// Changes of the count, one `VmaEvent` each, for the agent. 1 MiB holds about 18,000 records:
-/// over a second of the fastest mmap/munmap loop this machine runs.
+/// Changes of the count, one `VmaEvent` each, for the agent. 1 MiB holds 65,000 records (with
+/// the ring buffer's 8-byte header each).
 #[map]
 static VMA_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Compare-and-swap attempts before a reader gives up (on the ticket) or emits its reading
-/// anyway (on the register; safe, the agent keeps the record with the highest ticket). Races
-/// are bounded by the number of the target's threads in a syscall exit at once.
-const CAS_ATTEMPTS: usize = 8;
-
-/// At each syscall exit of the target: publishes the VMA count if it changed.
-pub fn on_sys_exit(ctx: &RawTracePointContext, syscall_nr: u64) -> Result<(), ()> {
-    let register = VMA_STATE.get_ptr_mut(0).ok_or(())?;
-    let Some(count) = read_map_count(ctx) else {
-        return Ok(());
-    };
-    // SAFETY: `register` points into the array map's value, valid for the program's run; its
-    // words are only accessed atomically.
-    let (next_ticket, latest) = unsafe {
-        (
-            &raw mut (*register).next_ticket,
-            &raw mut (*register).latest,
-        )
-    };
-    let seen = VmaRegister {
-        next_ticket: unsafe { atomic::load(next_ticket) },
-        latest: unsafe { atomic::load(latest) },
-    };
-    if is_settled(&seen, count) {
-        return Ok(());
-    }
-
-    let Some(ticket) = (unsafe { atomic::increment(next_ticket, CAS_ATTEMPTS) }) else {
-        // Lost every race for a ticket: count it as a lost record. The next exit of any of
-        // the target's threads publishes the count again.
-        lost::count(LOST_VMA);
-        warn!(
-            ctx,
-            "no VMA ticket after {} compare-and-swap races", CAS_ATTEMPTS
-        );
-        return Ok(());
-    };
-    let Some(count) = read_map_count(ctx) else {
-        return Ok(());
-    };
-    let mut current = unsafe { atomic::load(latest) };
-    for _ in 0..CAS_ATTEMPTS {
-        if !is_newer(ticket, current) {
-            return Ok(());
+/// `mmap_lock:mmap_lock_released` (`TP_PROTO(struct mm_struct *mm, bool write)`): every
+/// release of any process's mmap_lock, just before it is let go.
+pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
+    let mm: u64 = ctx.arg(0);
+    let register = VMA_STATE.get_ptr_mut(0)?;
+    // SAFETY: the one entry of an array map, valid for the program's run; it is written only
+    // under the target's mmap_lock, so never by two CPUs at once.
+    let register = unsafe { &mut *register };
+    if mm != register.mm {
+        // Another process's lock, the common case: one compare. Until the target's mm is
+        // known (after attach, after an exec), its own thread releasing its own mm tells.
+        if register.mm != 0 || !target::is_current() {
+            return None;
         }
-        match unsafe { atomic::compare_exchange(latest, current, pack(ticket, count)) } {
-            Ok(()) => {
-                if current == 0 || packed_count(current) != count {
-                    emit(ctx, ticket, count, syscall_nr);
-                }
-                return Ok(());
-            }
-            Err(now) => current = now,
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        if read::<u64>(task, layout!(task_mm))? != mm {
+            return None;
         }
+        register.mm = mm;
+        register.valid = 0;
     }
-    emit(ctx, ticket, count, syscall_nr);
-    Ok(())
+    let count: i32 = match read(mm as *const u8, layout!(mm_map_count)) {
+        Some(count) => count,
+        None => {
+            error!(ctx, "reading mm->map_count failed: wrong BTF offsets?");
+            return None;
+        }
+    };
+    let count = u32::try_from(count).ok()?;
+    if register.valid != 0 && register.count == count {
+        return None;
+    }
+    register.count = count;
+    register.valid = 1;
+    emit(count);
+    Some(())
 }
 
-/// `current->mm->map_count`, or `None` for a task without an mm (exiting). A failed read
-/// means the offsets from BTF are wrong for this kernel: logged, since nothing else would show.
-#[inline(always)]
-fn read_map_count(ctx: &RawTracePointContext) -> Option<u32> {
-    let (task_mm, mm_map_count) = (layout!(task_mm) as usize, layout!(mm_map_count) as usize);
-    // SAFETY: reads of kernel memory through bpf_probe_read_kernel, which checks the address.
-    let result = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        match bpf_probe_read_kernel::<*const u8>(task.add(task_mm).cast()) {
-            Ok(mm) if mm.is_null() => return None,
-            Ok(mm) => bpf_probe_read_kernel::<i32>(mm.add(mm_map_count).cast()),
-            Err(e) => Err(e),
-        }
-    };
-    match result {
-        Ok(count) => u32::try_from(count).ok(),
-        Err(e) => {
-            error!(
-                ctx,
-                "reading current->mm->map_count failed ({}): wrong BTF offsets?", e
-            );
-            None
-        }
+/// `sched:sched_process_exec`: a process replaced its program, and with it its memory map.
+/// When it is the target, the old mm is forgotten so the new one is learned.
+pub fn on_exec() -> Option<()> {
+    if !target::is_current() {
+        return None;
     }
+    let register = VMA_STATE.get_ptr_mut(0)?;
+    // SAFETY: as in `on_lock_released`; the exec'ing thread is the target's only one now.
+    unsafe { (*register).mm = 0 };
+    Some(())
 }
 
 #[inline(always)]
-fn emit(ctx: &RawTracePointContext, ticket: u64, count: u32, syscall_nr: u64) {
+fn emit(count: u32) {
     let Some(mut entry) = VMA_EVENTS.reserve::<VmaEvent>(0) else {
         lost::count(LOST_VMA);
         return;
     };
     entry.write(VmaEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        ticket,
-        ret: ctx.arg(1),
         tid: bpf_get_current_pid_tgid() as u32,
         map_count: count,
-        syscall_nr: syscall_nr as u32,
-        pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES));
 }

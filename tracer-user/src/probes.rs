@@ -9,7 +9,7 @@ use std::fmt;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
 use tracer_common::{
     config::{
@@ -17,7 +17,7 @@ use tracer_common::{
         TARGET_TGID_GLOBAL,
     },
     lost::{LOST_SLOTS, LOST_TCP, LOST_VMA, UNTRACKED_TCP},
-    tcp::{ListenKey, TcpEvent, TupleKey},
+    tcp::{HELD_PROBE_BATCH, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
     vma::{VmaEvent, VmaRegister},
 };
 
@@ -26,33 +26,36 @@ use crate::btf::{Btf, BtfError};
 /// The eBPF object built by `build.rs`, embedded so `tracer` is one self-contained file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
-/// `pt_regs` member holding the syscall number on this architecture.
-#[cfg(target_arch = "x86_64")]
-const REGS_SYSCALL_NR: &str = "orig_ax";
-#[cfg(target_arch = "aarch64")]
-const REGS_SYSCALL_NR: &str = "syscallno";
-
 /// Resolves where the programs' kernel fields are in the running kernel, from its BTF.
 pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
-    let sock_common = |field: &str| btf.member_offset("sock_common", field);
+    // The programs read the first SOCK_COMMON_BYTES of a socket in one go.
+    let sock_common = |field: &str, size: u32| {
+        let offset = btf.member_offset("sock_common", field)?;
+        if (offset + size) as usize > SOCK_COMMON_BYTES {
+            return Err(BtfError::Misplaced {
+                ty: "sock_common".into(),
+                member: field.into(),
+                why: "lies beyond the bytes the programs read",
+            });
+        }
+        Ok(offset)
+    };
     Ok(KernelLayout {
         task_mm: btf.member_offset("task_struct", "mm")?,
         mm_map_count: btf.member_offset("mm_struct", "map_count")?,
-        regs_syscall_nr: btf.member_offset("pt_regs", REGS_SYSCALL_NR)?,
-        task_files: btf.member_offset("task_struct", "files")?,
-        files_fdt: btf.member_offset("files_struct", "fdt")?,
-        fdtable_fd: btf.member_offset("fdtable", "fd")?,
-        file_private_data: btf.member_offset("file", "private_data")?,
-        socket_sk: btf.member_offset("socket", "sk")?,
-        skc_family: sock_common("skc_family")?,
-        skc_state: sock_common("skc_state")?,
-        skc_num: sock_common("skc_num")?,
-        skc_dport: sock_common("skc_dport")?,
-        skc_rcv_saddr: sock_common("skc_rcv_saddr")?,
-        skc_daddr: sock_common("skc_daddr")?,
-        skc_v6_rcv_saddr: sock_common("skc_v6_rcv_saddr")?,
-        skc_v6_daddr: sock_common("skc_v6_daddr")?,
-        skc_net: btf.field_offset("sock_common", &["skc_net", "net"])?,
+        skc_family: sock_common("skc_family", 2)?,
+        skc_state: sock_common("skc_state", 1)?,
+        skc_num: sock_common("skc_num", 2)?,
+        skc_dport: sock_common("skc_dport", 2)?,
+        skc_rcv_saddr: sock_common("skc_rcv_saddr", 4)?,
+        skc_daddr: sock_common("skc_daddr", 4)?,
+        skc_v6_rcv_saddr: sock_common("skc_v6_rcv_saddr", 16)?,
+        skc_v6_daddr: sock_common("skc_v6_daddr", 16)?,
+        skc_net: {
+            let offset = btf.field_offset("sock_common", &["skc_net", "net"])?;
+            sock_common("skc_net", 8)?;
+            offset
+        },
         net_ns_inum: btf.field_offset("net", &["ns", "inum"])?,
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
         sk_socket: btf.member_offset("sock", "sk_socket")?,
@@ -61,13 +64,9 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             Err(BtfError::Bitfield { .. }) => ABSENT,
             other => other?,
         },
-        nr_accept: SYS_ACCEPT,
-        nr_accept4: SYS_ACCEPT4,
+        pad: 0,
     })
 }
-
-const SYS_ACCEPT: u32 = libc::SYS_accept as u32;
-const SYS_ACCEPT4: u32 = libc::SYS_accept4 as u32;
 
 /// Why the programs could not be loaded or attached; the caller words the fix.
 #[derive(Debug)]
@@ -101,15 +100,16 @@ fn classify(context: &str, error: &(dyn std::error::Error + 'static)) -> ProbeEr
         permission |=
             io.is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)));
         let message = e.to_string();
-        verifier |= message.contains("verifier");
+        verifier |= message.contains("verifier") || message.contains("Verifier");
         text.push_str(": ");
         text.push_str(&message);
         source = e.source();
     }
-    if permission {
-        ProbeError::Permission(text)
-    } else if verifier {
+    // The verifier's refusals come as EACCES too: they are not a matter of privilege.
+    if verifier {
         ProbeError::Rejected(text)
+    } else if permission {
+        ProbeError::Permission(text)
     } else {
         ProbeError::Other(text)
     }
@@ -118,23 +118,28 @@ fn classify(context: &str, error: &(dyn std::error::Error + 'static)) -> ProbeEr
 /// The loaded and attached kernel side for one target.
 pub struct Probes {
     /// Owns the programs and their links; kept for as long as the probes live.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// Forwards the programs' aya-log diagnostics to `log`; closing it would break later loads.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     vma_state: Array<MapData, VmaRegister>,
     vma_events: Option<RingBuf<MapData>>,
     tcp_events: Option<RingBuf<MapData>>,
-    tcp_listen: HashMap<MapData, ListenKey, u8>,
+    tcp_listeners: HashMap<MapData, u32, u32>,
     tcp_seed: HashMap<MapData, TupleKey, u8>,
-    tcp_seed_left: Array<MapData, u64>,
+    tcp_seed_ports: HashMap<MapData, u32, u32>,
     lost: PerCpuArray<MapData, u64>,
 }
 
-/// The programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str); 2] = [
-    ("tracer_sysexit", "sys_exit"),
-    ("tracer_tcpstate", "inet_sock_set_state"),
+/// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand.
+const PROGRAMS: [(&str, Option<&str>); 4] = [
+    ("tracer_mmaplock", Some("mmap_lock_released")),
+    ("tracer_exec", Some("sched_process_exec")),
+    ("tracer_tcpstate", Some("inet_sock_set_state")),
+    (HELD_PROBE, None),
 ];
+
+/// The program that tells which queued sockets have been accepted.
+const HELD_PROBE: &str = "tracer_tcpheld";
 
 impl Probes {
     /// Loads the embedded object for `tgid` (a pid in `pidns`) and attaches every program.
@@ -172,45 +177,72 @@ impl Probes {
             program
                 .load()
                 .map_err(|e| classify(&format!("loading {name}"), &e))?;
-            program.attach(tracepoint).map_err(|e| {
-                classify(
-                    &format!("attaching {name} to raw tracepoint {tracepoint}"),
-                    &e,
-                )
-            })?;
+            if let Some(tracepoint) = tracepoint {
+                program.attach(tracepoint).map_err(|e| {
+                    classify(
+                        &format!("attaching {name} to raw tracepoint {tracepoint}"),
+                        &e,
+                    )
+                })?;
+            }
         }
 
         Ok(Self {
             vma_state: take(&mut ebpf, "VMA_STATE")?,
             vma_events: Some(take(&mut ebpf, "VMA_EVENTS")?),
             tcp_events: Some(take(&mut ebpf, "TCP_EVENTS")?),
-            tcp_listen: take(&mut ebpf, "TCP_LISTENERS")?,
+            tcp_listeners: take(&mut ebpf, "TCP_LISTENERS")?,
             tcp_seed: take(&mut ebpf, "TCP_SEED")?,
-            tcp_seed_left: take(&mut ebpf, "TCP_SEED_LEFT")?,
+            tcp_seed_ports: take(&mut ebpf, "TCP_SEED_PORTS")?,
             lost: take(&mut ebpf, "LOST")?,
-            _ebpf: ebpf,
+            ebpf,
             logger,
         })
     }
 
-    /// Hands the kernel the target's sockets found in /proc: its listening ports, and the
-    /// sockets to adopt at their first transition. Returns how many did not fit.
+    /// Asks the kernel which of `sockets` (pointers from earlier records) now have a file: the
+    /// answers arrive as `Accepted` records in the TCP ring buffer.
+    pub fn probe_held(&mut self, sockets: &[u64]) -> Result<(), ProbeError> {
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(HELD_PROBE)
+            .ok_or_else(|| ProbeError::Other(format!("the object has no program {HELD_PROBE}")))?
+            .try_into()
+            .map_err(|e| classify(HELD_PROBE, &e))?;
+        for batch in sockets.chunks(HELD_PROBE_BATCH) {
+            let mut options = RawTracePointRunOptions::new();
+            options.args[0] = batch.len() as u64;
+            options.args[1..=batch.len()].copy_from_slice(batch);
+            program
+                .test_run(options)
+                .map_err(|e| classify(HELD_PROBE, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the kernel the target's sockets found at attach: its listening ports (with their
+    /// network namespace), and the sockets to adopt at their first transition. Returns how
+    /// many of those did not fit.
     pub fn seed_tcp(
         &mut self,
-        listen: &[ListenKey],
+        netns: u32,
+        listen_ports: &[u16],
         sockets: &[TupleKey],
     ) -> Result<u64, aya::maps::MapError> {
-        for key in listen {
-            self.tcp_listen.insert(key, 0, 0)?;
+        for &port in listen_ports {
+            self.tcp_listeners.insert(u32::from(port), netns, 0)?;
         }
-        let mut seeded = 0;
+        let mut per_port: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
         for key in sockets {
             if self.tcp_seed.insert(key, 0, 0).is_ok() {
-                seeded += 1;
+                *per_port.entry(u32::from(key.sport)).or_default() += 1;
             }
         }
-        self.tcp_seed_left.set(0, seeded, 0)?;
-        Ok(sockets.len() as u64 - seeded)
+        let seeded: u32 = per_port.values().sum();
+        for (port, count) in per_port {
+            self.tcp_seed_ports.insert(port, count, 0)?;
+        }
+        Ok(sockets.len() as u64 - u64::from(seeded))
     }
 
     /// The kernel's register of the newest VMA count reading.
@@ -283,14 +315,8 @@ mod tests {
     #[test]
     fn records_round_trip_through_bytes() {
         let event = VmaEvent {
-            ts_ns: 1,
-            ticket: 2,
-            ret: -12,
             tid: 3,
             map_count: 65_530,
-            syscall_nr: 9,
-            pad: 0,
-            comm: *b"kafka-log-clean\0",
         };
         // SAFETY: reading the bytes of a repr(C) value with no padding holes.
         let bytes = unsafe {
@@ -299,6 +325,6 @@ mod tests {
         let mut shifted = vec![0u8; 1];
         shifted.extend_from_slice(bytes);
         assert_eq!(decode::<VmaEvent>(&shifted[1..]), Some(event));
-        assert_eq!(decode::<VmaEvent>(&bytes[..55]), None);
+        assert_eq!(decode::<VmaEvent>(&bytes[..7]), None);
     }
 }

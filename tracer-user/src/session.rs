@@ -15,7 +15,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use tracer_common::tcp::{ListenKey, TupleKey};
+use tracer_common::tcp::TupleKey;
 
 use crate::{
     event::{Event, MappingGroup, monotonic, now_ms},
@@ -159,7 +159,7 @@ impl Session {
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
         tcp.seed(
-            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("{fd,net/tcp}", e))?,
+            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("fd", e))?,
             monotonic(),
         );
 
@@ -256,9 +256,17 @@ impl Session {
         Ok(end)
     }
 
+    /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
+    /// been accepted since.
     fn drain(&mut self) {
         drain_vma(self.vma_events.get_mut(), &mut self.vma);
         drain_tcp(self.tcp_events.get_mut(), &mut self.tcp, &mut self.events);
+        let due = self.tcp.due_for_probe(monotonic());
+        if !due.is_empty()
+            && let Err(e) = self.probes.probe_held(&due)
+        {
+            log::warn!("asking the kernel about accepted sockets: {e}");
+        }
     }
 
     fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
@@ -313,19 +321,10 @@ impl Session {
 }
 
 /// Hands the kernel the target's sockets that existed before attach (it adopts them at their
-/// first transition) and returns them for the model. /proc is read twice, so that a socket
+/// first transition) and returns them for the model. They are listed twice, so that a socket
 /// whose state changed while the kernel was being told is seeded with its later state.
 fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
     let before = tcp::proc::read(pid)?;
-    let listen: Vec<ListenKey> = before
-        .listen_ports
-        .iter()
-        .map(|&port| ListenKey {
-            netns: before.netns,
-            port,
-            pad: 0,
-        })
-        .collect();
     let tuples: Vec<TupleKey> = before
         .sockets
         .iter()
@@ -340,7 +339,7 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
         })
         .collect();
     let unseeded = probes
-        .seed_tcp(&listen, &tuples)
+        .seed_tcp(before.netns, &before.listen_ports, &tuples)
         .map_err(std::io::Error::other)?;
     if unseeded > 0 {
         log::warn!("{unseeded} existing sockets did not fit in the kernel's table (--max-sockets)");
@@ -352,7 +351,7 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
 fn drain_vma(ring: &mut RingBuf<MapData>, vma: &mut VmaModel) {
     while let Some(item) = ring.next() {
         if let Some(event) = probes::decode(&item) {
-            vma.record(&event);
+            vma.record(event);
         }
     }
 }

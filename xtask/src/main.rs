@@ -6,6 +6,7 @@
 //! - `cargo xtask build`: setup, then `target/release/tracer` with the eBPF object embedded.
 //! - `cargo xtask demo`: build, then `tracer demo` (as root).
 //! - `cargo xtask test`: build, then unit tests and the integration tests (as root).
+//! - `cargo xtask bench`: build, then the side-by-side benchmarks into BENCHMARKS.md (as root).
 
 mod setup;
 
@@ -42,6 +43,16 @@ enum Task {
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Build, then measure tracer against no tracing and against bpftrace, side by side, and
+    /// write BENCHMARKS.md (needs root; about ten minutes).
+    Bench {
+        /// One short round of each, to check that the benchmarks run (written to --out).
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,7 +68,32 @@ fn main() -> anyhow::Result<()> {
             check(&mut command)
         }
         Task::Test { filter } => test(&root, filter.as_deref()),
+        Task::Bench { smoke, out } => bench(&root, smoke, &out),
     }
+}
+
+fn bench(root: &Path, smoke: bool, out: &Path) -> anyhow::Result<()> {
+    let tracer = build(root)?;
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        root.join(out)
+    };
+    let mut command = cargo(root);
+    command.args([
+        "run",
+        "--release",
+        "--package",
+        "tracer-tests",
+        "--bin",
+        "bench",
+        "--",
+    ]);
+    if smoke {
+        command.arg("--smoke");
+    }
+    command.arg(out).env("TRACER_BIN", &tracer);
+    check(&mut as_root_command(command))
 }
 
 /// Sets up, then builds the release binary; returns its path.

@@ -5,7 +5,8 @@
 //!   must match rustc's LLVM major and Debian has no LLVM that new;
 //! - Debian packages: a JDK (the integration tests run a real JVM), iproute2 (`ss`, `ip netns`),
 //!   gcc (the C workloads), bpftool (to check nothing stays loaded), redis-server (a real
-//!   server to freeze), prometheus (promtool checks /metrics and the alerting rules), curl.
+//!   server to freeze), prometheus (promtool checks /metrics and the alerting rules), curl,
+//!   bpftrace (what the benchmarks compare against).
 
 use std::{
     env,
@@ -30,6 +31,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("prometheus", "promtool"),
     ("curl", "curl"),
+    ("bpftrace", "bpftrace"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! alerts of a stuck server (`close_wait_leak`), of peers that never finish closing
 //! (`fin_wait2_pileup`), and of a flood of new clients (`connection_surge`).
 
+pub mod diag;
 pub mod proc;
 
 use std::{
@@ -34,6 +35,13 @@ const BASELINE_MIN_SECS: usize = 30;
 const TOP_PEERS: usize = 5;
 /// New connections remembered for the surge alert's peer list.
 const RECENT_PEERS: usize = 100_000;
+/// A socket in the accept queue is checked for having been accepted this soon, then at doubling
+/// intervals up to [`PROBE_MAX`] while it stays there.
+const PROBE_FIRST: f64 = 0.1;
+const PROBE_MAX: f64 = 5.0;
+/// Sockets asked about per drain at most (11 per syscall): a burst of 100,000 connections in
+/// the accept queue must not keep the agent from draining the ring buffers.
+const PROBE_PER_DRAIN: usize = 1024;
 
 /// When the socket alerts fire.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,6 +87,10 @@ struct Sock {
     was_held: bool,
     /// Whether the target is its server side (it arrived on a listening port).
     server: bool,
+    /// For a socket in the accept queue: when to ask the kernel next whether it was accepted,
+    /// and how long to wait after that (doubling while it stays queued).
+    probe_at: f64,
+    probe_every: f64,
 }
 
 impl Sock {
@@ -154,6 +166,8 @@ impl TcpModel {
                     held: s.held,
                     was_held: s.held,
                     server: found.listen_ports.contains(&s.tuple.sport),
+                    probe_at: now,
+                    probe_every: PROBE_FIRST,
                 },
             );
         }
@@ -183,8 +197,9 @@ impl TcpModel {
                 since: at,
                 held,
                 was_held: held,
-                server: e.adopted == Adopted::OnListenPort as u8
-                    || e.adopted == Adopted::ByAccept as u8,
+                server: e.adopted == Adopted::OnListenPort as u8,
+                probe_at: at,
+                probe_every: PROBE_FIRST,
             })
         });
         sock.tuple = tuple;
@@ -259,6 +274,23 @@ impl TcpModel {
 
     pub fn census(&self) -> &Census {
         &self.census
+    }
+
+    /// Sockets in the accept queue due for asking the kernel whether the target has accepted
+    /// them by now (the answer comes as `Accepted` records).
+    pub fn due_for_probe(&mut self, now: f64) -> Vec<u64> {
+        let mut due = Vec::new();
+        for (&sk, sock) in &mut self.socks {
+            if due.len() == PROBE_PER_DRAIN {
+                break;
+            }
+            if !sock.held && !sock.was_held && sock.probe_at <= now {
+                due.push(sk);
+                sock.probe_at = now + sock.probe_every;
+                sock.probe_every = (sock.probe_every * 2.0).min(PROBE_MAX);
+            }
+        }
+        due
     }
 
     fn all(&self) -> impl Iterator<Item = &Sock> {

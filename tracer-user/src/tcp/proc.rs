@@ -1,9 +1,9 @@
-//! TCP sockets of a process before attach, read from /proc.
+//! TCP sockets of a process before attach.
 //!
 //! When the tracer attaches to a running process P, the sockets P already holds (and the
 //! connections waiting in the accept queues of P's listeners) were created before any probe
-//! saw them. This module reads them from `/proc/P/fd`, `/proc/P/net/tcp{,6}` and
-//! `/proc/P/ns/net` so the kernel side can adopt them.
+//! saw them. This module finds them from `/proc/P/fd`, `/proc/P/ns/net` and a sock_diag dump
+//! of P's network namespace ([`super::diag`]) so the kernel side can adopt them.
 
 use std::collections::HashSet;
 use std::io;
@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use super::diag;
 
 /// Kernel TCP states used here (include/net/tcp_states.h).
 const TCP_TIME_WAIT: u8 = 6;
@@ -52,7 +54,7 @@ fn to_ip(family: u8, addr: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// One socket found in /proc.
+/// One socket of P found at attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcSocket {
     pub tuple: Tuple,
@@ -96,12 +98,12 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 
-/// Reads P's sockets: held ones (fd inode matches a row in tcp/tcp6), and accept-queue ones
-/// (inode 0, state not LISTEN/TIME_WAIT/CLOSE, local port and address served by one of P's
-/// listeners). TIME_WAIT rows are never included (no process owns them).
+/// Reads P's sockets: held ones (fd inode matches a socket of P's namespace), and
+/// accept-queue ones (inode 0, state not LISTEN/TIME_WAIT/CLOSE, local port and address
+/// served by one of P's listeners). TIME_WAIT sockets are never included (no process owns
+/// them; the kernel is not even asked for them).
 ///
-/// A missing `tcp6` table (IPv6 disabled) is not an error; a vanished `/proc/P` is
-/// (`NotFound`).
+/// No IPv6 in the kernel is not an error; a vanished `/proc/P` is (`NotFound`).
 pub fn read(pid: u32) -> io::Result<ProcSockets> {
     let base = Path::new("/proc").join(pid.to_string());
     let netns_ino = std::fs::metadata(base.join("ns/net"))?.ino();
@@ -113,12 +115,7 @@ pub fn read(pid: u32) -> io::Result<ProcSockets> {
     })?;
     let inodes = socket_inodes(&base.join("fd"))?;
 
-    let mut rows = parse_table(&std::fs::read(base.join("net/tcp"))?, 4);
-    match std::fs::read(base.join("net/tcp6")) {
-        Ok(text) => rows.extend(parse_table(&text, 6)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && base.exists() => {}
-        Err(e) => return Err(e),
-    }
+    let rows = diag::tcp_sockets(pid)?;
 
     let (sockets, listen_ports) = select(&rows, &inodes);
     Ok(ProcSockets {
@@ -156,10 +153,10 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
     parse_dec(digits)
 }
 
-/// Picks P's sockets out of the rows of its namespace's tables: the held ones and those
+/// Picks P's sockets out of the sockets of its namespace: the held ones and those
 /// waiting in the accept queue of a held listener. Returns them with the sorted,
 /// deduplicated listening ports.
-fn select(rows: &[(Tuple, u8, u64, u32)], inodes: &HashSet<u64>) -> (Vec<ProcSocket>, Vec<u16>) {
+fn select(rows: &[diag::Row], inodes: &HashSet<u64>) -> (Vec<ProcSocket>, Vec<u16>) {
     let listeners: Vec<&Tuple> = rows
         .iter()
         .filter(|&&(_, state, inode, _)| {
@@ -206,8 +203,8 @@ fn select(rows: &[(Tuple, u8, u64, u32)], inodes: &HashSet<u64>) -> (Vec<ProcSoc
 /// Whether a connection with local address `conn` may sit in the accept queue of
 /// `listener`: same port, and the listener's address is the wildcard of a compatible family
 /// or the connection's local address. An IPv6 listener also serves IPv4 clients: their
-/// request sockets (NEW_SYN_RECV) show in `tcp` with IPv4 addresses, the accepted children
-/// in `tcp6` as v4-mapped.
+/// request sockets (NEW_SYN_RECV) are IPv4 sockets, the accepted children IPv6 ones with
+/// v4-mapped addresses.
 fn serves(listener: &Tuple, conn: &Tuple) -> bool {
     if listener.sport != conn.sport {
         return false;
@@ -231,79 +228,6 @@ fn as_v6(family: u8, addr: &[u8; 16]) -> [u8; 16] {
     }
 }
 
-/// Parses the text of a /proc/net/tcp or tcp6 table into (tuple, state, inode, rx_queue)
-/// rows; `family` is 4 or 6 (anything else yields no rows). The header and malformed rows
-/// are skipped.
-#[must_use]
-pub fn parse_table(text: &[u8], family: u8) -> Vec<(Tuple, u8, u64, u32)> {
-    if family != 4 && family != 6 {
-        return Vec::new();
-    }
-    text.split(|&b| b == b'\n')
-        .filter_map(|line| parse_row(line, family))
-        .collect()
-}
-
-/// One table row: `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`.
-fn parse_row(line: &[u8], family: u8) -> Option<(Tuple, u8, u64, u32)> {
-    let mut fields = line
-        .split(u8::is_ascii_whitespace)
-        .filter(|field| !field.is_empty());
-    let sl = fields.next()?.strip_suffix(b":")?;
-    parse_dec(sl)?;
-    let (saddr, sport) = parse_endpoint(fields.next()?, family)?;
-    let (daddr, dport) = parse_endpoint(fields.next()?, family)?;
-    let state = fields.next()?;
-    if state.len() != 2 {
-        return None;
-    }
-    let state = u8::try_from(parse_hex(state)?).ok()?;
-    let (_tx, rx) = split_colon(fields.next()?)?;
-    let rx_queue = parse_hex(rx)?;
-    // tr:tm->when, retrnsmt, uid, timeout.
-    let inode = parse_dec(fields.nth(4)?)?;
-    let tuple = Tuple {
-        family,
-        saddr,
-        sport,
-        daddr,
-        dport,
-    };
-    Some((tuple, state, inode, rx_queue))
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits `:` port (IPv6) -> (address bytes, host-order port).
-/// Each 8-digit group is a native-endian u32 of the corresponding 4 address bytes.
-fn parse_endpoint(field: &[u8], family: u8) -> Option<([u8; 16], u16)> {
-    let (addr, port) = split_colon(field)?;
-    let words = if family == 4 { 1 } else { 4 };
-    if addr.len() != 8 * words || port.is_empty() || port.len() > 4 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (chunk, dst) in addr.chunks_exact(8).zip(out.chunks_exact_mut(4)) {
-        dst.copy_from_slice(&parse_hex(chunk)?.to_ne_bytes());
-    }
-    let port = u16::try_from(parse_hex(port)?).ok()?;
-    Some((out, port))
-}
-
-fn split_colon(field: &[u8]) -> Option<(&[u8], &[u8])> {
-    let colon = field.iter().position(|&b| b == b':')?;
-    Some((&field[..colon], &field[colon + 1..]))
-}
-
-/// Up to 8 hex digits (either case), nothing else.
-fn parse_hex(digits: &[u8]) -> Option<u32> {
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    digits.iter().try_fold(0u32, |acc, &b| {
-        let d = char::from(b).to_digit(16)?;
-        Some(acc << 4 | d)
-    })
-}
-
 /// Decimal digits only, fitting in a u64.
 fn parse_dec(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
@@ -318,134 +242,15 @@ fn parse_dec(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt::Write as _;
-    use std::io::Write as _;
+    use std::io::{BufRead as _, BufReader, Write as _};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
-
-    const V4_TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:D431 01 00000000:0000002A 00:00000000 00000000  1000        0 123457 1 0000000000000000 20 4 30 10 -1
-   2: 0100007F:1F90 0100007F:D432 06 00000000:00000000 03:00001234 00000000     0        0 0 3 0000000000000000
-   3: 0100007F:1F90 0100007F:D433 01 00000000:00000000 00:00000000 00000000  1000        0 0 1 0000000000000000 20 4 30 10 -1
-   4: garbage row
-   5: 0100007F:1F90 0100007F:D434 01 00000000:00000000 00:00000000 00000000  1000        0
-   6: 0100007G:1F90 0100007F:D435 01 00000000:00000000 00:00000000 00000000  1000        0 999 1
-   7: 0A000001:0016 0B000002:C350 08 00000000:00000010 00:00000000 00000000  1000        0 555 1 0000000000000000 20 4 30 10 -1
-";
-
-    const V6_TABLE: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:2384 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0
-   1: 0000000000000000FFFF00000100007F:2384 0000000000000000FFFF00000100007F:E1F0 01 00000000:00000000 00:00000000 00000000  1000        0 778 1 0000000000000000 20 4 30 10 -1
-   2: 000080FE00000000FF005452340012FE:2384 00000000000000000000000001000000:E1F1 01 00000000:00000000 00:00000000 00000000  1000        0 0 1 0000000000000000 20 4 30 10 -1
-   3: 00000000000000000000000001000000:2384 00000000000000000000000001000000:E1F2 0C 00000000:00000000 00:00000000 00000000  1000        0 0 1 0000000000000000
-   4: 0000000000000000FFFF00000100007F:2384 0000000000000000FFFF00000100007F 01 00000000:00000000 00:00000000 00000000  1000        0 779 1
-";
+    use std::process::{Child, Command, Stdio};
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
         let mut out = [0; 16];
         out[..4].copy_from_slice(&a);
         out
-    }
-
-    /// The bytes as /proc prints them: each 4-byte group as a native-endian u32.
-    fn proc_hex(addr: &[u8]) -> String {
-        addr.chunks_exact(4).fold(String::new(), |mut out, c| {
-            let word = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-            write!(out, "{word:08X}").unwrap();
-            out
-        })
-    }
-
-    #[test]
-    fn parses_ipv4_table() {
-        let rows = parse_table(V4_TABLE.as_bytes(), 4);
-        // Header, rows 4, 5 and 6 are malformed.
-        assert_eq!(rows.len(), 5, "{rows:?}");
-        let (t, state, inode, rx) = rows[0];
-        assert_eq!(
-            t,
-            Tuple {
-                family: 4,
-                saddr: proc_v4("0100007F"),
-                sport: 8080,
-                daddr: [0; 16],
-                dport: 0,
-            }
-        );
-        assert_eq!((state, inode, rx), (TCP_LISTEN, 123_456, 0));
-        assert_eq!(rows[1].0.dport, 0xD431);
-        assert_eq!((rows[1].1, rows[1].2, rows[1].3), (1, 123_457, 42));
-        assert_eq!((rows[2].1, rows[2].2), (TCP_TIME_WAIT, 0));
-        assert_eq!((rows[3].1, rows[3].2), (1, 0));
-        assert_eq!((rows[4].1, rows[4].2, rows[4].3), (8, 555, 16));
-        assert_eq!(rows[4].0.sport, 22);
-        assert_eq!(rows[4].0.dport, 50_000);
-    }
-
-    fn proc_v4(hex: &str) -> [u8; 16] {
-        v4(u32::from_str_radix(hex, 16).unwrap().to_ne_bytes())
-    }
-
-    #[test]
-    fn ipv4_address_respects_endianness() {
-        let addr = [127, 0, 0, 1];
-        let line = format!(
-            "   0: {}:1F90 {}:0050 01 00000000:00000000 00:00000000 00000000 0 0 9 1\n",
-            proc_hex(&addr),
-            proc_hex(&[10, 1, 2, 3])
-        );
-        let rows = parse_table(line.as_bytes(), 4);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].0.saddr, v4(addr));
-        assert_eq!(rows[0].0.daddr, v4([10, 1, 2, 3]));
-        assert_eq!(rows[0].0.local().to_string(), "127.0.0.1");
-        assert_eq!(rows[0].0.remote().to_string(), "10.1.2.3");
-        #[cfg(target_endian = "little")]
-        assert_eq!(proc_hex(&addr), "0100007F");
-    }
-
-    #[test]
-    fn ipv6_address_respects_endianness() {
-        let local: Ipv6Addr = "fe80::1234:5678:9abc:def0".parse().unwrap();
-        let remote: Ipv6Addr = "2001:db8::1".parse().unwrap();
-        let line = format!(
-            "   0: {}:1F90 {}:0050 01 00000000:00000000 00:00000000 00000000 0 0 9 1\n",
-            proc_hex(&local.octets()),
-            proc_hex(&remote.octets())
-        );
-        let rows = parse_table(line.as_bytes(), 6);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].0.local(), IpAddr::V6(local));
-        assert_eq!(rows[0].0.remote(), IpAddr::V6(remote));
-    }
-
-    #[cfg(target_endian = "little")]
-    #[test]
-    fn parses_ipv6_table() {
-        let rows = parse_table(V6_TABLE.as_bytes(), 6);
-        assert_eq!(rows.len(), 4, "{rows:?}");
-        assert_eq!(rows[0].0.local().to_string(), "::");
-        assert_eq!(
-            (rows[0].0.sport, rows[0].1, rows[0].2),
-            (9092, TCP_LISTEN, 777)
-        );
-        let mapped = rows[1].0;
-        assert_eq!(mapped.family, 6);
-        assert_eq!(mapped.local().to_string(), "::ffff:127.0.0.1");
-        assert_eq!(mapped.remote().to_string(), "::ffff:127.0.0.1");
-        assert_eq!((mapped.sport, mapped.dport), (9092, 0xE1F0));
-        assert_eq!(rows[2].0.local().to_string(), "fe80::5254:ff:fe12:34");
-        assert_eq!(rows[2].0.remote().to_string(), "::1");
-        assert_eq!((rows[3].1, rows[3].2), (12, 0));
-    }
-
-    #[test]
-    fn wrong_family_yields_nothing() {
-        assert!(parse_table(V4_TABLE.as_bytes(), 6).is_empty());
-        assert!(parse_table(V6_TABLE.as_bytes(), 4).is_empty());
-        assert!(parse_table(V4_TABLE.as_bytes(), 5).is_empty());
-        assert!(parse_table(b"", 4).is_empty());
     }
 
     #[test]
@@ -504,11 +309,49 @@ mod tests {
         assert_eq!(socket_inode(b"socket:[1x]"), None);
     }
 
-    #[cfg(target_endian = "little")]
+    fn row(
+        family: u8,
+        (saddr, sport): ([u8; 16], u16),
+        (daddr, dport): ([u8; 16], u16),
+        state: u8,
+        inode: u64,
+        rx_queue: u32,
+    ) -> diag::Row {
+        let tuple = Tuple {
+            family,
+            saddr,
+            sport,
+            daddr,
+            dport,
+        };
+        (tuple, state, inode, rx_queue)
+    }
+
     #[test]
     fn selects_held_and_queued() {
-        let mut rows = parse_table(V4_TABLE.as_bytes(), 4);
-        rows.extend(parse_table(V6_TABLE.as_bytes(), 6));
+        let lo = v4([127, 0, 0, 1]);
+        let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        let lo6 = Ipv6Addr::LOCALHOST.octets();
+        let link: Ipv6Addr = "fe80::5254:ff:fe12:34".parse().unwrap();
+        let rows = [
+            row(4, (lo, 8080), ([0; 16], 0), TCP_LISTEN, 123_456, 0),
+            row(4, (lo, 8080), (lo, 0xD431), 1, 123_457, 42),
+            row(4, (lo, 8080), (lo, 0xD432), TCP_TIME_WAIT, 0, 0),
+            row(4, (lo, 8080), (lo, 0xD433), 1, 0, 0),
+            row(
+                4,
+                (v4([10, 0, 0, 1]), 22),
+                (v4([11, 0, 0, 2]), 50_000),
+                8,
+                555,
+                16,
+            ),
+            row(6, ([0; 16], 9092), ([0; 16], 0), TCP_LISTEN, 777, 0),
+            row(6, (mapped, 9092), (mapped, 0xE1F0), 1, 778, 0),
+            row(6, (link.octets(), 9092), (lo6, 0xE1F1), 1, 0, 0),
+            // A request socket, as sock_diag reports it.
+            row(6, (lo6, 9092), (lo6, 0xE1F2), 3, 0, 0),
+        ];
         // Held: the v4 listener on 127.0.0.1:8080, its accepted socket and the v6 listener.
         let inodes: HashSet<u64> = [123_456, 123_457, 777, 778].into_iter().collect();
         let (sockets, ports) = select(&rows, &inodes);
@@ -522,13 +365,13 @@ mod tests {
             [
                 (8080, 0, TCP_LISTEN, 123_456, true),
                 (8080, 0xD431, 1, 123_457, true),
-                // Row 2 (TIME_WAIT) never; row 3 waits in the 8080 listener's queue.
+                // TIME_WAIT never; 0xD433 waits in the 8080 listener's queue.
                 (8080, 0xD433, 1, 0, false),
-                // Row 7: another process's socket (inode 555 not held).
+                // Port 22: another process's socket (inode 555 not held).
                 (9092, 0, TCP_LISTEN, 777, true),
                 (9092, 0xE1F0, 1, 778, true),
                 (9092, 0xE1F1, 1, 0, false),
-                (9092, 0xE1F2, 12, 0, false),
+                (9092, 0xE1F2, 3, 0, false),
             ]
         );
         assert_eq!(sockets[1].rx_queue, 42);
@@ -640,5 +483,60 @@ mod tests {
 
         assert!(found.sockets.iter().all(|s| s.state != TCP_TIME_WAIT));
         drop((listener, accepted, client, queued));
+    }
+
+    /// Kills the child when the test ends, failed or not.
+    struct Reap(Child);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn live_other_namespace() {
+        let script = "ip link set lo up; exec python3 -c 'import socket,time; \
+            s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); \
+            print(s.getsockname()[1], flush=True); time.sleep(30)'";
+        let mut child = Reap(
+            Command::new("unshare")
+                .args(["--net", "sh", "-c", script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("unshare"),
+        );
+        let mut line = String::new();
+        BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("port from the child");
+        let pid = child.0.id();
+
+        let found = read(pid).unwrap();
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_ne!(
+            u64::from(found.netns),
+            ours,
+            "the child has its own namespace"
+        );
+        assert_eq!(found.listen_ports, [port], "{found:?}");
+        let l = found
+            .sockets
+            .iter()
+            .find(|s| s.state == TCP_LISTEN)
+            .expect("listener");
+        assert_eq!(l.tuple.local().to_string(), "127.0.0.1");
+        assert_eq!((l.tuple.sport, l.held), (port, true));
+        assert!(
+            read(std::process::id())
+                .unwrap()
+                .sockets
+                .iter()
+                .all(|s| s.tuple.sport != port || s.state != TCP_LISTEN),
+            "the child's listener is not in our namespace"
+        );
     }
 }

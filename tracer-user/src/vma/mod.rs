@@ -6,7 +6,7 @@ pub mod rate;
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use tracer_common::vma::{VmaEvent, VmaRegister, packed_count};
+use tracer_common::vma::{VmaEvent, VmaRegister};
 
 use crate::{
     alert::{Change, Check, Latch, Severity},
@@ -53,8 +53,10 @@ const USAGE_HYSTERESIS: f64 = 0.02;
 /// ...and the time to exhaustion this many times above its threshold (or unknown).
 const ETA_HYSTERESIS: f64 = 1.25;
 
-/// Thread names (`comm`) tracked for attribution; further names count as "other".
-const MAX_THREAD_NAMES: usize = 256;
+/// Threads tracked for attribution per minute; further threads count as "other".
+const MAX_THREADS: usize = 1024;
+/// The key under which changes by threads beyond [`MAX_THREADS`] are counted.
+const OTHER_THREADS: u32 = 0;
 
 /// The live state, for the terminal view.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,8 +78,6 @@ pub struct VmaModel {
     thresholds: Thresholds,
     limit: u32,
     count: u32,
-    /// Highest ticket applied from the ring buffer; older records do not move the count.
-    latest_ticket: u64,
     /// Count of the previous record applied, for per-thread attribution.
     last_record_count: u32,
     peak: u32,
@@ -85,9 +85,11 @@ pub struct VmaModel {
     trend: Option<Trend>,
     warning: Latch,
     critical: Latch,
-    /// Net change per thread name in the current and the previous minute.
-    growth: [HashMap<[u8; 16], i64>; 2],
+    /// Net change per thread id in the current and the previous minute.
+    growth: [HashMap<u32, i64>; 2],
     growth_minute: u64,
+    /// Names of the threads seen, from /proc/PID/task/TID/comm (threads rarely rename).
+    names: HashMap<u32, String>,
 }
 
 impl VmaModel {
@@ -98,7 +100,6 @@ impl VmaModel {
             thresholds,
             limit,
             count: seed,
-            latest_ticket: 0,
             last_record_count: seed,
             peak: seed,
             window: RateWindow::new(window_secs),
@@ -107,6 +108,7 @@ impl VmaModel {
             critical: Latch::default(),
             growth: [HashMap::new(), HashMap::new()],
             growth_minute: 0,
+            names: HashMap::new(),
         }
     }
 
@@ -118,30 +120,27 @@ impl VmaModel {
         self.limit = limit;
     }
 
-    /// Applies one ring-buffer record. Records can arrive out of order across CPUs; the one
-    /// with the highest ticket holds the newest count.
-    pub fn record(&mut self, event: &VmaEvent) {
+    /// Applies one ring-buffer record. Records come in the order of the changes (they are
+    /// written under the target's mmap_lock), so the last one holds the newest count.
+    pub fn record(&mut self, event: VmaEvent) {
         self.peak = self.peak.max(event.map_count);
         let delta = i64::from(event.map_count) - i64::from(self.last_record_count);
         self.last_record_count = event.map_count;
-        let names = &mut self.growth[0];
-        let key = if names.len() < MAX_THREAD_NAMES || names.contains_key(&event.comm) {
-            event.comm
+        let threads = &mut self.growth[0];
+        let key = if threads.len() < MAX_THREADS || threads.contains_key(&event.tid) {
+            event.tid
         } else {
-            *b"(other)\0\0\0\0\0\0\0\0\0"
+            OTHER_THREADS
         };
-        *names.entry(key).or_default() += delta;
-        if event.ticket > self.latest_ticket {
-            self.latest_ticket = event.ticket;
-            self.count = event.map_count;
-        }
+        *threads.entry(key).or_default() += delta;
+        self.count = event.map_count;
     }
 
     /// Applies the kernel's register, which holds the newest reading of all: it is exact even
     /// when ring-buffer records were lost.
     pub fn register(&mut self, register: &VmaRegister) {
-        if register.latest != 0 {
-            self.count = packed_count(register.latest);
+        if register.valid != 0 {
+            self.count = register.count;
             self.peak = self.peak.max(self.count);
         }
     }
@@ -229,17 +228,20 @@ impl VmaModel {
         Trend { level, ..trend }.eta_secs(f64::from(self.limit))
     }
 
-    pub fn status(&self) -> VmaStatus {
-        let mut by_name: HashMap<&[u8; 16], i64> = HashMap::new();
+    pub fn status(&mut self) -> VmaStatus {
+        let mut by_thread: HashMap<u32, i64> = HashMap::new();
         for minute in &self.growth {
-            for (name, delta) in minute {
-                *by_name.entry(name).or_default() += delta;
+            for (&tid, delta) in minute {
+                *by_thread.entry(tid).or_default() += delta;
             }
+        }
+        let mut by_name: HashMap<String, i64> = HashMap::new();
+        for (tid, delta) in by_thread {
+            *by_name.entry(self.thread_name(tid)).or_default() += delta;
         }
         let mut growth_by_thread: Vec<(String, i64)> = by_name
             .into_iter()
             .filter(|&(_, delta)| delta != 0)
-            .map(|(name, delta)| (comm_to_string(name), delta))
             .collect();
         growth_by_thread.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         VmaStatus {
@@ -257,6 +259,24 @@ impl VmaModel {
             },
             growth_by_thread,
         }
+    }
+
+    /// A thread's name, as the process named it ("kafka-log-clean", truncated to 15 bytes by
+    /// the kernel), remembered once read.
+    fn thread_name(&mut self, tid: u32) -> String {
+        if tid == OTHER_THREADS {
+            return "(other threads)".to_owned();
+        }
+        let pid = self.pid;
+        self.names
+            .entry(tid)
+            .or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).map_or_else(
+                    |_| format!("thread {tid}"),
+                    |name| name.trim_end().to_owned(),
+                )
+            })
+            .clone()
     }
 
     /// The alert text: what, how fast, when, and what to do about it.
@@ -298,12 +318,6 @@ fn round_secs(secs: f64) -> u64 {
     secs.round() as u64
 }
 
-/// `comm` bytes up to the first NUL.
-pub fn comm_to_string(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
 /// Seconds for humans: "45s", "12m 5s", "3h 20m", "4d 2h".
 pub fn duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -317,22 +331,17 @@ pub fn duration(secs: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::vma::pack;
-
     use super::*;
 
-    fn record(ticket: u64, map_count: u32, comm: &str) -> VmaEvent {
-        let mut name = [0u8; 16];
-        name[..comm.len()].copy_from_slice(comm.as_bytes());
-        VmaEvent {
-            ts_ns: 0,
-            ticket,
-            ret: 0,
-            tid: 1,
-            map_count,
-            syscall_nr: 9,
-            pad: 0,
-            comm: name,
+    fn record(map_count: u32, tid: u32) -> VmaEvent {
+        VmaEvent { tid, map_count }
+    }
+
+    fn register(count: u32) -> VmaRegister {
+        VmaRegister {
+            mm: 1,
+            count,
+            valid: 1,
         }
     }
 
@@ -348,17 +357,14 @@ mod tests {
     }
 
     #[test]
-    fn the_highest_ticket_wins_and_the_register_is_final() {
+    fn the_last_record_wins_and_the_register_is_final() {
         let mut model = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
-        model.record(&record(5, 110, "a"));
-        model.record(&record(4, 105, "b"));
-        assert_eq!(model.count(), 110);
-        model.register(&VmaRegister {
-            next_ticket: 6,
-            latest: pack(6, 111),
-        });
+        model.record(record(110, 1));
+        model.record(record(105, 2));
+        assert_eq!(model.count(), 105);
+        model.register(&register(111));
         assert_eq!(model.count(), 111);
-        // An empty register (no syscall since attach) keeps the seed.
+        // An empty register (the target has not touched its map since attach) keeps the seed.
         let mut fresh = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
         fresh.register(&VmaRegister::default());
         assert_eq!(fresh.count(), 100);
@@ -366,14 +372,32 @@ mod tests {
 
     #[test]
     fn growth_is_attributed_to_thread_names() {
-        let mut model = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
-        model.record(&record(1, 102, "log-cleaner"));
-        model.record(&record(2, 101, "gc"));
-        model.record(&record(3, 105, "log-cleaner"));
+        // The test's own threads: this one, and a second one with a name of our choosing.
+        let me = std::process::id();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::Builder::new()
+            .name("log-cleaner".into())
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                done_rx.recv().ok();
+            })
+            .unwrap();
+        let cleaner = tid_rx.recv().unwrap();
+        let mut model = VmaModel::new(me, 100, 65530, Thresholds::default(), 600.0);
+        model.record(record(102, cleaner));
+        model.record(record(101, 4_000_000));
+        model.record(record(105, cleaner));
         let status = model.status();
+        done_tx.send(()).unwrap();
+        helper.join().unwrap();
         assert_eq!(
             status.growth_by_thread,
-            vec![("log-cleaner".to_owned(), 6), ("gc".to_owned(), -1)]
+            vec![
+                ("log-cleaner".to_owned(), 6),
+                ("thread 4000000".to_owned(), -1)
+            ]
         );
         assert_eq!(status.peak, 105);
     }
@@ -387,10 +411,7 @@ mod tests {
         // 1,000 mappings a minute.
         for t in 0..3000u32 {
             let count = 10_000 + t * 1000 / 60;
-            model.register(&VmaRegister {
-                next_ticket: 1,
-                latest: pack(1, count),
-            });
+            model.register(&register(count));
             let before = events.len();
             model.tick(f64::from(t), u64::from(t) * 1000, 0, &mut events);
             if first_eta.is_none()
