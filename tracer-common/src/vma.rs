@@ -10,7 +10,7 @@
 //! process_madvise: all of them take the lock). And the probe costs nothing to a process that
 //! does not touch its memory map: a null syscall does not take the lock.
 
-/// Value of the one-entry `VMA_STATE` array map.
+/// Entry [`REGISTER`] of the `VMA_STATE` array map: written by the kernel only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmaRegister {
@@ -19,15 +19,32 @@ pub struct VmaRegister {
     pub mm: u64,
     /// The latest reading of `mm->map_count`.
     pub count: u32,
+    /// Changes of the count seen (wrapping); one in [`RECORD_EVERY`] is recorded.
+    pub changes: u32,
     /// 1 once `count` holds a reading.
     pub valid: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<VmaRegister>() == 16);
+const _: () = assert!(size_of::<VmaRegister>() == 24);
 
-/// One change of the target's VMA count, written to the `VMA_EVENTS` ring buffer. Kept to
-/// the minimum, as the fastest mapping loops change the count a million times a second: the
-/// agent names the thread from /proc itself.
+/// Index of the kernel's [`VmaRegister`] in `VMA_STATE`.
+pub const REGISTER: u32 = 0;
+
+/// Index in `VMA_STATE` of the high-water mark: the highest count since the agent last looked
+/// (it resets `count` to 0 each report), so a spike between two reports is never missed. Only
+/// `count` of this entry is used.
+pub const HIGH_WATER: u32 = 1;
+
+/// Records of the count's changes are coalesced: a change is recorded when it sets a new high
+/// water mark (a growing map is seen change by change) and otherwise once in this many (the
+/// churn of a JVM, mapping and unmapping all the time, is sampled for attribution). The count
+/// itself never depends on records: the register holds it.
+pub const RECORD_EVERY: u32 = 64;
+
+/// A recorded change of the target's VMA count (see [`RECORD_EVERY`]), written to the
+/// `VMA_EVENTS` ring buffer. Kept to the minimum: the agent names the thread from /proc.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmaEvent {

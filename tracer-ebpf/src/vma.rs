@@ -1,5 +1,5 @@
 //! The target's VMA count, read under its `mmap_lock` at every release (see
-//! `tracer_common::vma` for why that is exact).
+//! `tracer_common::vma` for why that is exact, and how changes are recorded).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
@@ -10,7 +10,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use tracer_common::{
     lost::LOST_VMA,
-    vma::{VmaEvent, VmaRegister, WAKEUP_BYTES},
+    vma::{HIGH_WATER, RECORD_EVERY, REGISTER, VmaEvent, VmaRegister, WAKEUP_BYTES},
 };
 
 use crate::{
@@ -19,9 +19,10 @@ use crate::{
     target::{self, layout},
 };
 
-/// The target's `mm` and the latest reading of its count (one entry).
+/// The target's `mm` and the latest reading of its count (entry `REGISTER`), and the high
+/// water mark since the agent last looked (entry `HIGH_WATER`, its `count` alone).
 #[map]
-static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(1, 0);
+static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(2, 0);
 
 /// Changes of the count, one `VmaEvent` each, for the agent. 1 MiB holds 65,000 records (with
 /// the ring buffer's 8-byte header each).
@@ -32,9 +33,9 @@ static VMA_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// release of any process's mmap_lock, just before it is let go.
 pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
     let mm: u64 = ctx.arg(0);
-    let register = VMA_STATE.get_ptr_mut(0)?;
-    // SAFETY: the one entry of an array map, valid for the program's run; it is written only
-    // under the target's mmap_lock, so never by two CPUs at once.
+    let register = VMA_STATE.get_ptr_mut(REGISTER)?;
+    // SAFETY: an entry of an array map, valid for the program's run; it is written only under
+    // the target's mmap_lock, so never by two CPUs at once.
     let register = unsafe { &mut *register };
     if mm != register.mm {
         // Another process's lock, the common case: one compare. Until the target's mm is
@@ -62,7 +63,18 @@ pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
     }
     register.count = count;
     register.valid = 1;
-    emit(count);
+    register.changes = register.changes.wrapping_add(1);
+    let high = VMA_STATE.get_ptr_mut(HIGH_WATER)?;
+    // SAFETY: as above; the agent may reset it meanwhile, and then a spike of that instant is
+    // only seen in the register.
+    let high = unsafe { &mut (*high).count };
+    let new_high = count > *high;
+    if new_high {
+        *high = count;
+    }
+    if new_high || register.changes % RECORD_EVERY == 0 {
+        emit(count);
+    }
     Some(())
 }
 
@@ -72,7 +84,7 @@ pub fn on_exec() -> Option<()> {
     if !target::is_current() {
         return None;
     }
-    let register = VMA_STATE.get_ptr_mut(0)?;
+    let register = VMA_STATE.get_ptr_mut(REGISTER)?;
     // SAFETY: as in `on_lock_released`; the exec'ing thread is the target's only one now.
     unsafe { (*register).mm = 0 };
     Some(())

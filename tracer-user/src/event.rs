@@ -26,10 +26,27 @@ pub fn monotonic() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// The `ts` of something that happened at `at` seconds of [`monotonic`] time.
-pub fn ms_at(at: f64) -> u64 {
-    let ago = (monotonic() - at).max(0.0);
-    now_ms().saturating_sub((ago * 1000.0) as u64)
+/// Both clocks read at one moment, to give kernel timestamps (monotonic) their `ts`; read once
+/// per batch of records rather than twice per record.
+#[derive(Clone, Copy, Debug)]
+pub struct Clocks {
+    monotonic: f64,
+    ms: u64,
+}
+
+impl Clocks {
+    pub fn now() -> Self {
+        Self {
+            monotonic: monotonic(),
+            ms: now_ms(),
+        }
+    }
+
+    /// The `ts` of something that happened at `at` seconds of [`monotonic`] time.
+    pub fn ms_at(self, at: f64) -> u64 {
+        let ago = (self.monotonic - at).max(0.0);
+        self.ms.saturating_sub((ago * 1000.0) as u64)
+    }
 }
 
 /// One line of the NDJSON stream.

@@ -18,7 +18,7 @@ use tracer_common::{
     },
     lost::{LOST_SLOTS, LOST_TCP, LOST_VMA, UNTRACKED_TCP},
     tcp::{HELD_PROBE_BATCH, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
-    vma::{VmaEvent, VmaRegister},
+    vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
 
 use crate::btf::{Btf, BtfError};
@@ -245,9 +245,13 @@ impl Probes {
         Ok(sockets.len() as u64 - u64::from(seeded))
     }
 
-    /// The kernel's register of the newest VMA count reading.
-    pub fn vma_register(&self) -> Result<VmaRegister, aya::maps::MapError> {
-        self.vma_state.get(&0, 0)
+    /// The kernel's register of the newest VMA count reading, and the highest count since
+    /// the previous call (whose mark this resets).
+    pub fn vma_register(&mut self) -> Result<(VmaRegister, u32), aya::maps::MapError> {
+        let register = self.vma_state.get(&REGISTER, 0)?;
+        let high = self.vma_state.get(&HIGH_WATER, 0)?.count;
+        self.vma_state.set(HIGH_WATER, VmaRegister::default(), 0)?;
+        Ok((register, high))
     }
 
     /// Hands out the ring buffers (once each), for the drain loop.

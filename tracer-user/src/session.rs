@@ -18,7 +18,7 @@ use tokio::{
 use tracer_common::tcp::TupleKey;
 
 use crate::{
-    event::{Event, MappingGroup, monotonic, now_ms},
+    event::{Clocks, Event, MappingGroup, monotonic, now_ms},
     preflight::{self, Machine},
     probes::{self, Lost, ProbeError, Probes},
     target::Target,
@@ -243,8 +243,8 @@ impl Session {
 
         // Whatever the target did last is in the ring buffers and the register: report it.
         self.drain();
-        if let Ok(register) = self.probes.vma_register() {
-            self.vma.register(&register);
+        if let Ok((register, high)) = self.probes.vma_register() {
+            self.vma.register(&register, high);
         }
         if end == End::TargetExited {
             self.events.push(Event::TargetExit {
@@ -271,11 +271,11 @@ impl Session {
 
     fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
         self.drain();
-        let register = self
+        let (register, high) = self
             .probes
             .vma_register()
             .context("reading the VMA register")?;
-        self.vma.register(&register);
+        self.vma.register(&register, high);
         let lost = self.probes.lost().unwrap_or_default();
         let (now, ts) = (monotonic(), now_ms());
         self.vma.tick(now, ts, lost.vma_records, &mut self.events);
@@ -358,9 +358,10 @@ fn drain_vma(ring: &mut RingBuf<MapData>, vma: &mut VmaModel) {
 
 /// Applies every pending TCP record; transitions become events.
 fn drain_tcp(ring: &mut RingBuf<MapData>, tcp: &mut TcpModel, events: &mut Vec<Event>) {
+    let clocks = Clocks::now();
     while let Some(item) = ring.next() {
         if let Some(event) = probes::decode(&item) {
-            tcp.record(&event, events);
+            tcp.record(&event, clocks, events);
         }
     }
 }

@@ -52,6 +52,14 @@ impl Hub {
     fn publish(&self, labels: &TargetLabels, events: &[Event]) {
         for event in events {
             self.metrics.observe(labels, event);
+            let alert = matches!(event, Event::Alert { .. } | Event::AlertResolved { .. });
+            // The line is only written when someone will read it.
+            if self.stdout.is_none()
+                && self.subscribers.borrow().is_empty()
+                && !(alert && self.webhook.is_some())
+            {
+                continue;
+            }
             let line = {
                 let mut buf = self.line.borrow_mut();
                 let mut writer = (&mut *buf).writer();
@@ -70,7 +78,7 @@ impl Hub {
                 self.metrics.dropped(Dropped::Stdout, 1);
             }
             if let Some(webhook) = &self.webhook
-                && matches!(event, Event::Alert { .. } | Event::AlertResolved { .. })
+                && alert
                 && webhook.try_send(line).is_err()
             {
                 self.metrics.dropped(Dropped::WebhookQueueFull, 1);

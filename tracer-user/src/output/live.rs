@@ -192,7 +192,7 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
         ));
     }
     if !vma.growth_by_thread.is_empty() {
-        let mut text = format!("      {DIM}change by thread, last 1-2 min:{RESET}");
+        let mut text = format!("      {DIM}change by thread (sampled), last 1-2 min:{RESET}");
         for (name, delta) in vma.growth_by_thread.iter().take(5) {
             let _ = write!(text, "  {name} {delta:+}");
         }

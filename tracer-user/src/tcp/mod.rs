@@ -14,7 +14,7 @@ use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
 
 use crate::{
     alert::{Change, Check, Latch, Severity},
-    event::{AlertDetail, AlertKind, Event, PeerCount, StateCounts, ms_at},
+    event::{AlertDetail, AlertKind, Clocks, Event, PeerCount, StateCounts},
     probes::Lost,
     vma::{duration, maps::thousands},
 };
@@ -42,6 +42,41 @@ const PROBE_MAX: f64 = 5.0;
 /// Sockets asked about per drain at most (11 per syscall): a burst of 100,000 connections in
 /// the accept queue must not keep the agent from draining the ring buffers.
 const PROBE_PER_DRAIN: usize = 1024;
+
+/// Hashes a kernel pointer (a `struct sock *`) with one multiplication: the table is updated
+/// at every transition of every socket of the target, and SipHash's resistance to chosen keys
+/// buys nothing against addresses the kernel picked.
+#[derive(Clone, Copy, Default)]
+pub struct BuildPointerHasher;
+
+impl std::hash::BuildHasher for BuildPointerHasher {
+    type Hasher = PointerHasher;
+
+    fn build_hasher(&self) -> PointerHasher {
+        PointerHasher(0)
+    }
+}
+
+/// See [`BuildPointerHasher`].
+#[derive(Default)]
+pub struct PointerHasher(u64);
+
+impl std::hash::Hasher for PointerHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: spreads the aligned, clustered addresses over the whole word.
+        self.0 = (value ^ (value >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// When the socket alerts fire.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -123,7 +158,7 @@ pub struct Census {
 pub struct TcpModel {
     pid: u32,
     thresholds: TcpThresholds,
-    socks: HashMap<u64, Sock>,
+    socks: HashMap<u64, Sock, BuildPointerHasher>,
     /// Sockets found in /proc at attach, by addresses, until the kernel reports them.
     seeded: HashMap<Tuple, Sock>,
     /// New connections on the listening ports per report interval, newest last.
@@ -142,7 +177,7 @@ impl TcpModel {
         Self {
             pid,
             thresholds,
-            socks: HashMap::new(),
+            socks: HashMap::default(),
             seeded: HashMap::new(),
             new_per_tick: VecDeque::new(),
             new_this_tick: 0,
@@ -174,7 +209,7 @@ impl TcpModel {
     }
 
     /// Applies one kernel record; a transition also becomes a `tcp_state` event.
-    pub fn record(&mut self, e: &TcpEvent, out: &mut Vec<Event>) {
+    pub fn record(&mut self, e: &TcpEvent, clocks: Clocks, out: &mut Vec<Event>) {
         let tuple = Tuple {
             family: e.family,
             saddr: e.saddr,
@@ -185,7 +220,7 @@ impl TcpModel {
         let at = e.ts_ns as f64 / 1e9;
         let held = e.held != 0;
         // A socket known from /proc is the same socket whichever way the kernel adopted it.
-        let seeded = if self.socks.contains_key(&e.sk) {
+        let seeded = if self.seeded.is_empty() || self.socks.contains_key(&e.sk) {
             None
         } else {
             self.seeded.remove(&tuple)
@@ -223,7 +258,7 @@ impl TcpModel {
             self.socks.remove(&e.sk);
         }
         out.push(Event::TcpState {
-            ts: ms_at(at),
+            ts: clocks.ms_at(at),
             pid: self.pid,
             family: e.family,
             saddr: tuple.local(),
@@ -602,15 +637,16 @@ mod tests {
     ) {
         let mut syn = event(sk, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, at, peer);
         syn.held = 0;
-        model.record(&syn, out);
+        model.record(&syn, Clocks::now(), out);
         let mut est = event(sk, SYN_RECV, ESTABLISHED, Adopted::Known, at, peer);
         est.held = 0;
-        model.record(&est, out);
+        model.record(&est, Clocks::now(), out);
         let mut accepted = event(sk, ESTABLISHED, ESTABLISHED, Adopted::Known, at, peer);
         accepted.kind = Kind::Accepted as u8;
-        model.record(&accepted, out);
+        model.record(&accepted, Clocks::now(), out);
         model.record(
             &event(sk, ESTABLISHED, CLOSE_WAIT, Adopted::Known, closed, peer),
+            Clocks::now(),
             out,
         );
     }
@@ -632,6 +668,7 @@ mod tests {
         let mut out = Vec::new();
         model.record(
             &event(LISTENER, TCP_CLOSE, TCP_LISTEN, Adopted::ByOwner, 0.0, 0),
+            Clocks::now(),
             &mut out,
         );
         for sk in 1..=3 {
@@ -695,8 +732,12 @@ mod tests {
         for sk in 1..=3 {
             let mut last_ack = event(sk, CLOSE_WAIT, 9, Adopted::Known, 9.0, 1);
             last_ack.held = 0;
-            model.record(&last_ack, &mut out);
-            model.record(&event(sk, 9, TCP_CLOSE, Adopted::Known, 9.1, 1), &mut out);
+            model.record(&last_ack, Clocks::now(), &mut out);
+            model.record(
+                &event(sk, 9, TCP_CLOSE, Adopted::Known, 9.1, 1),
+                Clocks::now(),
+                &mut out,
+            );
         }
         model.tick(9.5, 0, &Lost::default(), &mut out);
         assert_eq!(
@@ -716,20 +757,26 @@ mod tests {
         // Arrived on the listening port, never accepted: the accept queue.
         let mut queued = event(1, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, 0.0, 1);
         queued.held = 0;
-        model.record(&queued, &mut out);
+        model.record(&queued, Clocks::now(), &mut out);
         // The target's client socket, closed by the target: orphaned in FIN_WAIT2.
-        model.record(&event(2, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 2), &mut out);
+        model.record(
+            &event(2, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 2),
+            Clocks::now(),
+            &mut out,
+        );
         model.record(
             &event(2, 2, TCP_ESTABLISHED, Adopted::Known, 0.1, 2),
+            Clocks::now(),
             &mut out,
         );
         model.record(
             &event(2, TCP_ESTABLISHED, 4, Adopted::Known, 0.2, 2),
+            Clocks::now(),
             &mut out,
         );
         let mut fin2 = event(2, 4, FIN_WAIT2, Adopted::Known, 0.3, 2);
         fin2.held = 0;
-        model.record(&fin2, &mut out);
+        model.record(&fin2, Clocks::now(), &mut out);
         model.tick(1.0, 0, &Lost::default(), &mut out);
         let census = model.census();
         assert_eq!(census.held.total(), 0);
@@ -751,16 +798,26 @@ mod tests {
         let mut model = TcpModel::new(7, thresholds);
         let mut out = Vec::new();
         for sk in 1..=4 {
-            model.record(&event(sk, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 3), &mut out);
+            model.record(
+                &event(sk, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 3),
+                Clocks::now(),
+                &mut out,
+            );
             model.record(
                 &event(sk, 2, TCP_ESTABLISHED, Adopted::Known, 0.0, 3),
+                Clocks::now(),
                 &mut out,
             );
             model.record(
                 &event(sk, TCP_ESTABLISHED, 4, Adopted::Known, 1.0, 3),
+                Clocks::now(),
                 &mut out,
             );
-            model.record(&event(sk, 4, FIN_WAIT2, Adopted::Known, 1.0, 3), &mut out);
+            model.record(
+                &event(sk, 4, FIN_WAIT2, Adopted::Known, 1.0, 3),
+                Clocks::now(),
+                &mut out,
+            );
         }
         out.clear();
         model.tick(10.0, 0, &Lost::default(), &mut out);
@@ -770,6 +827,7 @@ mod tests {
         for sk in 1..=3 {
             model.record(
                 &event(sk, FIN_WAIT2, TCP_CLOSE, Adopted::Known, 12.0, 3),
+                Clocks::now(),
                 &mut out,
             );
         }
@@ -793,7 +851,7 @@ mod tests {
                 sk += 1;
                 let mut syn = event(sk, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, at, 9);
                 syn.held = 0;
-                model.record(&syn, out);
+                model.record(&syn, Clocks::now(), out);
             }
         };
         // A minute at 10 new connections a second, then 400 a second.
@@ -852,6 +910,7 @@ mod tests {
         assert_eq!(model.census().held.get(ESTABLISHED), 1);
         model.record(
             &event(1, ESTABLISHED, CLOSE_WAIT, Adopted::FromProc, 2.0, 1),
+            Clocks::now(),
             &mut out,
         );
         model.tick(3.0, 0, &Lost::default(), &mut out);

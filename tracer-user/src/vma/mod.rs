@@ -121,7 +121,10 @@ impl VmaModel {
     }
 
     /// Applies one ring-buffer record. Records come in the order of the changes (they are
-    /// written under the target's mmap_lock), so the last one holds the newest count.
+    /// written under the target's mmap_lock), so the last one holds the newest count. They
+    /// are coalesced (`tracer_common::vma::RECORD_EVERY`): the change since the previous
+    /// record is put down to the thread of this one, which is exact for growth and a sample
+    /// of churn.
     pub fn record(&mut self, event: VmaEvent) {
         self.peak = self.peak.max(event.map_count);
         let delta = i64::from(event.map_count) - i64::from(self.last_record_count);
@@ -136,12 +139,12 @@ impl VmaModel {
         self.count = event.map_count;
     }
 
-    /// Applies the kernel's register, which holds the newest reading of all: it is exact even
-    /// when ring-buffer records were lost.
-    pub fn register(&mut self, register: &VmaRegister) {
+    /// Applies the kernel's register, which holds the newest reading of all (exact even when
+    /// ring-buffer records were lost), and the highest count since the previous report.
+    pub fn register(&mut self, register: &VmaRegister, high: u32) {
         if register.valid != 0 {
             self.count = register.count;
-            self.peak = self.peak.max(self.count);
+            self.peak = self.peak.max(self.count).max(high);
         }
     }
 
@@ -341,7 +344,9 @@ mod tests {
         VmaRegister {
             mm: 1,
             count,
+            changes: 1,
             valid: 1,
+            pad: 0,
         }
     }
 
@@ -362,11 +367,11 @@ mod tests {
         model.record(record(110, 1));
         model.record(record(105, 2));
         assert_eq!(model.count(), 105);
-        model.register(&register(111));
+        model.register(&register(111), 113);
         assert_eq!(model.count(), 111);
         // An empty register (the target has not touched its map since attach) keeps the seed.
         let mut fresh = VmaModel::new(1, 100, 65530, Thresholds::default(), 600.0);
-        fresh.register(&VmaRegister::default());
+        fresh.register(&VmaRegister::default(), 0);
         assert_eq!(fresh.count(), 100);
     }
 
@@ -411,7 +416,7 @@ mod tests {
         // 1,000 mappings a minute.
         for t in 0..3000u32 {
             let count = 10_000 + t * 1000 / 60;
-            model.register(&register(count));
+            model.register(&register(count), count);
             let before = events.len();
             model.tick(f64::from(t), u64::from(t) * 1000, 0, &mut events);
             if first_eta.is_none()
