@@ -123,6 +123,7 @@ import java.util.List;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -299,9 +300,14 @@ public final class StuckBroker {
         for (;;) {
             Conn c;
             try {
-                c = QUEUE.take();
+                // As Kafka's KafkaRequestHandler polls the request channel: idle handlers
+                // wake up every 300 ms, so only a stuck one stops running.
+                c = QUEUE.poll(300, TimeUnit.MILLISECONDS);
             } catch (InterruptedException e) {
                 return; // nobody interrupts handlers
+            }
+            if (c == null) {
+                continue;
             }
             if (stuck) {
                 appendToLog(partitionLock);

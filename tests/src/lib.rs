@@ -154,6 +154,87 @@ pub fn compile_java(class: &str, out: &Path) {
     assert!(status.success(), "javac {} failed", source.display());
 }
 
+/// A small, quiet JVM running `class` from `classes`, as the tests run them.
+pub fn java(classes: &Path, class: &str) -> Command {
+    let mut command = Command::new("java");
+    command
+        .args([
+            "-Xmx64m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:-UsePerfData",
+        ])
+        .arg("-cp")
+        .arg(classes)
+        .arg(class);
+    command
+}
+
+/// The `port=N` of a READY line.
+pub fn port_of(ready: &str) -> u16 {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {ready:?}"))
+}
+
+/// A memory cgroup with a limit, made for a test and removed when dropped: v1's memory
+/// hierarchy where it is mounted (hybrid machines), the unified v2 hierarchy otherwise.
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    pub fn new(name: &str, limit_bytes: u64) -> Self {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (
+                v1.join(format!("tracer-test-{name}-{}", std::process::id())),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            let root = Path::new("/sys/fs/cgroup");
+            // Let children of the root use the memory controller (idempotent).
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory");
+            (
+                root.join(format!("tracer-test-{name}-{}", std::process::id())),
+                "memory.max",
+            )
+        };
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        std::fs::write(dir.join(limit_file), limit_bytes.to_string())
+            .unwrap_or_else(|e| panic!("setting the limit of {}: {e}", dir.display()));
+        Self { dir }
+    }
+
+    /// `command`, started inside this cgroup: a shell moves itself in, then execs it.
+    pub fn wrap(&self, command: &Command) -> Command {
+        let mut line = String::from("echo $$ > \"$0\"/cgroup.procs && exec");
+        for word in std::iter::once(command.get_program()).chain(command.get_args()) {
+            line.push_str(" '");
+            line.push_str(&word.to_string_lossy().replace('\'', "'\\''"));
+            line.push('\'');
+        }
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(line).arg(&self.dir);
+        shell
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The processes in it are gone by now (the tests kill theirs); retry while the kernel
+        // finishes tearing them down.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Compiles `tests/native/<name>.c` into `out/<name>`.
 pub fn compile_c(name: &str, out: &Path) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_tests::{Process, TempDir, free_port, http_get, tracer_bin, wait_for_listener};
+use tracer_tests::{
+    MemoryCgroup, Process, TempDir, compile_c, free_port, http_get, tracer_bin, wait_for_listener,
+};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,12 +83,23 @@ fn rules_and_dashboard_use_only_metrics_the_agent_exposes() {
             ])
             .arg(dir.path()),
     );
+    // And one leaking descriptors and memory in a memory cgroup with a limit, so that the fd
+    // and memory series (limits, times to exhaustion) exist too.
+    let cgroup = MemoryCgroup::new("deploy", 1 << 30);
+    let leaker_binary = compile_c("fdleak", dir.path());
+    let mut leaker = Process::spawn(
+        &mut cgroup.wrap(Command::new(&leaker_binary).args(["1000", "50", "256"])),
+    );
+    leaker.expect_line("READY", Duration::from_secs(5));
+    leaker.send("GO");
     let port = free_port();
     let _agent = Process::spawn(Command::new(tracer_bin()).args([
         "agent",
         "--quiet",
         "--pid",
         &workload.pid.to_string(),
+        "--pid",
+        &leaker.pid.to_string(),
         "--listen",
         &format!("127.0.0.1:{port}"),
     ]));
@@ -95,7 +108,14 @@ fn rules_and_dashboard_use_only_metrics_the_agent_exposes() {
     let exposed = loop {
         std::thread::sleep(Duration::from_millis(500));
         let text = http_get(port, "/metrics");
-        if text.contains("tracer_vma_exhaustion_eta_seconds{") || Instant::now() > deadline {
+        let complete = [
+            "tracer_vma_exhaustion_eta_seconds{",
+            "tracer_fd_exhaustion_eta_seconds{",
+            "tracer_memory_limit_eta_seconds{",
+        ]
+        .iter()
+        .all(|series| text.contains(series));
+        if complete || Instant::now() > deadline {
             break text;
         }
     };

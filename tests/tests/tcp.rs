@@ -13,8 +13,8 @@ use std::{
 };
 
 use tracer_tests::{
-    Event, Netns, Process, TempDir, Tracer, VethPair, compile_c, compile_java, rss_kib, ss_states,
-    start_redis,
+    Event, Netns, Process, TempDir, Tracer, VethPair, compile_c, compile_java, java, port_of,
+    rss_kib, ss_states, start_redis,
 };
 
 /// `--close-wait-after` for these tests.
@@ -28,32 +28,18 @@ const ALERT_SLACK: Duration = Duration::from_millis(1500);
 fn stuck_broker(name: &str, netns: Option<&Netns>) -> (Process, u16, TempDir) {
     let classes = TempDir::new(name);
     compile_java("StuckBroker", classes.path());
+    let java = java(classes.path(), "StuckBroker");
     let mut command = match netns {
-        Some(ns) => ns.exec(Path::new("java")),
-        None => Command::new("java"),
+        Some(ns) => {
+            let mut inside = ns.exec(Path::new("java"));
+            inside.args(java.get_args());
+            inside
+        }
+        None => java,
     };
-    command
-        .args([
-            "-Xmx64m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-XX:-UsePerfData",
-        ])
-        .arg("-cp")
-        .arg(classes.path())
-        .arg("StuckBroker");
     let broker = Process::spawn(&mut command);
     let (_, ready) = broker.expect_line("READY", Duration::from_secs(30));
     (broker, port_of(&ready), classes)
-}
-
-/// The `port=N` of a READY line.
-fn port_of(ready: &str) -> u16 {
-    ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("port="))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {ready:?}"))
 }
 
 fn connect(addr: &str, port: u16, n: usize) -> Vec<TcpStream> {

@@ -57,8 +57,8 @@ pub struct KernelLayout {
     pub sk_socket: u32,
     /// `sock.sk_shutdown` (`u8` since 6.4; [`ABSENT`] where it is a bitfield).
     pub sk_shutdown: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// `task_struct.pid` (`pid_t`): a thread's id, as the kernel numbers it.
+    pub task_pid: u32,
 }
 
 const _: () = assert!(size_of::<KernelLayout>() == 16 * 4);

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod lost;
+pub mod task;
 pub mod tcp;
 pub mod vma;
 
@@ -18,4 +19,5 @@ mod pod {
     unsafe impl aya::Pod for crate::config::PidNamespace {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
     unsafe impl aya::Pod for crate::tcp::TupleKey {}
+    unsafe impl aya::Pod for crate::task::ThreadSched {}
 }

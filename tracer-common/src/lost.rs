@@ -13,5 +13,11 @@ pub const LOST_TCP: u32 = 1;
 /// not seen at all.
 pub const UNTRACKED_TCP: u32 = 2;
 
+/// Records of [`crate::task::TaskEvent`] that did not fit into `TASK_EVENTS`.
+pub const LOST_TASK: u32 = 3;
+
+/// Threads of the target whose time is not accounted because `THREADS` was full.
+pub const UNTRACKED_THREADS: u32 = 4;
+
 /// Number of slots in the `LOST` map.
-pub const LOST_SLOTS: u32 = 3;
+pub const LOST_SLOTS: u32 = 5;

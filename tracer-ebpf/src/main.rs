@@ -6,6 +6,7 @@
 mod kernel;
 mod lost;
 mod target;
+mod task;
 mod tcp;
 mod vma;
 
@@ -31,6 +32,35 @@ pub fn tracer_exec(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tracer_tcpstate(ctx: RawTracePointContext) -> i32 {
     let _ = tcp::on_set_state(&ctx);
+    0
+}
+
+/// `task:task_newtask`: a task created; for the target, a new thread.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn tracer_newtask(ctx: RawTracePointContext) -> i32 {
+    let _ = task::on_new_task(&ctx);
+    0
+}
+
+/// `task:task_rename`: a task renamed; for the target, a thread's name (its group).
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn tracer_rename(ctx: RawTracePointContext) -> i32 {
+    let _ = task::on_rename(&ctx);
+    0
+}
+
+/// `sched:sched_process_exit`: a task exiting; for the target, a thread gone.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn tracer_taskexit(_ctx: RawTracePointContext) -> i32 {
+    let _ = task::on_exit();
+    0
+}
+
+/// `sched:sched_switch`: every context switch; for the target's threads, time on CPU and
+/// asleep, aggregated in the kernel.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn tracer_switch(ctx: RawTracePointContext) -> i32 {
+    let _ = task::on_switch(&ctx);
     0
 }
 

@@ -32,7 +32,7 @@ pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     sk_protocol: 0,
     sk_socket: 0,
     sk_shutdown: 0,
-    pad: 0,
+    task_pid: 0,
 };
 
 /// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.

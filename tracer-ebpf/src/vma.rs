@@ -78,6 +78,14 @@ pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
+/// The target's `struct mm_struct *`, once its first lock release told it: every thread of
+/// the target shares it, so comparing a task's `mm` with it says whether the task is one.
+#[inline(always)]
+pub fn target_mm() -> Option<u64> {
+    let register = VMA_STATE.get(REGISTER)?;
+    (register.mm != 0).then_some(register.mm)
+}
+
 /// `sched:sched_process_exec`: a process replaced its program, and with it its memory map.
 /// When it is the target, the old mm is forgotten so the new one is learned.
 pub fn on_exec() -> Option<()> {

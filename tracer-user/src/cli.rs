@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{session::Options, tcp::TcpThresholds, vma::Thresholds};
+use crate::{
+    exhaustion::Thresholds, session::Options, tcp::TcpThresholds, threads::ThreadThresholds,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -159,6 +161,30 @@ pub struct WatchArgs {
     /// about 100 bytes each); more are counted as untracked.
     #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_sockets: u32,
+    /// A group of threads (same name, less its number) that grew by this many threads within
+    /// --thread-leak-window raises thread_leak.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(2..))]
+    pub thread_leak_min: u32,
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub thread_leak_window: Duration,
+    /// A group of two or more threads busy (not asleep) this share of --saturation-window
+    /// raises threads_saturated.
+    #[arg(long, default_value = "90%", value_parser = parse_percent)]
+    pub saturated_busy: f64,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub saturation_window: Duration,
+    /// Request threads (--stall-threads) that have not run for this long while connections
+    /// keep arriving raise stall.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stall_after: Duration,
+    /// Name prefixes of the request-handling threads, comma-separated, as the kernel shows them
+    /// (15 bytes: cat /proc/PID/task/*/comm).
+    #[arg(
+        long,
+        default_value = "kafka-request-h,data-plane-kafk",
+        value_delimiter = ','
+    )]
+    pub stall_threads: Vec<String>,
 }
 
 impl WatchArgs {
@@ -180,6 +206,23 @@ impl WatchArgs {
         if self.surge_factor.is_nan() || self.surge_factor <= 1.0 {
             anyhow::bail!("--surge-factor must be above 1");
         }
+        if self.saturation_window < Duration::from_secs(2)
+            || self.stall_after < Duration::from_secs(2)
+        {
+            anyhow::bail!("--saturation-window and --stall-after must be at least 2s");
+        }
+        if self.thread_leak_window < Duration::from_secs(10) {
+            anyhow::bail!("--thread-leak-window must be at least 10s");
+        }
+        if self
+            .stall_threads
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 15)
+        {
+            anyhow::bail!(
+                "--stall-threads takes thread-name prefixes of 1 to 15 bytes, comma-separated (see cat /proc/PID/task/*/comm)"
+            );
+        }
         Ok(Options {
             max_map_count: self.max_map_count,
             thresholds: Thresholds {
@@ -198,6 +241,14 @@ impl WatchArgs {
                 surge_min: self.surge_min,
             },
             max_sockets: self.max_sockets,
+            threads: ThreadThresholds {
+                leak_min: self.thread_leak_min,
+                leak_window_secs: self.thread_leak_window.as_secs_f64(),
+                busy: self.saturated_busy,
+                saturation_window_secs: self.saturation_window.as_secs_f64(),
+                stall_after_secs: self.stall_after.as_secs_f64(),
+                stall_groups: self.stall_threads.clone(),
+            },
         })
     }
 }

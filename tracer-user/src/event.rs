@@ -137,17 +137,95 @@ pub enum Event {
         /// Sockets not followed because the kernel's socket table (`--max-sockets`) was full.
         untracked: u64,
     },
+    /// The target's open file descriptors against its `RLIMIT_NOFILE`, at least once per
+    /// second.
+    Fds {
+        ts: u64,
+        pid: u32,
+        /// Entries of /proc/PID/fd.
+        count: u32,
+        /// The soft `RLIMIT_NOFILE` (`Max open files` of /proc/PID/limits); null if unlimited.
+        limit: Option<u64>,
+        /// `count / limit` (0 without a limit).
+        usage: f64,
+        /// Trend of the count per minute; null until 5 s of samples exist.
+        growth_per_min: Option<f64>,
+        /// Seconds until the trend reaches the limit; null when not growing.
+        eta_seconds: Option<u64>,
+    },
+    /// The target's memory against the memory limit of its cgroup, at least once per second.
+    Memory {
+        ts: u64,
+        pid: u32,
+        /// `VmRSS` and `RssAnon` of /proc/PID/status.
+        rss_bytes: u64,
+        anon_bytes: u64,
+        /// `v1` or `v2`; null when the memory cgroup cannot be read.
+        cgroup: Option<&'static str>,
+        /// The cgroup's usage less its inactive file cache: what the OOM killer cannot
+        /// reclaim (what Kubernetes calls the working set); null without a cgroup.
+        working_set_bytes: Option<u64>,
+        /// The lowest memory limit of the cgroup and its ancestors; null when unlimited.
+        limit_bytes: Option<u64>,
+        /// `working_set_bytes / limit_bytes` (0 without a limit).
+        usage: f64,
+        /// Trend of the working set (the RSS without a cgroup) in bytes per minute.
+        growth_per_min: Option<f64>,
+        /// Seconds until the trend reaches the limit; null when not growing or unlimited.
+        eta_seconds: Option<u64>,
+        /// glibc malloc arenas (64 MiB reservations) in /proc/PID/maps at its last read.
+        malloc_arenas: u32,
+    },
+    /// The target's threads, grouped by name, at least once per second.
+    Threads {
+        ts: u64,
+        pid: u32,
+        /// Threads alive: what /proc/PID/status `Threads:` says.
+        count: u32,
+        /// Largest groups first.
+        groups: Vec<ThreadGroup>,
+        /// Thread records dropped because the ring buffer was full (counts are then re-read
+        /// from /proc).
+        events_lost: u64,
+        /// Threads whose time is not accounted because the kernel's table was full.
+        untracked: u64,
+    },
     /// The target exited; `attach` ends after this.
     TargetExit { ts: u64, pid: u32 },
+}
+
+/// Threads of one name (less its number) in a [`Event::Threads`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThreadGroup {
+    /// The threads' name less a trailing number (`kafka-request-h`: the kernel keeps 15 bytes).
+    pub name: String,
+    pub threads: u32,
+    /// Share of the group's time spent asleep (blocked by choice) over the saturation window;
+    /// 1 - idle_ratio is how busy it is. Null until a report interval has passed.
+    pub idle_ratio: Option<f64>,
+    /// Threads not run for longer than `--stall-after`.
+    pub stalled: u32,
+}
+
+/// A thread of a [`AlertDetail::Stall`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StalledThread {
+    pub tid: u32,
+    pub name: String,
+    /// Seconds since it last ran (since attach, if it has not run since).
+    pub blocked_seconds: u64,
+    /// The syscall it waits in (`futex` for a lock), from /proc/PID/task/TID/syscall.
+    pub syscall: Option<String>,
+    /// The kernel function it sleeps in, from /proc/PID/task/TID/wchan.
+    pub wchan: Option<String>,
 }
 
 /// What an alert is about, beyond its message.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AlertDetail {
-    Vma {
-        eta_seconds: Option<u64>,
-    },
+    /// A count growing toward its limit (`vma_exhaustion`, `fd_exhaustion`, `memory_limit`).
+    Eta { eta_seconds: Option<u64> },
     Sockets {
         count: u32,
         oldest_seconds: f64,
@@ -157,6 +235,19 @@ pub enum AlertDetail {
         new_connections_per_second: f64,
         baseline_per_second: f64,
         peers: Vec<PeerCount>,
+    },
+    Threads {
+        group: String,
+        threads: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        growth: Option<u32>,
+        idle_ratio: Option<f64>,
+    },
+    Stall {
+        group: String,
+        threads: Vec<StalledThread>,
+        /// What to run now.
+        hint: String,
     },
 }
 
@@ -226,6 +317,16 @@ pub enum AlertKind {
     FinWait2Pileup,
     /// New connections arrive far faster than usual.
     ConnectionSurge,
+    /// Open file descriptors will reach `RLIMIT_NOFILE` soon, or are close to it.
+    FdExhaustion,
+    /// A group of threads keeps growing.
+    ThreadLeak,
+    /// Memory will reach the cgroup's limit (the OOM killer) soon, or is close to it.
+    MemoryLimit,
+    /// A group of threads is busy nearly all the time.
+    ThreadsSaturated,
+    /// Request-handling threads stopped running while work keeps arriving.
+    Stall,
 }
 
 impl AlertKind {
@@ -235,6 +336,11 @@ impl AlertKind {
             Self::CloseWaitLeak => "close_wait_leak",
             Self::FinWait2Pileup => "fin_wait2_pileup",
             Self::ConnectionSurge => "connection_surge",
+            Self::FdExhaustion => "fd_exhaustion",
+            Self::ThreadLeak => "thread_leak",
+            Self::MemoryLimit => "memory_limit",
+            Self::ThreadsSaturated => "threads_saturated",
+            Self::Stall => "stall",
         }
     }
 }

@@ -8,12 +8,16 @@ mod btf;
 mod cli;
 mod demo;
 mod event;
+mod exhaustion;
+mod fd;
+mod memory;
 mod output;
 mod preflight;
 mod probes;
 mod session;
 mod target;
 mod tcp;
+mod threads;
 mod vma;
 
 use std::process::ExitCode;

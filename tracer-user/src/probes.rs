@@ -16,7 +16,8 @@ use tracer_common::{
         ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL,
         TARGET_TGID_GLOBAL,
     },
-    lost::{LOST_SLOTS, LOST_TCP, LOST_VMA, UNTRACKED_TCP},
+    lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
+    task::{TaskEvent, ThreadSched},
     tcp::{HELD_PROBE_BATCH, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
@@ -64,7 +65,7 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             Err(BtfError::Bitfield { .. }) => ABSENT,
             other => other?,
         },
-        pad: 0,
+        task_pid: btf.member_offset("task_struct", "pid")?,
     })
 }
 
@@ -124,6 +125,8 @@ pub struct Probes {
     vma_state: Array<MapData, VmaRegister>,
     vma_events: Option<RingBuf<MapData>>,
     tcp_events: Option<RingBuf<MapData>>,
+    task_events: Option<RingBuf<MapData>>,
+    threads: HashMap<MapData, u32, ThreadSched>,
     tcp_listeners: HashMap<MapData, u32, u32>,
     tcp_seed: HashMap<MapData, TupleKey, u8>,
     tcp_seed_ports: HashMap<MapData, u32, u32>,
@@ -131,10 +134,14 @@ pub struct Probes {
 }
 
 /// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand.
-const PROGRAMS: [(&str, Option<&str>); 4] = [
+const PROGRAMS: [(&str, Option<&str>); 8] = [
     ("tracer_mmaplock", Some("mmap_lock_released")),
     ("tracer_exec", Some("sched_process_exec")),
     ("tracer_tcpstate", Some("inet_sock_set_state")),
+    ("tracer_newtask", Some("task_newtask")),
+    ("tracer_rename", Some("task_rename")),
+    ("tracer_taskexit", Some("sched_process_exit")),
+    ("tracer_switch", Some("sched_switch")),
     (HELD_PROBE, None),
 ];
 
@@ -191,6 +198,8 @@ impl Probes {
             vma_state: take(&mut ebpf, "VMA_STATE")?,
             vma_events: Some(take(&mut ebpf, "VMA_EVENTS")?),
             tcp_events: Some(take(&mut ebpf, "TCP_EVENTS")?),
+            task_events: Some(take(&mut ebpf, "TASK_EVENTS")?),
+            threads: take(&mut ebpf, "THREADS")?,
             tcp_listeners: take(&mut ebpf, "TCP_LISTENERS")?,
             tcp_seed: take(&mut ebpf, "TCP_SEED")?,
             tcp_seed_ports: take(&mut ebpf, "TCP_SEED_PORTS")?,
@@ -255,8 +264,23 @@ impl Probes {
     }
 
     /// Hands out the ring buffers (once each), for the drain loop.
-    pub fn take_rings(&mut self) -> Option<(RingBuf<MapData>, RingBuf<MapData>)> {
-        Some((self.vma_events.take()?, self.tcp_events.take()?))
+    pub fn take_rings(&mut self) -> Option<Rings> {
+        Some(Rings {
+            vma: self.vma_events.take()?,
+            tcp: self.tcp_events.take()?,
+            task: self.task_events.take()?,
+        })
+    }
+
+    /// The scheduling account of every target thread the kernel keeps, into `out`.
+    pub fn thread_accounts(&self, out: &mut Vec<(u32, ThreadSched)>) {
+        out.clear();
+        out.extend(self.threads.iter().filter_map(Result::ok));
+    }
+
+    /// Drops the account of a thread that is gone (one the kernel did not see exit).
+    pub fn forget_thread(&mut self, tid: u32) {
+        let _ = self.threads.remove(&tid);
     }
 
     /// What the kernel had to drop so far, summed over CPUs.
@@ -269,6 +293,8 @@ impl Probes {
             vma_records: slot(LOST_VMA)?,
             tcp_records: slot(LOST_TCP)?,
             tcp_untracked: slot(UNTRACKED_TCP)?,
+            task_records: slot(LOST_TASK)?,
+            threads_untracked: slot(UNTRACKED_THREADS)?,
         })
     }
 
@@ -286,6 +312,15 @@ pub struct Lost {
     pub vma_records: u64,
     pub tcp_records: u64,
     pub tcp_untracked: u64,
+    pub task_records: u64,
+    pub threads_untracked: u64,
+}
+
+/// The ring buffers, one per kind of record.
+pub struct Rings {
+    pub vma: RingBuf<MapData>,
+    pub tcp: RingBuf<MapData>,
+    pub task: RingBuf<MapData>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, ProbeError>
@@ -302,6 +337,7 @@ where
 pub trait Record: Copy {}
 impl Record for VmaEvent {}
 impl Record for TcpEvent {}
+impl Record for TaskEvent {}
 
 /// Decodes one ring-buffer record: length first, then an unaligned read.
 pub fn decode<T: Record>(bytes: &[u8]) -> Option<T> {

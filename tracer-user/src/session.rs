@@ -17,14 +17,20 @@ use tokio::{
 
 use tracer_common::tcp::TupleKey;
 
+use tracer_common::task::ThreadSched;
+
 use crate::{
     event::{Clocks, Event, MappingGroup, monotonic, now_ms},
+    exhaustion::{self, Thresholds},
+    fd::FdModel,
+    memory::{MemoryModel, MemoryStatus},
     preflight::{self, Machine},
     probes::{self, Lost, ProbeError, Probes},
     target::Target,
     tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
+    threads::{ThreadModel, ThreadStatus, ThreadThresholds, Traffic},
     vma::{
-        self, Thresholds, VmaModel, VmaStatus,
+        self, VmaModel, VmaStatus,
         maps::{Breakdown, MapsReader},
     },
 };
@@ -53,6 +59,7 @@ pub struct Options {
     pub tcp: TcpThresholds,
     /// Capacity of the kernel's table of the target's sockets.
     pub max_sockets: u32,
+    pub threads: ThreadThresholds,
 }
 
 /// How a session ended.
@@ -69,6 +76,9 @@ pub struct Frame<'a> {
     pub vma: VmaStatus,
     pub breakdown: Option<&'a BreakdownReport>,
     pub tcp: &'a Census,
+    pub threads: &'a ThreadStatus,
+    pub fds: Option<exhaustion::Status>,
+    pub memory: Option<&'a MemoryStatus>,
     pub lost: Lost,
 }
 
@@ -92,8 +102,16 @@ pub struct Session {
     probes: Probes,
     vma_events: AsyncFd<RingBuf<MapData>>,
     tcp_events: AsyncFd<RingBuf<MapData>>,
+    task_events: AsyncFd<RingBuf<MapData>>,
     vma: VmaModel,
     tcp: TcpModel,
+    threads: ThreadModel,
+    fds: FdModel,
+    memory: MemoryModel,
+    /// The kernel's thread accounts, read every report into this reused buffer.
+    accounts: Vec<(u32, ThreadSched)>,
+    /// Thread records lost as of the last report: more means the counts are re-read.
+    task_lost: u64,
     limit_override: Option<u32>,
     breakdown: Option<BreakdownReport>,
     /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
@@ -116,19 +134,18 @@ impl Session {
             ProbeError::Rejected(e) => anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF"),
             ProbeError::Other(e) => anyhow!(e),
         })?;
-        let (vma_ring, tcp_ring) = probes
+        let rings = probes
             .take_rings()
             .context("the ring buffers were already taken")?;
-        // SAFETY: each ring buffer owns its map fd, which stays open until it is dropped with
-        // its AsyncFd.
-        let (vma_events, tcp_events) = unsafe {
-            (
-                AsyncFd::register_with_interest(vma_ring, Interest::READABLE),
-                AsyncFd::register_with_interest(tcp_ring, Interest::READABLE),
-            )
+        let poll = |ring, what: &str| {
+            // SAFETY: each ring buffer owns its map fd, which stays open until it is dropped
+            // with its AsyncFd.
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| anyhow!("polling the {what} ring buffer: {e}"))
         };
-        let vma_events = vma_events.map_err(|e| anyhow!("polling the VMA ring buffer: {e}"))?;
-        let tcp_events = tcp_events.map_err(|e| anyhow!("polling the TCP ring buffer: {e}"))?;
+        let vma_events = poll(rings.vma, "VMA")?;
+        let tcp_events = poll(rings.tcp, "TCP")?;
+        let task_events = poll(rings.task, "thread")?;
 
         let unreadable = |what: &str, e: std::io::Error| {
             anyhow!(
@@ -163,6 +180,12 @@ impl Session {
             monotonic(),
         );
 
+        let mut threads = ThreadModel::new(target.pid, options.threads.clone(), monotonic());
+        threads.seed().map_err(|e| unreadable("task", e))?;
+        let window = options.rate_window.as_secs_f64();
+        let fds = FdModel::new(target.pid, options.thresholds, window);
+        let memory = MemoryModel::new(target.pid, options.thresholds, window);
+
         let mut events = vec![Event::TargetAttached {
             ts: now_ms(),
             pid: target.pid,
@@ -174,8 +197,14 @@ impl Session {
             probes,
             vma_events,
             tcp_events,
+            task_events,
             vma,
             tcp,
+            threads,
+            fds,
+            memory,
+            accounts: Vec::new(),
+            task_lost: 0,
             limit_override: options.max_map_count,
             breakdown: Some(breakdown),
             refresh: None,
@@ -210,6 +239,11 @@ impl Session {
                 guard = self.tcp_events.readable_mut() => {
                     let mut guard = guard.context("polling the TCP ring buffer")?;
                     drain_tcp(guard.get_inner_mut(), &mut self.tcp, &mut self.events);
+                    guard.clear_ready();
+                }
+                guard = self.task_events.readable_mut() => {
+                    let mut guard = guard.context("polling the thread ring buffer")?;
+                    drain_task(guard.get_inner_mut(), &mut self.threads);
                     guard.clear_ready();
                 }
                 _ = drain.tick() => self.drain(),
@@ -261,6 +295,7 @@ impl Session {
     fn drain(&mut self) {
         drain_vma(self.vma_events.get_mut(), &mut self.vma);
         drain_tcp(self.tcp_events.get_mut(), &mut self.tcp, &mut self.events);
+        drain_task(self.task_events.get_mut(), &mut self.threads);
         let due = self.tcp.due_for_probe(monotonic());
         if !due.is_empty()
             && let Err(e) = self.probes.probe_held(&due)
@@ -280,6 +315,10 @@ impl Session {
         let (now, ts) = (monotonic(), now_ms());
         self.vma.tick(now, ts, lost.vma_records, &mut self.events);
         self.tcp.tick(now, ts, &lost, &mut self.events);
+        self.threads_tick(now, ts, &lost);
+        self.fds.tick(now, ts, &mut self.events);
+        let arenas = self.breakdown.as_ref().map_or(0, |b| b.breakdown.arenas);
+        self.memory.tick(now, ts, arenas, &mut self.events);
         self.probes.flush_log();
         self.maybe_refresh_breakdown();
         sink.frame(&Frame {
@@ -288,9 +327,41 @@ impl Session {
             vma: self.vma.status(),
             breakdown: self.breakdown.as_ref(),
             tcp: self.tcp.census(),
+            threads: self.threads.status(),
+            fds: self.fds.status(),
+            memory: self.memory.status(),
             lost,
         })?;
         Ok(())
+    }
+
+    /// Folds the kernel's thread accounts into the thread model, with the traffic a stall is
+    /// judged against; re-reads the threads from /proc when records were lost.
+    fn threads_tick(&mut self, now: f64, ts: u64, lost: &Lost) {
+        if lost.task_records > self.task_lost {
+            self.task_lost = lost.task_records;
+            if let Err(e) = self.threads.seed() {
+                log::debug!("re-reading /proc/{}/task: {e}", self.target.pid);
+            }
+        }
+        self.probes.thread_accounts(&mut self.accounts);
+        let census = self.tcp.census();
+        let traffic = Traffic {
+            new_per_second: census.new_per_second,
+            close_wait: census.held.get(tcp::CLOSE_WAIT) + census.accept_queue.get(tcp::CLOSE_WAIT),
+            accept_queue: census.accept_queue.total(),
+        };
+        self.threads.tick(
+            (now, ts),
+            &self.accounts,
+            traffic,
+            (lost.task_records, lost.threads_untracked),
+            &mut self.events,
+        );
+        let stale: Vec<u32> = self.threads.stale(&self.accounts).collect();
+        for tid in stale {
+            self.probes.forget_thread(tid);
+        }
     }
 
     /// Starts a new read of /proc/PID/maps when the count moved enough and the last read is
@@ -352,6 +423,15 @@ fn drain_vma(ring: &mut RingBuf<MapData>, vma: &mut VmaModel) {
     while let Some(item) = ring.next() {
         if let Some(event) = probes::decode(&item) {
             vma.record(event);
+        }
+    }
+}
+
+/// Applies every pending thread record.
+fn drain_task(ring: &mut RingBuf<MapData>, threads: &mut ThreadModel) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = probes::decode(&item) {
+            threads.record(&event);
         }
     }
 }

@@ -81,6 +81,16 @@ struct Thresholds {
     surge_factor: Option<f64>,
     surge_min: Option<f64>,
     max_sockets: Option<u32>,
+    thread_leak_min: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    thread_leak_window: Option<Duration>,
+    #[serde(default, deserialize_with = "percent")]
+    saturated_busy: Option<f64>,
+    #[serde(default, deserialize_with = "duration")]
+    saturation_window: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    stall_after: Option<Duration>,
+    stall_threads: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,7 +131,7 @@ impl Settings {
         macro_rules! from_file {
             ($($field:ident),*) => {$(
                 if !given(stringify!($field)) {
-                    if let Some(value) = t.$field {
+                    if let Some(value) = t.$field.clone() {
                         watch.$field = value;
                     }
                 }
@@ -139,7 +149,13 @@ impl Settings {
             fin_wait2_min,
             surge_factor,
             surge_min,
-            max_sockets
+            max_sockets,
+            thread_leak_min,
+            thread_leak_window,
+            saturated_busy,
+            saturation_window,
+            stall_after,
+            stall_threads
         );
         if !given("max_map_count") && t.max_map_count.is_some() {
             watch.max_map_count = t.max_map_count;

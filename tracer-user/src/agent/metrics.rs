@@ -2,7 +2,10 @@
 //! series is labelled `target` (the stable name: the `--match` name, or the process's name for a
 //! `--pid`) and `pid`; a target's series go away when it exits.
 
-use std::sync::atomic::AtomicU64;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -45,6 +48,13 @@ struct RingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    target: String,
+    pid: String,
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -82,14 +92,19 @@ impl Dropped {
     }
 }
 
-const KINDS: [AlertKind; 4] = [
+const KINDS: [AlertKind; 9] = [
     AlertKind::VmaExhaustion,
     AlertKind::CloseWaitLeak,
     AlertKind::FinWait2Pileup,
     AlertKind::ConnectionSurge,
+    AlertKind::FdExhaustion,
+    AlertKind::ThreadLeak,
+    AlertKind::MemoryLimit,
+    AlertKind::ThreadsSaturated,
+    AlertKind::Stall,
 ];
 const SEVERITIES: [Severity; 2] = [Severity::Warning, Severity::Critical];
-const RINGS: [&str; 2] = ["vma", "tcp"];
+const RINGS: [&str; 3] = ["vma", "tcp", "task"];
 
 pub struct Metrics {
     registry: Registry,
@@ -105,12 +120,26 @@ pub struct Metrics {
     events_lost: Family<RingLabels, Gauge>,
     untracked: Family<TargetLabels, Gauge>,
     alerts: Family<AlertLabels, Gauge>,
+    fds: Family<TargetLabels, Gauge>,
+    fd_limit: Family<TargetLabels, Gauge>,
+    fd_eta: Family<TargetLabels, FloatGauge>,
+    memory: Family<TargetLabels, Gauge>,
+    memory_limit: Family<TargetLabels, Gauge>,
+    memory_eta: Family<TargetLabels, FloatGauge>,
+    rss: Family<TargetLabels, Gauge>,
+    arenas: Family<TargetLabels, Gauge>,
+    threads: Family<TargetLabels, Gauge>,
+    group_threads: Family<GroupLabels, Gauge>,
+    group_idle: Family<GroupLabels, FloatGauge>,
+    group_stalled: Family<GroupLabels, Gauge>,
+    /// The thread groups exported per target, to remove the series of groups that are gone.
+    groups: Mutex<HashMap<TargetLabels, Vec<String>>>,
     targets: Gauge,
     attaches: Counter,
     dropped: Family<ReasonLabels, Counter>,
     webhook_sent: Counter,
     cpu: Counter<f64, AtomicU64>,
-    rss: Gauge,
+    agent_rss: Gauge,
 }
 
 impl Metrics {
@@ -128,12 +157,25 @@ impl Metrics {
             events_lost: Family::default(),
             untracked: Family::default(),
             alerts: Family::default(),
+            fds: Family::default(),
+            fd_limit: Family::default(),
+            fd_eta: Family::default(),
+            memory: Family::default(),
+            memory_limit: Family::default(),
+            memory_eta: Family::default(),
+            rss: Family::default(),
+            arenas: Family::default(),
+            threads: Family::default(),
+            group_threads: Family::default(),
+            group_idle: Family::default(),
+            group_stalled: Family::default(),
+            groups: Mutex::default(),
             targets: Gauge::default(),
             attaches: Counter::default(),
             dropped: Family::default(),
             webhook_sent: Counter::default(),
             cpu: Counter::default(),
-            rss: Gauge::default(),
+            agent_rss: Gauge::default(),
             registry: Registry::default(),
         };
         metrics.register();
@@ -154,7 +196,7 @@ impl Metrics {
         );
         r.register(
             "tracer_vma_limit",
-            "vself.max_map_count (or the --max-map-count what-if)",
+            "vm.max_map_count (or the --max-map-count what-if)",
             self.vma_limit.clone(),
         );
         r.register(
@@ -235,8 +277,9 @@ impl Metrics {
         r.register(
             "tracer_agent_resident_memory_bytes",
             "Resident memory of the agent itself",
-            self.rss.clone(),
+            self.agent_rss.clone(),
         );
+        self.register_resources();
     }
 
     /// The Prometheus text exposition of every series.
@@ -327,6 +370,9 @@ impl Metrics {
                     .get_or_create(&alert_labels(labels, *kind, *severity))
                     .set(0);
             }
+            Event::Fds { .. } | Event::Memory { .. } | Event::Threads { .. } => {
+                self.observe_resources(labels, event);
+            }
             Event::TargetExit { .. } => self.forget(labels),
             Event::VmaBreakdown { .. } | Event::TcpState { .. } => {}
         }
@@ -341,6 +387,13 @@ impl Metrics {
             &self.tcp_accept_queue,
             &self.close_wait_leaks,
             &self.untracked,
+            &self.fds,
+            &self.fd_limit,
+            &self.memory,
+            &self.memory_limit,
+            &self.rss,
+            &self.arenas,
+            &self.threads,
         ] {
             family.remove(labels);
         }
@@ -349,8 +402,19 @@ impl Metrics {
             &self.vma_eta,
             &self.close_wait_oldest,
             &self.new_connections,
+            &self.fd_eta,
+            &self.memory_eta,
         ] {
             family.remove(labels);
+        }
+        let groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(labels)
+            .unwrap_or_default();
+        for name in groups {
+            self.forget_group(labels, &name);
         }
         for state in PROCESS_STATES {
             self.tcp_sockets
@@ -364,6 +428,150 @@ impl Metrics {
                 self.alerts.remove(&alert_labels(labels, kind, severity));
             }
         }
+    }
+
+    /// Names and describes the metrics of file descriptors, memory and threads.
+    fn register_resources(&mut self) {
+        let r = &mut self.registry;
+        for (name, help, family) in [
+            (
+                "tracer_fds",
+                "Open file descriptors of the target (/proc/PID/fd)",
+                &self.fds,
+            ),
+            (
+                "tracer_fd_limit",
+                "The target's soft RLIMIT_NOFILE (absent if unlimited)",
+                &self.fd_limit,
+            ),
+            (
+                "tracer_memory_bytes",
+                "Working set of the target's memory cgroup (usage less inactive file cache), or its RSS without one",
+                &self.memory,
+            ),
+            (
+                "tracer_memory_limit_bytes",
+                "Memory limit of the target's cgroup (absent if unlimited)",
+                &self.memory_limit,
+            ),
+            (
+                "tracer_rss_bytes",
+                "Resident memory of the target (VmRSS)",
+                &self.rss,
+            ),
+            (
+                "tracer_malloc_arenas",
+                "glibc malloc arenas (64 MiB reservations) in the target's maps",
+                &self.arenas,
+            ),
+            ("tracer_threads", "Threads of the target", &self.threads),
+        ] {
+            r.register(name, help, family.clone());
+        }
+        for (name, help, family) in [
+            (
+                "tracer_fd_exhaustion_eta_seconds",
+                "Seconds until the fd count reaches RLIMIT_NOFILE at its trend (absent when not growing)",
+                &self.fd_eta,
+            ),
+            (
+                "tracer_memory_limit_eta_seconds",
+                "Seconds until memory reaches the cgroup's limit at its trend (absent when not growing)",
+                &self.memory_eta,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "tracer_thread_group_threads",
+            "Threads of the target per name group (name less its number)",
+            self.group_threads.clone(),
+        );
+        r.register(
+            "tracer_thread_group_idle_ratio",
+            "Share of a thread group's time spent asleep over the saturation window (Kafka's NetworkProcessorAvgIdlePercent, from outside)",
+            self.group_idle.clone(),
+        );
+        r.register(
+            "tracer_thread_group_stalled",
+            "Threads of a group that have not run for longer than --stall-after",
+            self.group_stalled.clone(),
+        );
+    }
+
+    /// Updates the series of file descriptors, memory and threads from one event.
+    fn observe_resources(&self, labels: &TargetLabels, event: &Event) {
+        match event {
+            Event::Fds {
+                count,
+                limit,
+                eta_seconds,
+                ..
+            } => {
+                self.fds.get_or_create(labels).set(i64::from(*count));
+                set_or_remove(&self.fd_limit, labels, limit.map(saturate));
+                set_or_remove(&self.fd_eta, labels, eta_seconds.map(|e| e as f64));
+            }
+            Event::Memory {
+                rss_bytes,
+                working_set_bytes,
+                limit_bytes,
+                eta_seconds,
+                malloc_arenas,
+                ..
+            } => {
+                self.memory
+                    .get_or_create(labels)
+                    .set(saturate(working_set_bytes.unwrap_or(*rss_bytes)));
+                set_or_remove(&self.memory_limit, labels, limit_bytes.map(saturate));
+                set_or_remove(&self.memory_eta, labels, eta_seconds.map(|e| e as f64));
+                self.rss.get_or_create(labels).set(saturate(*rss_bytes));
+                self.arenas
+                    .get_or_create(labels)
+                    .set(i64::from(*malloc_arenas));
+            }
+            Event::Threads {
+                count,
+                groups,
+                events_lost,
+                ..
+            } => {
+                self.threads.get_or_create(labels).set(i64::from(*count));
+                self.events_lost
+                    .get_or_create(&ring(labels, "task"))
+                    .set(saturate(*events_lost));
+                for group in groups {
+                    let key = group_labels(labels, &group.name);
+                    self.group_threads
+                        .get_or_create(&key)
+                        .set(i64::from(group.threads));
+                    set_or_remove(&self.group_idle, &key, group.idle_ratio);
+                    self.group_stalled
+                        .get_or_create(&key)
+                        .set(i64::from(group.stalled));
+                }
+                let names = groups.iter().map(|g| g.name.clone()).collect();
+                let gone = self
+                    .groups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(labels.clone(), names)
+                    .unwrap_or_default();
+                for name in gone {
+                    if !groups.iter().any(|g| g.name == name) {
+                        self.forget_group(labels, &name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forget_group(&self, labels: &TargetLabels, name: &str) {
+        let key = group_labels(labels, name);
+        self.group_threads.remove(&key);
+        self.group_idle.remove(&key);
+        self.group_stalled.remove(&key);
     }
 
     /// Counts events not delivered.
@@ -385,7 +593,32 @@ impl Metrics {
         if cpu_seconds > seen {
             self.cpu.inc_by(cpu_seconds - seen);
         }
-        self.rss.set(saturate(rss_bytes));
+        self.agent_rss.set(saturate(rss_bytes));
+    }
+}
+
+/// Sets the series, or removes it when there is no value (no limit, not growing), so that
+/// rules like `eta < 3600` stay simple.
+fn set_or_remove<L, N, A>(family: &Family<L, Gauge<N, A>>, labels: &L, value: Option<N>)
+where
+    L: Clone + std::hash::Hash + Eq,
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
+{
+    match value {
+        Some(value) => {
+            family.get_or_create(labels).set(value);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
+fn group_labels(labels: &TargetLabels, group: &str) -> GroupLabels {
+    GroupLabels {
+        target: labels.target.clone(),
+        pid: labels.pid.clone(),
+        group: group.to_owned(),
     }
 }
 

@@ -6,7 +6,11 @@ use crate::{
     event::Event,
     output::live::clock,
     session::Frame,
-    vma::{duration, maps::thousands, rate_per_min},
+    vma::{
+        duration,
+        maps::{human_bytes, thousands},
+        rate_per_min,
+    },
 };
 
 /// Frames between two status lines.
@@ -56,7 +60,10 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
             Event::Vma { .. }
             | Event::VmaBreakdown { .. }
             | Event::TcpState { .. }
-            | Event::Sockets { .. } => {}
+            | Event::Sockets { .. }
+            | Event::Fds { .. }
+            | Event::Memory { .. }
+            | Event::Threads { .. } => {}
         }
     }
     out.flush()
@@ -87,6 +94,32 @@ impl Lines {
             thousands(vma.limit.into()),
             f64::from(vma.count) / f64::from(vma.limit) * 100.0,
             frame.lost.vma_records
+        )?;
+        let fds = frame.fds.map_or_else(
+            || "?".to_owned(),
+            |f| {
+                let limit = f
+                    .limit
+                    .map_or_else(|| "unlimited".to_owned(), |l| thousands(l as u64));
+                format!("{}/{limit}", thousands(f.count as u64))
+            },
+        );
+        let memory = frame.memory.map_or_else(
+            || "?".to_owned(),
+            |m| {
+                let limit = m
+                    .status
+                    .limit
+                    .map_or_else(|| "no limit".to_owned(), |l| human_bytes(l as u64));
+                format!("{}/{limit}", human_bytes(m.status.count as u64))
+            },
+        );
+        writeln!(
+            out,
+            "{} {} fds {fds} memory {memory} threads {}",
+            clock(crate::event::now_ms()),
+            frame.target.pid,
+            thousands(frame.threads.count.into()),
         )?;
         out.flush()
     }

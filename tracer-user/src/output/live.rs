@@ -108,6 +108,8 @@ impl LiveView {
         screen.line("");
         vma_panel(&mut screen, frame);
         sockets_panel(&mut screen, frame);
+        resources_panel(&mut screen, frame);
+        threads_panel(&mut screen, frame);
         mappings_panel(&mut screen, frame);
         screen.line(&format!("{BOLD}Alerts{RESET}"));
         if self.alerts.is_empty() {
@@ -153,11 +155,7 @@ impl Screen {
 fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
     let vma = &frame.vma;
     let usage = f64::from(vma.count) / f64::from(vma.limit);
-    let color = match vma.alert {
-        Some(Severity::Critical) => RED,
-        Some(Severity::Warning) => YELLOW,
-        None => GREEN,
-    };
+    let color = severity_color(vma.alert);
     let filled = (usage.min(1.0) * BAR as f64).round() as usize;
     screen.line(&format!(
         "{BOLD}VMAs{RESET}  {color}{}{RESET} of vm.max_map_count {}  {color}{:5.1}%{RESET}  {color}{}{RESET}{DIM}{}{RESET}",
@@ -199,6 +197,109 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
         screen.line(&text);
     }
     screen.line("");
+}
+
+/// File descriptors against RLIMIT_NOFILE and memory against the cgroup's limit.
+fn resources_panel(screen: &mut Screen, frame: &Frame<'_>) {
+    if let Some(fds) = &frame.fds {
+        let limit = fds.limit.map_or_else(
+            || "no limit".to_owned(),
+            |l| format!("of {}", thousands(l as u64)),
+        );
+        screen.line(&format!(
+            "{BOLD}FDs{RESET}   {}{}{RESET} {limit}  {}",
+            severity_color(fds.alert),
+            thousands(fds.count as u64),
+            trend_text(fds, |per_sec| format!("{}/min", rate_per_min(per_sec)))
+        ));
+    }
+    if let Some(memory) = frame.memory {
+        let status = &memory.status;
+        let limit = match (memory.cgroup, status.limit) {
+            (Some(cgroup), Some(limit)) => {
+                format!("of {} (cgroup {cgroup} limit)", human_bytes(limit as u64))
+            }
+            (Some(cgroup), None) => format!("(cgroup {cgroup}, no limit)"),
+            (None, _) => "(RSS; no memory cgroup readable)".to_owned(),
+        };
+        screen.line(&format!(
+            "{BOLD}Memory{RESET} {}{}{RESET} {limit}  {}",
+            severity_color(status.alert),
+            human_bytes(status.count as u64),
+            trend_text(status, |per_sec| format!(
+                "{}/min",
+                signed_bytes(per_sec * 60.0)
+            ))
+        ));
+        screen.line(&format!(
+            "      {DIM}RSS {}, anonymous {}, malloc arenas {}{RESET}",
+            human_bytes(memory.rss_bytes),
+            human_bytes(memory.anon_bytes),
+            memory.arenas
+        ));
+    }
+    screen.line("");
+}
+
+/// Thread groups: count, how idle, how many stalled.
+fn threads_panel(screen: &mut Screen, frame: &Frame<'_>) {
+    let threads = frame.threads;
+    let mut text = format!("{BOLD}Threads{RESET} {}", thousands(threads.count.into()));
+    for group in threads.groups.iter().take(6) {
+        let _ = write!(text, "  {} x{}", group.name, group.threads);
+    }
+    screen.line(&text);
+    let mut busy: Vec<_> = threads
+        .groups
+        .iter()
+        .filter(|g| g.threads >= 2 || g.stalled > 0)
+        .filter_map(|g| g.idle_ratio.map(|idle| (g, idle)))
+        .collect();
+    busy.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut text = format!("      {DIM}idle ratio, busiest groups:{RESET}");
+    for (group, idle) in busy.iter().take(4) {
+        let color = if *idle <= 0.1 { RED } else { "" };
+        let _ = write!(text, "  {color}{} {idle:.2}{RESET}", group.name);
+    }
+    for group in threads.groups.iter().filter(|g| g.stalled > 0) {
+        let _ = write!(
+            text,
+            "  {RED}{} stalled {}{RESET}",
+            group.name, group.stalled
+        );
+    }
+    screen.line(&text);
+    screen.line("");
+}
+
+fn severity_color(alert: Option<Severity>) -> &'static str {
+    match alert {
+        Some(Severity::Critical) => RED,
+        Some(Severity::Warning) => YELLOW,
+        None => GREEN,
+    }
+}
+
+/// "growth +12/min, limit in 3m 20s", or what is known so far.
+fn trend_text(status: &crate::exhaustion::Status, rate: impl Fn(f64) -> String) -> String {
+    let Some(per_sec) = status.per_sec else {
+        return "growth measuring...".to_owned();
+    };
+    let eta = match status.eta_secs {
+        Some(e) => format!(
+            "   time to limit {}{}{RESET}",
+            severity_color(status.alert),
+            duration(e)
+        ),
+        None => String::new(),
+    };
+    format!("growth {}{eta}", rate(per_sec))
+}
+
+/// Bytes with a sign: "+12.0 MiB", "-3.0 KiB".
+fn signed_bytes(n: f64) -> String {
+    let sign = if n < 0.0 { "-" } else { "+" };
+    format!("{sign}{}", human_bytes(n.abs() as u64))
 }
 
 /// The target's TCP sockets per state, the oldest CLOSE_WAIT, new connections and peers.

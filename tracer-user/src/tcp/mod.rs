@@ -23,7 +23,7 @@ use proc::{ProcSockets, Tuple, state_name};
 const ESTABLISHED: u8 = 1;
 const SYN_RECV: u8 = 3;
 const FIN_WAIT2: u8 = 5;
-const CLOSE_WAIT: u8 = 8;
+pub const CLOSE_WAIT: u8 = 8;
 
 /// Seconds of per-second new-connection counts kept for the surge baseline.
 const BASELINE_SECS: usize = 600;

@@ -5,6 +5,7 @@
 //! shared libraries count as `*.so`, Kafka's `*.index.deleted` keeps its inner extension),
 //! anonymous memory by permissions (`---p` is JVM reservations/guards and glibc arena
 //! reservations), and the rest by the kernel's own name (`[heap]`, `[vdso]`, `[anon:name]`…).
+//! The same pass counts glibc malloc arenas by their shape (see [`Breakdown::arenas`]).
 //!
 //! The parser works on bytes and stays cheap at 65,000+ lines: per line it only splits fields
 //! in place, builds the group key in one reused scratch buffer and looks it up in a hash map;
@@ -128,6 +129,17 @@ pub struct Breakdown {
     pub vsyscall: bool,
     /// Groups, most mappings first (ties: by pattern).
     pub groups: Vec<Group>,
+    /// glibc malloc heaps of non-main arenas: 64 MiB reservations ([`ARENA_SIZE`]) aligned to
+    /// 64 MiB, seen as an anonymous `rw-p` head at the aligned address followed without a gap
+    /// by a `---p` rest, together exactly 64 MiB (or one fully grown `rw-p` of 64 MiB); the
+    /// head may be split in several lines (under `glibc.mem.decorate_maps` its first part is
+    /// named `[anon: glibc: malloc arena]`). An arena grown past 64 MiB chains further heaps
+    /// and counts once per heap. The main
+    /// arena (`[heap]`, brk) is not counted. Other 64 MiB-aligned reservations of exactly
+    /// 64 MiB with a writable head (rare; e.g. a JVM metaspace node) count too.
+    pub arenas: u32,
+    /// The `rw-p` bytes of those heaps: the part that can be resident.
+    pub arena_bytes: u64,
 }
 
 impl Breakdown {
@@ -149,6 +161,10 @@ impl Breakdown {
         acc.finish()
     }
 }
+
+/// glibc's `HEAP_MAX_SIZE` on 64-bit (2 x `DEFAULT_MMAP_THRESHOLD_MAX`): the size and the
+/// alignment of every heap of a non-main malloc arena.
+pub const ARENA_SIZE: u64 = 64 << 20;
 
 /// Reads and classifies /proc/PID/maps, reusing its buffer between calls.
 #[derive(Default)]
@@ -212,6 +228,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// The fields of one maps line, borrowed from the text.
 struct Line<'a> {
+    start: u64,
     size: u64,
     perms: &'a [u8],
     dev: u64,
@@ -240,6 +257,7 @@ impl<'a> Line<'a> {
             None => parse_hex(dev),
         };
         Line {
+            start,
             size: end.saturating_sub(start),
             perms,
             dev,
@@ -298,6 +316,17 @@ struct Acc {
     last_file: Option<(u64, u64)>,
 }
 
+/// A possible arena heap while parsing: its writable head so far.
+#[derive(Clone, Copy)]
+struct ArenaHead {
+    /// The 64 MiB-aligned start.
+    start: u64,
+    /// Where the head ends: the next line must start here to belong to the heap.
+    end: u64,
+    /// `rw-p` bytes so far.
+    rw_bytes: u64,
+}
+
 #[derive(Default)]
 struct Accumulator {
     lines: u32,
@@ -307,6 +336,10 @@ struct Accumulator {
     index: HashMap<Vec<u8>, usize>,
     /// Reused buffer for building the key of each line.
     key: Vec<u8>,
+    /// The arena heap the previous lines may have started.
+    arena: Option<ArenaHead>,
+    arenas: u32,
+    arena_bytes: u64,
 }
 
 impl Accumulator {
@@ -315,6 +348,7 @@ impl Accumulator {
         if line.path == b"[vsyscall]" {
             self.vsyscall = true;
         }
+        self.track_arena(line);
 
         self.key.clear();
         self.key.push(0); // class, filled in below
@@ -351,6 +385,45 @@ impl Accumulator {
         }
     }
 
+    /// Follows the shape of an arena heap across lines: a `rw-p` head at a 64 MiB-aligned
+    /// address (one or more lines: glibc grows the heap with `mprotect`, and with
+    /// `glibc.mem.decorate_maps` only the first part is named), then at most one `---p`
+    /// line, ending exactly [`ARENA_SIZE`] after the start.
+    fn track_arena(&mut self, line: &Line<'_>) {
+        let end = line.start.saturating_add(line.size);
+        let writable = line.perms == b"rw-p";
+        if let Some(mut head) = self.arena.take()
+            && line.start == head.end
+            && line.path.is_empty()
+        {
+            let heap_end = head.start.saturating_add(ARENA_SIZE);
+            if writable && end < heap_end {
+                head.end = end;
+                head.rw_bytes += line.size;
+                self.arena = Some(head);
+            } else if (writable || line.perms == b"---p") && end == heap_end {
+                let rw_bytes = head.rw_bytes + if writable { line.size } else { 0 };
+                self.arenas = self.arenas.saturating_add(1);
+                self.arena_bytes = self.arena_bytes.saturating_add(rw_bytes);
+            }
+            return;
+        }
+        let arena_named = line.path.is_empty() || is_arena_name(line.path);
+        if !(writable && arena_named && line.size > 0 && line.start.is_multiple_of(ARENA_SIZE)) {
+            return;
+        }
+        if line.size == ARENA_SIZE {
+            self.arenas = self.arenas.saturating_add(1);
+            self.arena_bytes = self.arena_bytes.saturating_add(ARENA_SIZE);
+        } else if line.size < ARENA_SIZE {
+            self.arena = Some(ArenaHead {
+                start: line.start,
+                end,
+                rw_bytes: line.size,
+            });
+        }
+    }
+
     fn finish(self) -> Breakdown {
         let mut groups: Vec<Group> = self
             .groups
@@ -374,8 +447,17 @@ impl Accumulator {
             lines: self.lines,
             vsyscall: self.vsyscall,
             groups,
+            arenas: self.arenas,
+            arena_bytes: self.arena_bytes,
         }
     }
+}
+
+/// The name glibc gives an arena heap's first part under `glibc.mem.decorate_maps=1`:
+/// `[anon: glibc: malloc arena]`.
+fn is_arena_name(path: &[u8]) -> bool {
+    path.strip_prefix(b"[anon:")
+        .is_some_and(|name| trim_start_spaces(name) == b"glibc: malloc arena]")
 }
 
 /// Classifies a line, appending its pattern to `key`; returns the class and, for
@@ -596,12 +678,130 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(rw.bytes, 0x2_0000_0000 + 2 * 0x21000);
 
         assert_eq!(group(&b, Class::Heap, "[heap]").bytes, 0x21000);
+        assert_eq!((b.arenas, b.arena_bytes), (2, 2 * 0x21000));
         assert_eq!(group(&b, Class::Stack, "[stack]").mappings, 1);
         for k in ["[vvar]", "[vdso]", "[vsyscall]"] {
             assert_eq!(group(&b, Class::Kernel, k).mappings, 1);
         }
         let total: u32 = b.groups.iter().map(|g| g.mappings).sum();
         assert_eq!(total, b.lines);
+    }
+
+    /// Two threads' arenas of a C program (glibc 2.36, x86_64), between a thread stack and
+    /// libc: one heap grown to 132 KiB, one fully grown.
+    const ARENAS: &str = "\
+7f3e54000000-7f3e54021000 rw-p 00000000 00:00 0 
+7f3e54021000-7f3e58000000 ---p 00000000 00:00 0 
+7f3e58000000-7f3e5c000000 rw-p 00000000 00:00 0 
+7f3e5c7ff000-7f3e5c800000 ---p 00000000 00:00 0 
+7f3e5c800000-7f3e5d000000 rw-p 00000000 00:00 0 
+7f3e5d000000-7f3e5d028000 r--p 00000000 fd:01 1835030                    /usr/lib/x86_64-linux-gnu/libc.so.6
+";
+
+    #[test]
+    fn arenas() {
+        let b = Breakdown::parse(ARENAS.as_bytes());
+        assert_eq!(b.arenas, 2);
+        assert_eq!(b.arena_bytes, 132 * 1024 + ARENA_SIZE);
+        // Counting arenas changes nothing else.
+        let rw = group(&b, Class::Anonymous, "rw-p");
+        assert_eq!(
+            (rw.mappings, rw.bytes),
+            (3, 0x21000 + ARENA_SIZE + 0x80_0000)
+        );
+        assert_eq!(group(&b, Class::Anonymous, "---p").mappings, 2);
+        assert_eq!((b.lines, b.groups.len()), (6, 3));
+
+        // Each shape alone.
+        let one = Breakdown::parse(
+            ARENAS
+                .lines()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_bytes(),
+        );
+        assert_eq!((one.arenas, one.arena_bytes), (1, 0x21000));
+        let grown = Breakdown::parse(b"7f3e58000000-7f3e5c000000 rw-p 00000000 00:00 0\n");
+        assert_eq!((grown.arenas, grown.arena_bytes), (1, ARENA_SIZE));
+    }
+
+    #[test]
+    fn arena_lookalikes() {
+        let count = |text: &str| {
+            let b = Breakdown::parse(text.as_bytes());
+            (b.arenas, b.arena_bytes)
+        };
+        // 64 MiB of anonymous memory, not 64 MiB-aligned.
+        assert_eq!(
+            count("7f3e54001000-7f3e58001000 rw-p 00000000 00:00 0\n"),
+            (0, 0)
+        );
+        assert_eq!(
+            count(
+                "7f3e54001000-7f3e54022000 rw-p 00000000 00:00 0 \n\
+                 7f3e54022000-7f3e58001000 ---p 00000000 00:00 0 \n"
+            ),
+            (0, 0)
+        );
+        // JVM reservations: only ---p, or a committed head in a reservation larger than 64 MiB
+        // (the compressed class space, 1 GiB).
+        assert_eq!(
+            count("7f2a1c000000-7f2a20000000 ---p 00000000 00:00 0\n"),
+            (0, 0)
+        );
+        assert_eq!(
+            count(
+                "800000000-800b5d000 rw-p 00001000 fd:01 2097400 /usr/lib/jvm/lib/server/classes.jsa\n\
+                 800b5d000-840000000 ---p 00000000 00:00 0 \n\
+                 840000000-840120000 rw-p 00000000 00:00 0 \n\
+                 840120000-880000000 ---p 00000000 00:00 0 \n"
+            ),
+            (0, 0)
+        );
+        // Head and rest not adjacent, or the rest ends short of 64 MiB.
+        assert_eq!(
+            count(
+                "7f3e54000000-7f3e54021000 rw-p 00000000 00:00 0 \n\
+                 7f3e54022000-7f3e58000000 ---p 00000000 00:00 0 \n"
+            ),
+            (0, 0)
+        );
+        assert_eq!(
+            count(
+                "7f3e54000000-7f3e54021000 rw-p 00000000 00:00 0 \n\
+                 7f3e54021000-7f3e57fff000 ---p 00000000 00:00 0 \n\
+                 7f3e57fff000-7f3e58000000 r--p 00000000 00:00 0 \n"
+            ),
+            (0, 0)
+        );
+        // An aligned file mapping with an anonymous rest.
+        assert_eq!(
+            count(
+                "7f3e54000000-7f3e54021000 rw-p 00000000 fd:01 7 /data/x.bin\n\
+                 7f3e54021000-7f3e58000000 ---p 00000000 00:00 0 \n"
+            ),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn decorated_arenas() {
+        // glibc.mem.decorate_maps=1 names the first part only; growth then splits the head.
+        let b = Breakdown::parse(
+            b"\
+7f3e54000000-7f3e54021000 rw-p 00000000 00:00 0                          [anon: glibc: malloc arena]
+7f3e54021000-7f3e54085000 rw-p 00000000 00:00 0 
+7f3e54085000-7f3e58000000 ---p 00000000 00:00 0 
+7f3e58000000-7f3e58021000 rw-p 00000000 00:00 0                          [anon: glibc: malloc]
+7f3e58021000-7f3e5c000000 ---p 00000000 00:00 0 
+",
+        );
+        assert_eq!((b.arenas, b.arena_bytes), (1, 0x85000));
+        assert_eq!(
+            group(&b, Class::NamedAnonymous, " glibc: malloc arena").mappings,
+            1
+        );
     }
 
     #[test]
@@ -944,6 +1144,7 @@ c000-d000 rw-s 00000000 00:0e 1028                       anon_inode:[io_uring]
         let b = Breakdown::parse(text.as_bytes());
         assert_eq!((b.lines, b.map_count()), (LINES, LINES));
         assert_eq!(b.groups.len(), 4);
+        assert_eq!(b.arenas, 0);
         for (class, pattern) in [
             (Class::File, "*.index"),
             (Class::File, "*.timeindex"),

@@ -2,18 +2,17 @@
 //! exhaustion, and the `vma_exhaustion` alerts.
 
 pub mod maps;
-pub mod rate;
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::collections::HashMap;
 
 use tracer_common::vma::{VmaEvent, VmaRegister};
 
 use crate::{
-    alert::{Change, Check, Latch, Severity},
+    alert::{Change, Severity},
     event::{AlertDetail, AlertKind, Event},
+    exhaustion::{Exhaustion, Thresholds, rate::Trend},
 };
 use maps::thousands;
-use rate::{RateWindow, Trend};
 
 /// Where the kernel's limit lives.
 pub const MAX_MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
@@ -25,33 +24,6 @@ pub fn read_max_map_count() -> std::io::Result<u32> {
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
-
-/// When `vma_exhaustion` fires, per severity.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Thresholds {
-    /// Warn when the time to exhaustion is below this many seconds...
-    pub warn_eta_secs: f64,
-    /// ...or the count is above this fraction of the limit.
-    pub warn_usage: f64,
-    pub crit_eta_secs: f64,
-    pub crit_usage: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self {
-            warn_eta_secs: 6.0 * 3600.0,
-            warn_usage: 0.80,
-            crit_eta_secs: 30.0 * 60.0,
-            crit_usage: 0.95,
-        }
-    }
-}
-
-/// A raised alert clears only when the usage is this much below its threshold...
-const USAGE_HYSTERESIS: f64 = 0.02;
-/// ...and the time to exhaustion this many times above its threshold (or unknown).
-const ETA_HYSTERESIS: f64 = 1.25;
 
 /// Threads tracked for attribution per minute; further threads count as "other".
 const MAX_THREADS: usize = 1024;
@@ -75,16 +47,12 @@ pub struct VmaStatus {
 /// The VMA model of one target.
 pub struct VmaModel {
     pid: u32,
-    thresholds: Thresholds,
     limit: u32,
     count: u32,
     /// Count of the previous record applied, for per-thread attribution.
     last_record_count: u32,
     peak: u32,
-    window: RateWindow,
-    trend: Option<Trend>,
-    warning: Latch,
-    critical: Latch,
+    exhaustion: Exhaustion,
     /// Net change per thread id in the current and the previous minute.
     growth: [HashMap<u32, i64>; 2],
     growth_minute: u64,
@@ -97,15 +65,11 @@ impl VmaModel {
     pub fn new(pid: u32, seed: u32, limit: u32, thresholds: Thresholds, window_secs: f64) -> Self {
         Self {
             pid,
-            thresholds,
             limit,
             count: seed,
             last_record_count: seed,
             peak: seed,
-            window: RateWindow::new(window_secs),
-            trend: None,
-            warning: Latch::default(),
-            critical: Latch::default(),
+            exhaustion: Exhaustion::new(thresholds, window_secs),
             growth: [HashMap::new(), HashMap::new()],
             growth_minute: 0,
             names: HashMap::new(),
@@ -151,11 +115,10 @@ impl VmaModel {
     /// Samples the count at `t_secs` (monotonic), refreshes the trend, raises or resolves
     /// alerts, and appends the events of this tick to `out`.
     pub fn tick(&mut self, t_secs: f64, ts: u64, events_lost: u64, out: &mut Vec<Event>) {
-        self.window.push(t_secs, f64::from(self.count));
-        self.trend = self.window.trend();
-        let limit = f64::from(self.limit);
-        let eta = self.eta_secs();
-        let usage = f64::from(self.count) / limit;
+        let (reading, changes) =
+            self.exhaustion
+                .tick(t_secs, f64::from(self.count), Some(f64::from(self.limit)));
+        let (usage, eta) = (reading.usage, reading.eta_secs);
 
         out.push(Event::Vma {
             ts,
@@ -164,34 +127,21 @@ impl VmaModel {
             peak: self.peak,
             max_map_count: self.limit,
             usage: (usage * 10_000.0).round() / 10_000.0,
-            growth_per_min: self.trend.map(|t| (t.per_sec * 600.0).round() / 10.0),
+            growth_per_min: reading.trend.map(|t| (t.per_sec * 600.0).round() / 10.0),
             eta_seconds: eta.map(round_secs),
             events_lost,
         });
         self.peak = self.count;
 
-        let t = self.thresholds;
-        for (severity, eta_limit, usage_limit) in [
-            (Severity::Warning, t.warn_eta_secs, t.warn_usage),
-            (Severity::Critical, t.crit_eta_secs, t.crit_usage),
-        ] {
-            let check = Check {
-                firing: usage >= usage_limit || eta.is_some_and(|e| e <= eta_limit),
-                cleared: usage < usage_limit - USAGE_HYSTERESIS
-                    && eta.is_none_or(|e| e > eta_limit * ETA_HYSTERESIS),
-            };
-            let latch = match severity {
-                Severity::Warning => &mut self.warning,
-                Severity::Critical => &mut self.critical,
-            };
-            match latch.update(check) {
+        for (severity, change) in changes {
+            match change {
                 Some(Change::Raise) => out.push(Event::Alert {
                     ts,
                     pid: self.pid,
                     kind: AlertKind::VmaExhaustion,
                     severity,
-                    message: self.describe(eta),
-                    detail: AlertDetail::Vma {
+                    message: self.describe(),
+                    detail: AlertDetail::Eta {
                         eta_seconds: eta.map(round_secs),
                     },
                 }),
@@ -225,10 +175,12 @@ impl VmaModel {
 
     /// Seconds until the trend reaches the limit.
     pub fn eta_secs(&self) -> Option<f64> {
-        let trend = self.trend?;
-        // The fitted level smooths churn, but never report more headroom than the count has.
-        let level = trend.level.max(f64::from(self.count));
-        Trend { level, ..trend }.eta_secs(f64::from(self.limit))
+        self.reading().eta_secs
+    }
+
+    fn reading(&self) -> crate::exhaustion::Reading {
+        self.exhaustion
+            .reading(f64::from(self.count), Some(f64::from(self.limit)))
     }
 
     pub fn status(&mut self) -> VmaStatus {
@@ -251,15 +203,9 @@ impl VmaModel {
             count: self.count,
             limit: self.limit,
             peak: self.peak,
-            trend: self.trend,
+            trend: self.reading().trend,
             eta_secs: self.eta_secs(),
-            alert: if self.critical.is_active() {
-                Some(Severity::Critical)
-            } else if self.warning.is_active() {
-                Some(Severity::Warning)
-            } else {
-                None
-            },
+            alert: self.exhaustion.severity(),
             growth_by_thread,
         }
     }
@@ -283,21 +229,14 @@ impl VmaModel {
     }
 
     /// The alert text: what, how fast, when, and what to do about it.
-    fn describe(&self, eta: Option<f64>) -> String {
+    fn describe(&self) -> String {
         let usage = f64::from(self.count) / f64::from(self.limit) * 100.0;
         let mut message = format!(
             "VMA count {} of vm.max_map_count {} ({usage:.1}%)",
             thousands(self.count.into()),
             thousands(self.limit.into()),
         );
-        if let (Some(trend), Some(eta)) = (self.trend, eta) {
-            let _ = write!(
-                message,
-                ", growing {}/min: limit reached in {}",
-                rate_per_min(trend.per_sec),
-                duration(eta)
-            );
-        }
+        message.push_str(&self.reading().growth_clause(rate_per_min));
         message.push_str(
             "; mmap will fail (Kafka: \"Map failed\") - raise it (sysctl -w vm.max_map_count=262144) \
              or cut mapped segments (fewer partitions, larger segment.bytes, shorter retention)",

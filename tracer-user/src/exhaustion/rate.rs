@@ -1,4 +1,4 @@
-//! Growth rate of the VMA count, robust to JVM churn.
+//! Growth rate of a count (mappings, descriptors, bytes), robust to churn.
 //!
 //! A JVM maps and unmaps all the time (thread stacks, GC regions, JIT code, direct buffers), so
 //! the count jitters and spikes around a slow trend. The estimator is Theil–Sen: the slope is

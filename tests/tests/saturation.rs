@@ -1,0 +1,124 @@
+//! A surge of clients saturating a pool of network threads (Kafka's network processors) while
+//! the machine still has CPU to spare elsewhere: the tracer must report the group's idle ratio
+//! near 0 and raise `threads_saturated`, and its idle ratio must agree with the kernel's own
+//! per-thread accounting in /proc/PID/task/TID/schedstat.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use tracer_tests::{Process, TempDir, Tracer, compile_java, java, port_of};
+
+/// Nanoseconds each processor thread spent running or waiting to run (busy), per tid, from
+/// /proc/PID/task/TID/schedstat, for the threads named `comm`.
+fn busy_ns(pid: u32, comm: &str) -> HashMap<u32, u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task")
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let mut fields = stat
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            Some((tid, fields.next()? + fields.next()?))
+        })
+        .collect()
+}
+
+fn group(event: &tracer_tests::Event, name: &str) -> serde_json::Value {
+    event.json["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no group {name} in {}", event.json))
+}
+
+#[test]
+fn a_connection_surge_saturates_the_network_threads_and_is_flagged() {
+    let classes = TempDir::new("busy-pool");
+    compile_java("BusyPool", classes.path());
+    let mut server_command = java(classes.path(), "BusyPool");
+    server_command.args(["--threads", "2", "--work-us", "2000"]);
+    let server = Process::spawn(&mut server_command);
+    let (_, ready) = server.expect_line("READY", Duration::from_secs(30));
+    let port = port_of(&ready);
+    let tracer = Tracer::attach(server.pid, &["--saturation-window", "6s"]);
+
+    // At rest the processors sleep in their 300 ms polls: idle.
+    let rest = tracer.after("threads", Instant::now() + Duration::from_secs(7));
+    let idle = group(&rest, "kafka-network-t");
+    assert_eq!(idle["threads"], 2, "{idle}");
+    assert!(
+        idle["idle_ratio"].as_f64().expect("idle ratio") > 0.9,
+        "{idle}"
+    );
+
+    let mut client_command = java(classes.path(), "BusyPool");
+    client_command.args([
+        "--client",
+        "--port",
+        &port.to_string(),
+        "--connections",
+        "20",
+        "--seconds",
+        "25",
+    ]);
+    let mut client = Process::spawn(&mut client_command);
+    let surge = Instant::now();
+    let alert = loop {
+        let event = tracer.expect("alert", Duration::from_secs(25));
+        if event.json["kind"] == "threads_saturated" {
+            break event;
+        }
+    };
+    assert_eq!(alert.json["group"], "kafka-network-t", "{}", alert.json);
+    assert!(
+        alert.json["idle_ratio"].as_f64().expect("idle ratio") <= 0.1,
+        "{}",
+        alert.json
+    );
+    println!(
+        "threads_saturated {:.1}s into the surge: {}",
+        (alert.at - surge).as_secs_f64(),
+        alert.json["message"]
+    );
+
+    // The idle ratio over a window against schedstat's busy time over the same window.
+    let window = Duration::from_secs(6);
+    let before = busy_ns(server.pid, "kafka-network-t");
+    let from = Instant::now();
+    let event = tracer.after("threads", from + window);
+    let after = busy_ns(server.pid, "kafka-network-t");
+    let wall = from.elapsed().as_nanos() as f64;
+    let busy: f64 = after
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(*ns)) as f64)
+        .sum();
+    let proc_idle = 1.0 - busy / (wall * after.len() as f64);
+    let ours = group(&event, "kafka-network-t")["idle_ratio"]
+        .as_f64()
+        .expect("idle ratio");
+    println!("idle ratio during the surge: tracer {ours:.3}, schedstat {proc_idle:.3}");
+    assert!(
+        (ours - proc_idle).abs() < 0.1,
+        "tracer {ours:.3} vs schedstat {proc_idle:.3}"
+    );
+
+    client.expect_line("CLIENT", Duration::from_mins(1));
+    let _ = client.wait(Duration::from_secs(10));
+    // After the surge the group idles again and the alert resolves.
+    let resolved = loop {
+        let event = tracer.expect("alert_resolved", Duration::from_secs(20));
+        if event.json["kind"] == "threads_saturated" {
+            break event;
+        }
+    };
+    println!("resolved: {}", resolved.json["message"]);
+}

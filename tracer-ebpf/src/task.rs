@@ -1,0 +1,176 @@
+//! The target's threads: creation, renaming and exit as records, and each thread's time on
+//! and off CPU accounted at its context switches (see `tracer_common::task`).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_str_bytes,
+    },
+    macros::map,
+    maps::{HashMap, RingBuf},
+    programs::RawTracePointContext,
+};
+use tracer_common::{
+    lost::{LOST_TASK, UNTRACKED_THREADS},
+    task::{
+        ASLEEP, MAX_THREADS, PREEMPTED, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME,
+        TASK_WAKEUP_BYTES, TaskEvent, ThreadSched,
+    },
+};
+
+use crate::{
+    kernel::{read, wakeup_flags},
+    lost,
+    target::{self, layout},
+    vma,
+};
+
+/// `CLONE_THREAD`: the new task is a thread of its creator's process.
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// Each target thread's scheduling account, by thread id; entries are made at a thread's first
+/// switch after attach and removed when it exits.
+#[map]
+static THREADS: HashMap<u32, ThreadSched> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// Threads created, renamed and exited, one `TaskEvent` each. 256 KiB hold 8,000 records.
+#[map]
+static TASK_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+
+/// `task:task_newtask` (`TP_PROTO(struct task_struct *task, u64 clone_flags)`), in the
+/// creator's context: a new thread of the target.
+pub fn on_new_task(ctx: &RawTracePointContext) -> Option<()> {
+    let flags: u64 = ctx.arg(1);
+    if flags & CLONE_THREAD == 0 || !target::is_current() {
+        return None;
+    }
+    let task: *const u8 = ctx.arg(0);
+    let tid: i32 = read(task, layout!(task_pid))?;
+    emit(
+        TASK_NEW,
+        tid as u32,
+        bpf_get_current_comm().unwrap_or_default(),
+    );
+    Some(())
+}
+
+/// `task:task_rename` (`TP_PROTO(struct task_struct *task, const char *comm)`): a thread of
+/// the target names itself (`prctl(PR_SET_NAME)`, `pthread_setname_np`; the JVM does it for
+/// every Java thread it starts).
+pub fn on_rename(ctx: &RawTracePointContext) -> Option<()> {
+    if !target::is_current() {
+        return None;
+    }
+    let task: *const u8 = ctx.arg(0);
+    let tid: i32 = read(task, layout!(task_pid))?;
+    let name: *const u8 = ctx.arg(1);
+    let mut comm = [0u8; 16];
+    // SAFETY: the helper reads at most comm.len() bytes and faults safely.
+    unsafe { bpf_probe_read_kernel_str_bytes(name, &mut comm) }.ok()?;
+    emit(TASK_RENAME, tid as u32, comm);
+    Some(())
+}
+
+/// `sched:sched_process_exit`, in the exiting thread's context: its account goes.
+pub fn on_exit() -> Option<()> {
+    if !target::is_current() {
+        return None;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = THREADS.remove(&tid);
+    emit(TASK_EXIT, tid, [0; 16]);
+    Some(())
+}
+
+/// `sched:sched_switch` (`TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
+/// *next, unsigned int prev_state)`), on every context switch of the machine: a task is a
+/// target thread when its `mm` is the target's (learned by the VMA probe), so a switch between
+/// two other tasks costs two reads and two compares.
+pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
+    let target_mm = vma::target_mm()?;
+    let prev = unsafe { bpf_get_current_task() } as *const u8;
+    let next: *const u8 = ctx.arg(2);
+    let prev_is_target = read::<u64>(prev, layout!(task_mm))? == target_mm;
+    let next_is_target = read::<u64>(next, layout!(task_mm))? == target_mm;
+    if !prev_is_target && !next_is_target {
+        return None;
+    }
+    // SAFETY: reading the monotonic clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if prev_is_target {
+        let preempt: u64 = ctx.arg(0);
+        let prev_state: u64 = ctx.arg(3);
+        let state = if preempt & 1 != 0 || prev_state as u32 == 0 {
+            PREEMPTED
+        } else {
+            ASLEEP
+        };
+        switch_out(bpf_get_current_pid_tgid() as u32, now, state);
+    }
+    if next_is_target {
+        let tid: i32 = read(next, layout!(task_pid))?;
+        switch_in(tid as u32, now);
+    }
+    Some(())
+}
+
+/// The thread leaves its CPU: its run is added up.
+#[inline(always)]
+fn switch_out(tid: u32, now: u64, state: u32) {
+    let Some(account) = account(tid, now) else {
+        return;
+    };
+    // SAFETY: an entry of a hash map, valid for this run; a thread switches on one CPU at a
+    // time, so its entry is never written by two at once.
+    let account = unsafe { &mut *account };
+    if account.state == RUNNING {
+        account.on_cpu_ns += now.saturating_sub(account.since_ns);
+    }
+    account.since_ns = now;
+    account.state = state;
+}
+
+/// The thread gets a CPU: a sleep it comes back from is added up.
+#[inline(always)]
+fn switch_in(tid: u32, now: u64) {
+    let Some(account) = account(tid, now) else {
+        return;
+    };
+    // SAFETY: as in `switch_out`.
+    let account = unsafe { &mut *account };
+    if account.state == ASLEEP {
+        account.asleep_ns += now.saturating_sub(account.since_ns);
+    }
+    account.since_ns = now;
+    account.state = RUNNING;
+}
+
+/// The account of `tid`, opened (as running since `now`) at its first switch after attach.
+#[inline(always)]
+fn account(tid: u32, now: u64) -> Option<*mut ThreadSched> {
+    if let Some(account) = THREADS.get_ptr_mut(&tid) {
+        return Some(account);
+    }
+    let fresh = ThreadSched {
+        since_ns: now,
+        ..ThreadSched::default()
+    };
+    if THREADS
+        .insert(&tid, &fresh, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        lost::count(UNTRACKED_THREADS);
+    }
+    THREADS.get_ptr_mut(&tid)
+}
+
+#[inline(always)]
+fn emit(kind: u32, tid: u32, comm: [u8; 16]) {
+    let Some(mut entry) = TASK_EVENTS.reserve::<TaskEvent>(0) else {
+        lost::count(LOST_TASK);
+        return;
+    };
+    entry.write(TaskEvent { kind, tid, comm });
+    entry.submit(wakeup_flags(&TASK_EVENTS, TASK_WAKEUP_BYTES));
+}
