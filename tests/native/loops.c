@@ -9,6 +9,8 @@
  *         life of a short client connection on both sides, in one process
  *   maps  holds RATE mappings (alternately read-only and inaccessible pages, so none merge)
  *         until stdin closes: a process near vm.max_map_count, for the /proc/PID/maps cost
+ *   idle  maps and unmaps a page ten times a second for SECONDS (no GO needed): the watched
+ *         server at rest, while an unwatched loop measures what the probes cost others
  * RATE (iterations per second) paces the loop; without it, as fast as it goes.
  * Protocol: prints "READY pid=<pid>", waits for "GO" on stdin, runs SECONDS, prints
  * "RESULT iterations=<n> seconds=<s> rate=<iterations per second>" and exits.
@@ -45,7 +47,7 @@ static void *acceptor(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: loops null|mm|tcp|maps SECONDS [RATE]\n");
+        fprintf(stderr, "usage: loops null|mm|tcp|maps|idle SECONDS [RATE]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -80,6 +82,15 @@ int main(int argc, char **argv) {
         char buf[64];
         while (fgets(buf, sizeof buf, stdin))
             ;
+        return 0;
+    } else if (strcmp(mode, "idle") == 0) {
+        /* A server at rest: it touches its memory map ten times a second, as any running JVM
+         * does, so a tracer watching it has learned which memory map is its. */
+        printf("READY pid=%d\n", getpid());
+        fflush(stdout);
+        struct timespec tenth = {0, 100 * 1000 * 1000};
+        for (double end = now() + seconds; now() < end; nanosleep(&tenth, NULL))
+            munmap(mmap(NULL, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), page);
         return 0;
     } else if (strcmp(mode, "mm") != 0 && strcmp(mode, "null") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);

@@ -87,9 +87,8 @@ fn rules_and_dashboard_use_only_metrics_the_agent_exposes() {
     // and memory series (limits, times to exhaustion) exist too.
     let cgroup = MemoryCgroup::new("deploy", 1 << 30);
     let leaker_binary = compile_c("fdleak", dir.path());
-    let mut leaker = Process::spawn(
-        &mut cgroup.wrap(Command::new(&leaker_binary).args(["1000", "50", "256"])),
-    );
+    let mut leaker =
+        Process::spawn(&mut cgroup.wrap(Command::new(&leaker_binary).args(["1000", "50", "256"])));
     leaker.expect_line("READY", Duration::from_secs(5));
     leaker.send("GO");
     let port = free_port();

@@ -49,6 +49,13 @@ pub(crate) use layout;
 /// namespace is used instead; it fails for tasks outside it.
 #[inline(always)]
 pub fn is_current() -> bool {
+    current_thread().is_some()
+}
+
+/// The current thread's id (as the kernel numbers it, like `task_struct.pid`) when it is one of
+/// the target's.
+#[inline(always)]
+pub fn current_thread() -> Option<u32> {
     // SAFETY: volatile reads keep the compiler from folding the load-time values to 0.
     let (target, pidns) = unsafe {
         (
@@ -56,8 +63,9 @@ pub fn is_current() -> bool {
             core::ptr::read_volatile(&raw const TARGET_PIDNS),
         )
     };
+    let pid_tgid = bpf_get_current_pid_tgid();
     if pidns.ino == 0 {
-        return (bpf_get_current_pid_tgid() >> 32) as u32 == target;
+        return ((pid_tgid >> 32) as u32 == target).then_some(pid_tgid as u32);
     }
     let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
     // SAFETY: the helper writes at most `size` bytes into `ids`.
@@ -69,5 +77,5 @@ pub fn is_current() -> bool {
             size_of::<bpf_pidns_info>() as u32,
         )
     };
-    ret == 0 && ids.tgid == target
+    (ret == 0 && ids.tgid == target).then_some(pid_tgid as u32)
 }

@@ -3,10 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_str_bytes,
-    },
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::map,
     maps::{HashMap, RingBuf},
     programs::RawTracePointContext,
@@ -74,31 +71,29 @@ pub fn on_rename(ctx: &RawTracePointContext) -> Option<()> {
 
 /// `sched:sched_process_exit`, in the exiting thread's context: its account goes.
 pub fn on_exit() -> Option<()> {
-    if !target::is_current() {
-        return None;
-    }
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let tid = target::current_thread()?;
     let _ = THREADS.remove(&tid);
     emit(TASK_EXIT, tid, [0; 16]);
     Some(())
 }
 
 /// `sched:sched_switch` (`TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
-/// *next, unsigned int prev_state)`), on every context switch of the machine: a task is a
-/// target thread when its `mm` is the target's (learned by the VMA probe), so a switch between
-/// two other tasks costs two reads and two compares.
+/// *next, unsigned int prev_state)`), on every context switch of the machine: the task leaving
+/// is the current one, checked as every program checks; the task arriving is a target thread
+/// when its `mm` is the target's (learned by the VMA probe). A switch between two other tasks
+/// costs two helper calls and two compares.
 pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
     let target_mm = vma::target_mm()?;
-    let prev = unsafe { bpf_get_current_task() } as *const u8;
+    // The task switched out is the current one.
+    let prev = target::current_thread();
     let next: *const u8 = ctx.arg(2);
-    let prev_is_target = read::<u64>(prev, layout!(task_mm))? == target_mm;
     let next_is_target = read::<u64>(next, layout!(task_mm))? == target_mm;
-    if !prev_is_target && !next_is_target {
+    if prev.is_none() && !next_is_target {
         return None;
     }
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if prev_is_target {
+    if let Some(tid) = prev {
         let preempt: u64 = ctx.arg(0);
         let prev_state: u64 = ctx.arg(3);
         let state = if preempt & 1 != 0 || prev_state as u32 == 0 {
@@ -106,7 +101,7 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
         } else {
             ASLEEP
         };
-        switch_out(bpf_get_current_pid_tgid() as u32, now, state);
+        switch_out(tid, now, state);
     }
     if next_is_target {
         let tid: i32 = read(next, layout!(task_pid))?;

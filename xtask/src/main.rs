@@ -5,7 +5,8 @@
 //!   Debian packages the tests use.
 //! - `cargo xtask build`: setup, then `target/release/tracer` with the eBPF object embedded.
 //! - `cargo xtask demo`: build, then `tracer demo` (as root).
-//! - `cargo xtask test`: build, then unit tests and the integration tests (as root).
+//! - `cargo xtask test`: build, then unit tests, the integration tests (as root), and one tiny
+//!   round of the benchmarks (`bench --smoke`, to a temp file) so that they keep running.
 //! - `cargo xtask bench`: build, then the side-by-side benchmarks into BENCHMARKS.md (as root).
 
 mod setup;
@@ -125,7 +126,13 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         integration.arg(filter);
     }
     integration.env("TRACER_BIN", &tracer);
-    check(&mut as_root_command(integration))
+    check(&mut as_root_command(integration))?;
+    if filter.is_none() {
+        // The benchmarks are not tests, but they must keep running: one tiny round of each.
+        let smoke = std::env::temp_dir().join("tracer-bench-smoke.md");
+        bench(root, true, &smoke)?;
+    }
+    Ok(())
 }
 
 fn cargo(root: &Path) -> Command {

@@ -53,24 +53,36 @@ enum Side {
     Untraced,
     Tracer,
     Bpftrace,
+    /// bpftrace's empty programs on tracer's hooks, for scale.
+    Floor,
 }
 
-const SIDES: [Side; 3] = [Side::Untraced, Side::Tracer, Side::Bpftrace];
+const SIDES: [Side; 4] = [Side::Untraced, Side::Tracer, Side::Bpftrace, Side::Floor];
+
+/// bpftrace's empty programs on tracer's hooks: what any BPF program costs per hit there
+/// (dispatch; with `kernel.bpf_stats_enabled`, also the two clock reads around the run).
+const EMPTY_SCRIPT: &str = "tracepoint:mmap_lock:mmap_lock_released { } tracepoint:sock:inet_sock_set_state { } \
+     tracepoint:sched:sched_switch { }";
 
 /// Starts what watches `pid` on one side of a comparison; it stops when dropped.
 fn watch(side: Side, pid: u32) -> Option<Process> {
     match side {
         Side::Untraced => None,
         Side::Tracer => Some(Tracer::attach(pid, &[]).into_process()),
-        Side::Bpftrace => {
-            let script = BPFTRACE_SCRIPT.replace("TARGET", &pid.to_string());
-            let bpftrace = Process::spawn(Command::new("bpftrace").args(["-e", &script]));
-            bpftrace.expect_line("Attaching", Duration::from_mins(1));
-            // Attaching is announced before the probes are in place.
-            thread::sleep(Duration::from_millis(500));
-            Some(bpftrace)
-        }
+        Side::Bpftrace => Some(bpftrace(
+            &BPFTRACE_SCRIPT.replace("TARGET", &pid.to_string()),
+        )),
+        Side::Floor => Some(bpftrace(EMPTY_SCRIPT)),
     }
+}
+
+/// bpftrace running `script`, once its probes are in place.
+fn bpftrace(script: &str) -> Process {
+    let bpftrace = Process::spawn(Command::new("bpftrace").args(["-e", script]));
+    bpftrace.expect_line("Attaching", Duration::from_mins(1));
+    // Attaching is announced before the probes are in place.
+    thread::sleep(Duration::from_millis(500));
+    bpftrace
 }
 
 struct Bench {
@@ -80,8 +92,15 @@ struct Bench {
 
 /// Runs of one loop: iterations per second.
 impl Bench {
+    /// A watched server at rest (`loops idle`) while an unwatched loop runs beside it.
+    fn idle(&self) -> Process {
+        let idle = Process::spawn(Command::new(&self.loops).args(["idle", "600"]));
+        idle.expect_line("READY", Duration::from_secs(5));
+        idle
+    }
+
     /// One run of `loops MODE` for the plan's seconds, watched by `side`; the watched process
-    /// is the loop itself, or a bystander (`sleep`) when `bystander`.
+    /// is the loop itself, or a server at rest beside it when `bystander`.
     fn run(&self, mode: &str, rate: Option<f64>, side: Side, bystander: bool) -> f64 {
         // Each tcp run gets a network namespace of its own: the TIME_WAIT sockets that tens of
         // thousands of short connections leave behind would slow the next runs.
@@ -96,8 +115,8 @@ impl Bench {
         }
         let mut workload = Process::spawn(&mut command);
         workload.expect_line("READY", Duration::from_secs(5));
-        let sleeper = bystander.then(|| Process::spawn(Command::new("sleep").arg("600")));
-        let target = sleeper.as_ref().map_or(workload.pid, |s| s.pid);
+        let idle = bystander.then(|| self.idle());
+        let target = idle.as_ref().map_or(workload.pid, |s| s.pid);
         let watcher = watch(side, target);
         workload.send("GO");
         let (_, result) = workload.expect_line("RESULT", Duration::from_mins(2));
@@ -106,8 +125,8 @@ impl Bench {
     }
 
     /// Interleaved rounds of every side; medians.
-    fn compare(&self, mode: &str, bystander: bool) -> [f64; 3] {
-        let mut runs: [Vec<f64>; 3] = Default::default();
+    fn compare(&self, mode: &str, bystander: bool) -> [f64; 4] {
+        let mut runs: [Vec<f64>; 4] = Default::default();
         for round in 0..self.plan.rounds {
             for offset in 0..SIDES.len() {
                 let index = (round + offset) % SIDES.len();
@@ -163,16 +182,23 @@ fn status_kib(pid: u32, field: &str) -> f64 {
         .expect("a status field")
 }
 
-/// (run_time_ns, run_cnt) of a loaded program, from bpftool.
-fn prog_stats(name: &str) -> (u64, u64) {
+/// (run_time_ns, run_cnt) of every loaded tracepoint program, by name, from bpftool.
+fn prog_stats() -> Vec<(String, u64, u64)> {
     let out = Command::new("bpftool")
-        .args(["prog", "show", "name", name, "--json"])
+        .args(["prog", "show", "--json"])
         .output()
         .expect("bpftool");
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bpftool: {e}"));
-    let field = |f: &str| json[f].as_u64().unwrap_or(0);
-    (field("run_time_ns"), field("run_cnt"))
+    json.as_array()
+        .expect("a list of programs")
+        .iter()
+        .map(|p| {
+            let field = |f: &str| p[f].as_u64().unwrap_or(0);
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            (name, field("run_time_ns"), field("run_cnt"))
+        })
+        .collect()
 }
 
 fn sysctl(name: &str, value: &str) -> String {
@@ -185,27 +211,68 @@ fn sysctl(name: &str, value: &str) -> String {
     old
 }
 
-/// ns per program run of `program` while `mode` loops, watched (`bystander` false) or not.
-fn ns_per_hit(bench: &Bench, program: &str, mode: &str, bystander: bool) -> (f64, u64) {
+/// ns per run of `program`, and of bpftrace's empty program named `empty` on the same hook and
+/// the same hits, while `mode` loops, watched (`bystander` false) or beside a watched server.
+fn ns_per_hit(bench: &Bench, (program, empty): (&str, &str), mode: &str, bystander: bool) -> Hits {
     let netns = (mode == "tcp").then(|| Netns::new("bench"));
     let mut command = match &netns {
         Some(ns) => ns.exec(&bench.loops),
         None => Command::new(&bench.loops),
     };
-    command.args([mode, &(bench.plan.seconds + 1.0).to_string()]);
+    // The loop outlasts the sampling by far: the tracer detaches when its target exits.
+    command.args([mode, &(bench.plan.seconds + 3.0).to_string()]);
     let mut workload = Process::spawn(&mut command);
     workload.expect_line("READY", Duration::from_secs(5));
-    let sleeper = bystander.then(|| Process::spawn(Command::new("sleep").arg("600")));
-    let tracer = Tracer::attach(sleeper.as_ref().map_or(workload.pid, |s| s.pid), &[]);
+    let idle = bystander.then(|| bench.idle());
+    let mut tracer = Tracer::attach(idle.as_ref().map_or(workload.pid, |s| s.pid), &[]);
+    let floor = bpftrace(EMPTY_SCRIPT);
     workload.send("GO");
     thread::sleep(Duration::from_millis(300));
-    let (time0, runs0) = prog_stats(program);
+    let (before, started) = (prog_stats(), Instant::now());
     thread::sleep(Duration::from_secs_f64(bench.plan.seconds));
-    let (time1, runs1) = prog_stats(program);
-    workload.expect_line("RESULT", Duration::from_mins(1));
-    drop(tracer);
-    let runs = runs1 - runs0;
-    ((time1 - time0) as f64 / runs.max(1) as f64, runs)
+    let (after, sampled) = (prog_stats(), started.elapsed().as_secs_f64());
+    let (_, result) = workload.expect_line("RESULT", Duration::from_mins(1));
+    let mut per_hit = |name: &str| {
+        let mut find = |stats: &[(String, u64, u64)]| {
+            stats.iter().find(|(n, _, _)| n == name).map_or_else(
+                || {
+                    let names: Vec<&str> = stats.iter().map(|(n, _, _)| n.as_str()).collect();
+                    panic!(
+                        "no program {name} among {names:?} (tracer exited: {:?})",
+                        tracer.process.child.try_wait()
+                    )
+                },
+                |&(_, time, runs)| (time, runs),
+            )
+        };
+        let ((time0, runs0), (time1, runs1)) = (find(&before), find(&after));
+        let runs = (runs1 - runs0).max(1) as f64;
+        ((time1 - time0) as f64 / runs, runs)
+    };
+    let ((ours, runs), (empty, _)) = (per_hit(program), per_hit(empty));
+    drop((tracer, floor));
+    Hits {
+        ours,
+        empty,
+        per_iteration: runs / sampled / rate_of(&result),
+    }
+}
+
+/// Run time of a program per hit, with the empty program's on the same hits.
+#[derive(Clone, Copy)]
+struct Hits {
+    ours: f64,
+    empty: f64,
+    /// Hits per iteration of the loop.
+    per_iteration: f64,
+}
+
+impl Hits {
+    /// The program's own run time per hit: less what any program costs there with the
+    /// statistics on.
+    fn body(self) -> f64 {
+        self.ours - self.empty
+    }
 }
 
 fn main() {
@@ -234,14 +301,21 @@ fn main() {
     };
     let started = Instant::now();
     let mut md = header(smoke);
+    // (d) runs first but is written in its place.
+    let mut run_time_md = String::new();
+    let per_hit = run_time(&bench, &mut run_time_md);
     let results = Results {
         slowdown: slowdown(&bench, &mut md),
-        bystander_ratio: bystanders(&bench, &mut md),
+        bystanders: bystanders(&bench, &mut md),
         own: own_cost(&bench, &mut md),
-        per_hit: run_time(&bench, &mut md),
-        attach: attach_time(&bench, &mut md),
+        per_hit,
+        attach: {
+            md.push_str(&run_time_md);
+            attach_time(&bench, &mut md)
+        },
     };
     targets(&results, &mut md);
+    misses(&results, &mut md);
     let _ = writeln!(
         md,
         "\nThe whole run took {:.0} s.",
@@ -251,14 +325,25 @@ fn main() {
     println!("wrote {}", output.display());
 }
 
+/// One loop's slowdown.
+struct Slowdown {
+    mode: &'static str,
+    /// Rate traced by tracer / untraced.
+    ratio: f64,
+    /// Rate under bpftrace's empty programs on the same hooks / untraced.
+    floor: f64,
+    /// Time tracer and bpftrace add per syscall, ns.
+    ours_ns: f64,
+    theirs_ns: f64,
+}
+
 /// What the targets are checked against.
 struct Results {
-    /// Per loop: traced/untraced, and the time tracer and bpftrace add per syscall.
-    slowdown: Vec<(&'static str, f64, f64, f64)>,
-    bystander_ratio: f64,
+    slowdown: Vec<Slowdown>,
+    bystanders: Vec<Slowdown>,
     own: OwnCost,
-    /// ns per run of tracer_mmaplock: target hits, non-target hits.
-    per_hit: (f64, f64),
+    /// tracer_mmaplock's run time per hit: target, non-target hits.
+    per_hit: (Hits, Hits),
     /// Attach time and /proc/PID/maps read time, ms.
     attach: (f64, f64),
 }
@@ -271,7 +356,7 @@ struct OwnCost {
 }
 
 /// (a) The target's slowdown, tracer against bpftrace.
-fn slowdown(bench: &Bench, md: &mut String) -> Vec<(&'static str, f64, f64, f64)> {
+fn slowdown(bench: &Bench, md: &mut String) -> Vec<Slowdown> {
     let _ = writeln!(md, "## (a) Slowdown of the traced process\n");
     let _ = writeln!(
         md,
@@ -283,23 +368,30 @@ fn slowdown(bench: &Bench, md: &mut String) -> Vec<(&'static str, f64, f64, f64)
     );
     let _ = writeln!(
         md,
-        "| loop | untraced | tracer attach | bpftrace | tracer / untraced | bpftrace / untraced | added per syscall: tracer | bpftrace | tracer / bpftrace |"
+        "| loop | untraced | tracer attach | bpftrace | bpftrace's empty programs on the same hooks | tracer / untraced | bpftrace / untraced | bpftrace's empty programs / untraced | added per syscall: tracer | bpftrace | tracer / bpftrace |"
     );
     let _ = writeln!(
         md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let mut added = Vec::new();
     for (mode, syscalls) in [("mm", MM_SYSCALLS), ("tcp", TCP_SYSCALLS)] {
-        let [untraced, ours, theirs] = bench.compare(mode, false);
+        let [untraced, ours, theirs, floor] = bench.compare(mode, false);
         let add = |traced: f64| (1.0 / traced - 1.0 / untraced) * 1e9 / syscalls;
         let (ours_ns, theirs_ns) = (add(ours), add(theirs));
-        added.push((mode, ours / untraced, ours_ns, theirs_ns));
+        added.push(Slowdown {
+            mode,
+            ratio: ours / untraced,
+            floor: floor / untraced,
+            ours_ns,
+            theirs_ns,
+        });
         let _ = writeln!(
             md,
-            "| {mode} | {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {:.3} | {:.3} | {ours_ns:.0} ns | {theirs_ns:.0} ns | {:.2} |",
+            "| {mode} | {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {floor:.0}/s | {:.3} | {:.3} | {:.3} | {ours_ns:.0} ns | {theirs_ns:.0} ns | {:.2} |",
             ours / untraced,
             theirs / untraced,
+            floor / untraced,
             ours_ns / theirs_ns
         );
     }
@@ -307,38 +399,48 @@ fn slowdown(bench: &Bench, md: &mut String) -> Vec<(&'static str, f64, f64, f64)
     added
 }
 
-/// (b) A process nobody watches: a null-syscall loop, and a loop that maps and unmaps (which
-/// takes its own mmap_lock, so the VMA probe runs, and returns at once).
-fn bystanders(bench: &Bench, md: &mut String) -> f64 {
+/// (b) A process nobody watches: a null-syscall loop, a loop that maps and unmaps (which takes
+/// its own mmap_lock, so the VMA probe runs, and returns at once), and the tcp loop (context
+/// switches and state changes: the scheduler and socket probes run, and return at once).
+fn bystanders(bench: &Bench, md: &mut String) -> Vec<Slowdown> {
     let _ = writeln!(md, "\n## (b) Cost to other processes\n");
     let _ = writeln!(
         md,
-        "Loops in a process that is *not* watched, while each side watches a `sleep` ({} rounds of {} s, medians). \
-         `null`: `getppid()`, the cheapest syscall. `mm`: the loop of (a), whose lock releases run the VMA probe's first check.\n",
+        "Loops in a process that is *not* watched, while each side watches a server at rest beside them (`loops idle`, which maps and unmaps a page ten times a second) ({} rounds of {} s, medians). \
+         `null`: `getppid()`, the cheapest syscall. `mm`: the loop of (a), whose lock releases run the VMA probe's first check. \
+         `tcp`: the loop of (a), whose context switches and state changes run the scheduler and socket probes' first checks.\n",
         bench.plan.rounds, bench.plan.seconds
     );
     let _ = writeln!(
         md,
-        "| loop | untraced | tracer attach | bpftrace | tracer / untraced | bpftrace / untraced | added per syscall: tracer | bpftrace |"
+        "| loop | untraced | tracer attach | bpftrace | bpftrace's empty programs on the same hooks | tracer / untraced | bpftrace / untraced | bpftrace's empty programs / untraced | added per syscall: tracer | bpftrace |"
     );
-    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut null_ratio = 0.0;
-    for (mode, syscalls) in [("null", 1.0), ("mm", MM_SYSCALLS)] {
-        let [untraced, ours, theirs] = bench.compare(mode, true);
+    let _ = writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    let mut ratios = Vec::new();
+    for (mode, syscalls) in [("null", 1.0), ("mm", MM_SYSCALLS), ("tcp", TCP_SYSCALLS)] {
+        let [untraced, ours, theirs, floor] = bench.compare(mode, true);
         let add = |traced: f64| (1.0 / traced - 1.0 / untraced) * 1e9 / syscalls;
         let _ = writeln!(
             md,
-            "| {mode} | {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {:.3} | {:.3} | {:.1} ns | {:.1} ns |",
+            "| {mode} | {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {floor:.0}/s | {:.3} | {:.3} | {:.3} | {:.1} ns | {:.1} ns |",
             ours / untraced,
             theirs / untraced,
+            floor / untraced,
             add(ours),
             add(theirs)
         );
-        if mode == "null" {
-            null_ratio = ours / untraced;
-        }
+        ratios.push(Slowdown {
+            mode,
+            ratio: ours / untraced,
+            floor: floor / untraced,
+            ours_ns: add(ours),
+            theirs_ns: add(theirs),
+        });
     }
-    null_ratio
+    ratios
 }
 
 /// One paced run of the tcp loop watched by `command` (a tracer mode given the loop's pid):
@@ -459,54 +561,65 @@ fn own_cost(bench: &Bench, md: &mut String) -> OwnCost {
     }
 }
 
-/// (d) Program run time per hit, and what measuring it costs.
-fn run_time(bench: &Bench, md: &mut String) -> (f64, f64) {
-    // What bpf_stats itself adds to every run: the unwatched mm loop (3 lock releases per
-    // iteration, each a non-target run of the VMA probe) with the statistics off and on.
-    let mut off = Vec::new();
-    let mut on = Vec::new();
-    for _ in 0..bench.plan.rounds {
-        off.push(bench.run("mm", None, Side::Tracer, true));
-        let stats = sysctl("kernel.bpf_stats_enabled", "1");
-        on.push(bench.run("mm", None, Side::Tracer, true));
-        sysctl("kernel.bpf_stats_enabled", &stats);
-    }
-    let stats_ns = ((1.0 / median(&mut on) - 1.0 / median(&mut off)) * 1e9 / MM_SYSCALLS).max(0.0);
-
+/// (d) Program run time per hit, less what any program costs there with the statistics on.
+fn run_time(bench: &Bench, md: &mut String) -> (Hits, Hits) {
     let stats = sysctl("kernel.bpf_stats_enabled", "1");
-    let (mm_target, _) = ns_per_hit(bench, "tracer_mmaplock", "mm", false);
-    let (mm_other, _) = ns_per_hit(bench, "tracer_mmaplock", "mm", true);
-    let (tcp_target, _) = ns_per_hit(bench, "tracer_tcpstate", "tcp", false);
-    let (tcp_other, _) = ns_per_hit(bench, "tracer_tcpstate", "tcp", true);
+    let mmap_lock = ("tracer_mmaplock", "mmap_lock_relea");
+    let set_state = ("tracer_tcpstate", "inet_sock_set_s");
+    let switch = ("tracer_switch", "sched_switch");
+    let rows = [
+        (
+            "tracer_mmaplock",
+            "mmap_lock_released",
+            ns_per_hit(bench, mmap_lock, "mm", false),
+            ns_per_hit(bench, mmap_lock, "mm", true),
+        ),
+        (
+            "tracer_tcpstate",
+            "inet_sock_set_state",
+            ns_per_hit(bench, set_state, "tcp", false),
+            ns_per_hit(bench, set_state, "tcp", true),
+        ),
+        (
+            "tracer_switch",
+            "sched_switch",
+            ns_per_hit(bench, switch, "tcp", false),
+            ns_per_hit(bench, switch, "tcp", true),
+        ),
+    ];
     sysctl("kernel.bpf_stats_enabled", &stats);
     let _ = writeln!(md, "\n## (d) Program run time per hit\n");
     let _ = writeln!(
         md,
-        "`run_time_ns / run_cnt` with `kernel.bpf_stats_enabled=1`, over {} s. The statistics read the clock around \
-         every run; what that costs was measured in the same run as the slowdown it adds to each lock release of the \
-         unwatched `mm` loop: **{stats_ns:.0} ns**, subtracted in the last two columns (an estimate: the kernel counts only \
-         part of its own clock reads in run_time_ns).\n",
+        "`run_time_ns / run_cnt` with `kernel.bpf_stats_enabled=1`, over {} s of the loop: target hits while the loop is \
+         watched, non-target hits while it runs unwatched beside a watched server at rest (`loops idle`). The statistics \
+         themselves read the clock twice per run; an empty bpftrace program attached to the same hook at the same time \
+         (`bpftrace -e '{EMPTY_SCRIPT}'`) measures that floor on the same hits, and the body is the difference.\n",
         bench.plan.seconds
     );
     let _ = writeln!(
         md,
-        "| program | hook | target hits | non-target hits | target, less stats | non-target, less stats |"
-    );
-    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
-    let less = |ns: f64| (ns - stats_ns).max(0.0);
-    let _ = writeln!(
-        md,
-        "| tracer_mmaplock | mmap_lock_released | {mm_target:.0} ns | {mm_other:.0} ns | {:.0} ns | {:.0} ns |",
-        less(mm_target),
-        less(mm_other)
+        "| program | hook | target hits | empty program, same hits | body, target | hits per iteration | non-target hits | empty program, same hits | body, non-target | hits per iteration |"
     );
     let _ = writeln!(
         md,
-        "| tracer_tcpstate | inet_sock_set_state | {tcp_target:.0} ns | {tcp_other:.0} ns | {:.0} ns | {:.0} ns |",
-        less(tcp_target),
-        less(tcp_other)
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    (less(mm_target), less(mm_other))
+    for (program, hook, target, other) in rows {
+        let _ = writeln!(
+            md,
+            "| {program} | {hook} | {:.1} ns | {:.1} ns | **{:.1} ns** | {:.2} | {:.1} ns | {:.1} ns | **{:.1} ns** | {:.2} |",
+            target.ours,
+            target.empty,
+            target.body(),
+            target.per_iteration,
+            other.ours,
+            other.empty,
+            other.body(),
+            other.per_iteration
+        );
+    }
+    (rows[0].2, rows[0].3)
 }
 
 /// (e) Attach time and the /proc/PID/maps cost at 65k mappings.
@@ -551,7 +664,14 @@ fn targets(r: &Results, md: &mut String) {
             if met { "yes" } else { "**no**" }
         );
     };
-    for &(mode, ratio, ours, theirs) in &r.slowdown {
+    for &Slowdown {
+        mode,
+        ratio,
+        ours_ns: ours,
+        theirs_ns: theirs,
+        ..
+    } in &r.slowdown
+    {
         check(
             &format!("traced/untraced >= 0.97, {mode} loop"),
             format!("{ratio:.3}"),
@@ -580,10 +700,19 @@ fn targets(r: &Results, md: &mut String) {
             met,
         );
     }
+    let worst = r
+        .bystanders
+        .iter()
+        .map(|b| b.ratio)
+        .fold(f64::INFINITY, f64::min);
     check(
         "unrelated processes slowed by <= 3%",
-        format!("{:.1}%", (1.0 - r.bystander_ratio) * 100.0),
-        r.bystander_ratio >= 0.97,
+        r.bystanders
+            .iter()
+            .map(|b| format!("{}: {:+.1}%", b.mode, (b.ratio - 1.0) * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        worst >= 0.97,
     );
     check(
         "agent <= 2% of one core at 100k events/s",
@@ -601,20 +730,70 @@ fn targets(r: &Results, md: &mut String) {
         r.own.lost == 0,
     );
     check(
-        "program body <= 60 ns on a target hit (mmap_lock, less stats)",
-        format!("{:.0} ns", r.per_hit.0),
-        r.per_hit.0 <= 60.0,
+        "program body <= 60 ns on a target hit (mmap_lock, less the empty program)",
+        format!("{:.1} ns", r.per_hit.0.body()),
+        r.per_hit.0.body() <= 60.0,
     );
     check(
-        "program body <= 10 ns on a non-target hit (mmap_lock, less stats)",
-        format!("{:.0} ns", r.per_hit.1),
-        r.per_hit.1 <= 10.0,
+        "program body <= 10 ns on a non-target hit (mmap_lock, less the empty program)",
+        format!("{:.1} ns", r.per_hit.1.body()),
+        r.per_hit.1.body() <= 10.0,
     );
     check(
         "attach <= 300 ms",
         format!("{:.0} ms", r.attach.0),
         r.attach.0 <= 300.0,
     );
+}
+
+/// Why the mm loops' ratio targets are missed: the time added per iteration, split into the
+/// hits of the mmap_lock probe, their body, and the kernel's dispatch to any program.
+fn misses(r: &Results, md: &mut String) {
+    let _ = writeln!(md, "\n## Where the time goes\n");
+    let srso =
+        std::fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow")
+            .unwrap_or_default();
+    let spectre = std::fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2")
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "The `mm` loops release an mmap_lock once per syscall, and every release on the machine runs the VMA probe. \
+         What tracer adds per iteration, divided by the probe's hits per iteration (d), is its cost per hit; less the \
+         program's body (d), the rest is the kernel calling a raw tracepoint program at all, whatever it does. On this VM \
+         that call crosses retpolines and return thunks (`spectre_v2`: {}; `spec_rstack_overflow`: {}), so it costs \
+         far more than the ~8 ns of a raw tracepoint on bare metal. bpftrace's empty programs on the same hooks (its \
+         `tracepoint:` probes, which also fill a perf record per hit) are shown for scale.\n",
+        spectre.trim(),
+        srso.trim()
+    );
+    let _ = writeln!(
+        md,
+        "| loop | tracer / untraced | added per iteration | probe hits per iteration | added per hit | program body per hit | the call itself, per hit | bpftrace's empty programs / untraced |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let watched = r
+        .slowdown
+        .iter()
+        .find(|b| b.mode == "mm")
+        .map(|b| ("watched", b, r.per_hit.0));
+    let unwatched = r
+        .bystanders
+        .iter()
+        .find(|b| b.mode == "mm")
+        .map(|b| ("unwatched", b, r.per_hit.1));
+    for (how, b, hits) in watched.into_iter().chain(unwatched) {
+        let per_iteration = b.ours_ns * MM_SYSCALLS;
+        let per_hit = per_iteration / hits.per_iteration;
+        let _ = writeln!(
+            md,
+            "| {how} `mm` | {:.3} | {per_iteration:.0} ns | {:.2} | {per_hit:.0} ns | {:.1} ns | {:.0} ns | {:.3} |",
+            b.ratio,
+            hits.per_iteration,
+            hits.body(),
+            per_hit - hits.body(),
+            b.floor
+        );
+    }
 }
 
 /// Title, machine, kernel and how to reproduce.
