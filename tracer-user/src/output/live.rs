@@ -256,6 +256,11 @@ fn threads_panel(screen: &mut Screen, frame: &Frame<'_>) {
         .filter_map(|g| g.idle_ratio.map(|idle| (g, idle)))
         .collect();
     busy.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let stalled = threads.groups.iter().filter(|g| g.stalled > 0);
+    if busy.is_empty() && stalled.clone().next().is_none() {
+        screen.line("");
+        return;
+    }
     let mut text = format!("      {DIM}idle ratio, busiest groups:{RESET}");
     for (group, idle) in busy.iter().take(4) {
         let color = if *idle <= 0.1 { RED } else { "" };
