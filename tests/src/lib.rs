@@ -398,14 +398,31 @@ impl VethPair {
     }
 }
 
-/// Resident memory of a process in KiB, from /proc/PID/status.
-pub fn rss_kib(pid: u32) -> u64 {
+/// A number field of /proc/PID/status (`VmRSS`, `VmHWM` in KiB; `Threads`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("status")
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The threads of `pid` named `comm` (as /proc/PID/task/TID/comm shows it): tid and directory.
+pub fn tasks_named(pid: u32, comm: &str) -> Vec<(u32, PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .filter_map(|t| Some((t.file_name().to_str()?.parse().ok()?, t.path())))
+        .collect()
+}
+
+/// Resident memory of a process in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS")
 }
 
 /// Sets a sysctl for the life of the guard, restoring the old value on drop.
@@ -569,6 +586,15 @@ impl Event {
             .collect()
     }
 
+    /// The group named `name` of a `threads` event.
+    pub fn group(&self, name: &str) -> Option<&Value> {
+        self.json["groups"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no groups in {}", self.json))
+            .iter()
+            .find(|g| g["name"] == name)
+    }
+
     pub fn u64(&self, field: &str) -> u64 {
         self.json[field]
             .as_u64()
@@ -588,11 +614,6 @@ impl Tracer {
         };
         tracer.expect("target_attached", Duration::from_secs(10));
         tracer
-    }
-
-    /// The tracer's process alone (it stops when dropped).
-    pub fn into_process(self) -> Process {
-        self.process
     }
 
     /// The next event; `None` when the tracer has exited.
@@ -632,6 +653,17 @@ impl Tracer {
                 .next(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|| panic!("tracer exited before a {kind} event"));
             if event.kind() == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Skips events until one of type `kind` (`alert`, `alert_resolved`) about `what`
+    /// (`fd_exhaustion`, ...).
+    pub fn expect_kind(&self, kind: &str, what: &str, timeout: Duration) -> Event {
+        loop {
+            let event = self.expect(kind, timeout);
+            if event.json["kind"] == what {
                 return event;
             }
         }

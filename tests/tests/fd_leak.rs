@@ -32,12 +32,7 @@ fn fd_exhaustion_is_flagged_before_emfile_and_counts_match_proc() {
 
     leaker.send("GO");
     let started = Instant::now();
-    let alert = loop {
-        let event = tracer.expect("alert", Duration::from_secs(30));
-        if event.json["kind"] == "fd_exhaustion" {
-            break event;
-        }
-    };
+    let alert = tracer.expect_kind("alert", "fd_exhaustion", Duration::from_secs(30));
     // The alert must come before the process runs out: EMFILE has not been printed yet.
     assert!(
         leaker.try_line().is_none(),

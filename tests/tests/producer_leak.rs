@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use tracer_tests::{MemoryCgroup, Process, TempDir, Tracer, compile_java, java};
+use tracer_tests::{
+    MemoryCgroup, Process, TempDir, Tracer, compile_java, java, proc_status, tasks_named,
+};
 
 /// The container's memory limit: a JVM of ~40 MiB reaches it after ~180 leaked producers of
 /// 2 MiB each.
@@ -14,21 +16,10 @@ const LIMIT: u64 = 400 << 20;
 /// Threads of the target as /proc/PID/status says, and its group of producer threads as
 /// /proc/PID/task/*/comm says.
 fn proc_threads(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let threads = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("Threads:");
-    let producers = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task")
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == "kafka-producer-")
-        })
-        .count() as u64;
-    (threads, producers)
+    (
+        proc_status(pid, "Threads"),
+        tasks_named(pid, "kafka-producer-").len() as u64,
+    )
 }
 
 #[test]
@@ -51,13 +42,10 @@ fn a_producer_per_message_is_flagged_as_thread_leak_and_memory_limit_before_the_
     let mut matched = None;
     for _ in 0..10 {
         let before = proc_threads(leaker.pid);
-        let event = tracer.after("threads", Instant::now().max(grown_at));
+        let event = tracer.after("threads", Instant::now());
         let after = proc_threads(leaker.pid);
-        let producers = event.json["groups"]
-            .as_array()
-            .expect("groups")
-            .iter()
-            .find(|g| g["name"] == "kafka-producer")
+        let producers = event
+            .group("kafka-producer")
             .and_then(|g| g["threads"].as_u64());
         if before == after && (event.u64("count"), producers) == (before.0, Some(before.1)) {
             matched = Some(event);

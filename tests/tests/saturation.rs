@@ -8,20 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_tests::{Process, TempDir, Tracer, compile_java, java, port_of};
+use tracer_tests::{Process, TempDir, Tracer, compile_java, java, port_of, tasks_named};
 
-/// Nanoseconds each processor thread spent running or waiting to run (busy), per tid, from
-/// /proc/PID/task/TID/schedstat, for the threads named `comm`.
+/// Nanoseconds each thread named `comm` spent running or waiting to run (busy), per tid, from
+/// /proc/PID/task/TID/schedstat.
 fn busy_ns(pid: u32, comm: &str) -> HashMap<u32, u64> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task")
-        .filter_map(Result::ok)
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
-        })
-        .filter_map(|t| {
-            let tid = t.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+    tasks_named(pid, comm)
+        .into_iter()
+        .filter_map(|(tid, dir)| {
+            let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
             let mut fields = stat
                 .split_whitespace()
                 .map(|f| f.parse::<u64>().unwrap_or(0));
@@ -31,11 +26,8 @@ fn busy_ns(pid: u32, comm: &str) -> HashMap<u32, u64> {
 }
 
 fn group(event: &tracer_tests::Event, name: &str) -> serde_json::Value {
-    event.json["groups"]
-        .as_array()
-        .expect("groups")
-        .iter()
-        .find(|g| g["name"] == name)
+    event
+        .group(name)
         .cloned()
         .unwrap_or_else(|| panic!("no group {name} in {}", event.json))
 }
@@ -72,12 +64,7 @@ fn a_connection_surge_saturates_the_network_threads_and_is_flagged() {
     ]);
     let mut client = Process::spawn(&mut client_command);
     let surge = Instant::now();
-    let alert = loop {
-        let event = tracer.expect("alert", Duration::from_secs(25));
-        if event.json["kind"] == "threads_saturated" {
-            break event;
-        }
-    };
+    let alert = tracer.expect_kind("alert", "threads_saturated", Duration::from_secs(25));
     assert_eq!(alert.json["group"], "kafka-network-t", "{}", alert.json);
     assert!(
         alert.json["idle_ratio"].as_f64().expect("idle ratio") <= 0.1,
@@ -114,11 +101,10 @@ fn a_connection_surge_saturates_the_network_threads_and_is_flagged() {
     client.expect_line("CLIENT", Duration::from_mins(1));
     let _ = client.wait(Duration::from_secs(10));
     // After the surge the group idles again and the alert resolves.
-    let resolved = loop {
-        let event = tracer.expect("alert_resolved", Duration::from_secs(20));
-        if event.json["kind"] == "threads_saturated" {
-            break event;
-        }
-    };
+    let resolved = tracer.expect_kind(
+        "alert_resolved",
+        "threads_saturated",
+        Duration::from_secs(20),
+    );
     println!("resolved: {}", resolved.json["message"]);
 }

@@ -80,10 +80,11 @@ pub struct TcpEvent {
     pub ts_ns: u64,
     /// The `struct sock *`: the socket's identity while it lives.
     pub sk: u64,
-    /// The task the event ran in (often not the target's: softirq).
-    pub tid: u32,
     /// Inode of the socket's network namespace.
     pub netns: u32,
+    /// Explicit padding; always zero. (No task id: transitions often run in softirq, in
+    /// whatever task was on the CPU, so it would say nothing.)
+    pub reserved: u32,
     /// [`Kind`] as a byte.
     pub kind: u8,
     /// States before and after (equal for [`Kind::Accepted`]).
@@ -124,9 +125,6 @@ pub struct TupleKey {
 }
 
 const _: () = assert!(size_of::<TupleKey>() == 44);
-
-/// Records submitted without a wakeup until this much is pending (see `vma::WAKEUP_BYTES`).
-pub const WAKEUP_BYTES: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

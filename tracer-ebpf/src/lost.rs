@@ -1,10 +1,10 @@
-//! Counters of records dropped because a ring buffer was full.
+//! Counters of what the programs had to drop: records that found a ring buffer full, and
+//! sockets or threads that found their table full.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use tracer_common::lost::LOST_SLOTS;
 
-/// Per-CPU count of records that did not fit into their ring buffer, one slot per ring buffer
-/// (`tracer_common::lost`). Per-CPU so that counting a drop never contends.
+/// Per-CPU counts of drops, one slot per kind (`tracer_common::lost`). Per-CPU so that counting a drop never contends.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 

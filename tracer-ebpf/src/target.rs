@@ -14,7 +14,7 @@ static TARGET_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static TARGET_PIDNS: PidNamespace = PidNamespace { dev: 0, ino: 0 };
 
-/// Field offsets and syscall numbers of the running kernel (`KERNEL_LAYOUT_GLOBAL`).
+/// Field offsets of the running kernel (`KERNEL_LAYOUT_GLOBAL`).
 #[unsafe(no_mangle)]
 pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     task_mm: 0,

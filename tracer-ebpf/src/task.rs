@@ -26,6 +26,9 @@ use crate::{
 /// `CLONE_THREAD`: the new task is a thread of its creator's process.
 const CLONE_THREAD: u64 = 0x0001_0000;
 
+/// `TASK_DEAD` in `task_struct.__state`: set by an exiting thread for its last switch out.
+const TASK_DEAD: u32 = 0x0080;
+
 /// Each target thread's scheduling account, by thread id; entries are made at a thread's first
 /// switch after attach and removed when it exits.
 #[map]
@@ -69,10 +72,10 @@ pub fn on_rename(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// `sched:sched_process_exit`, in the exiting thread's context: its account goes.
+/// `sched:sched_process_exit`, in the exiting thread's context: a thread gone. (Its account
+/// goes at its last context switch, which comes after this.)
 pub fn on_exit() -> Option<()> {
     let tid = target::current_thread()?;
-    let _ = THREADS.remove(&tid);
     emit(TASK_EXIT, tid, [0; 16]);
     Some(())
 }
@@ -96,12 +99,14 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
     if let Some(tid) = prev {
         let preempt: u64 = ctx.arg(0);
         let prev_state: u64 = ctx.arg(3);
-        let state = if preempt & 1 != 0 || prev_state as u32 == 0 {
-            PREEMPTED
+        if prev_state as u32 & TASK_DEAD != 0 {
+            // The exiting thread's last switch: its account goes with it.
+            let _ = THREADS.remove(&tid);
+        } else if preempt & 1 != 0 || prev_state as u32 == 0 {
+            switch_out(tid, now, PREEMPTED);
         } else {
-            ASLEEP
-        };
-        switch_out(tid, now, state);
+            switch_out(tid, now, ASLEEP);
+        }
     }
     if next_is_target {
         let tid: i32 = read(next, layout!(task_pid))?;

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, RingBuf},
     programs::RawTracePointContext,
@@ -13,8 +13,9 @@ use tracer_common::{
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
         AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, SHUTDOWN_MASK, SOCK_COMMON_BYTES,
-        TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, WAKEUP_BYTES, is_owner_transition,
+        TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_owner_transition,
     },
+    vma::WAKEUP_BYTES,
 };
 
 use crate::{
@@ -145,7 +146,8 @@ fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopt
 /// are dismissed after one field read and two lookups.
 #[inline(always)]
 fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
-    if target::is_current() && is_owner_transition(old, new) {
+    // The pure check first: the helper call only for owner transitions.
+    if is_owner_transition(old, new) && target::is_current() {
         return Some(Adopted::ByOwner);
     }
     let sport = read::<u16>(sk, layout!(skc_num))?;
@@ -213,7 +215,7 @@ fn describe(sk: *const u8, kind: Kind, old: u8, new: u8, adopted: Adopted) -> Op
     let mut event = TcpEvent {
         ts_ns: 0,
         sk: sk as u64,
-        tid: 0,
+        reserved: 0,
         netns: 0,
         kind: kind as u8,
         old,
@@ -243,7 +245,6 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     let closed = shutdown_offset != ABSENT && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
     let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.tid = bpf_get_current_pid_tgid() as u32;
     event.netns = read(net, layout!(net_ns_inum))?;
     event.family = if family == AF_INET6 { 6 } else { 4 };
     event.held = u8::from(socket != 0 && !closed);

@@ -60,7 +60,7 @@ pub async fn stop_signal(duration: Option<Duration>) {
     }
 }
 
-pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .chain()
         .filter_map(|e| e.downcast_ref::<std::io::Error>())

@@ -330,6 +330,19 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// Every kind, for exporters that list them all.
+    pub const ALL: [Self; 9] = [
+        Self::VmaExhaustion,
+        Self::CloseWaitLeak,
+        Self::FinWait2Pileup,
+        Self::ConnectionSurge,
+        Self::FdExhaustion,
+        Self::ThreadLeak,
+        Self::MemoryLimit,
+        Self::ThreadsSaturated,
+        Self::Stall,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::VmaExhaustion => "vma_exhaustion",

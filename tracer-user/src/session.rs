@@ -15,9 +15,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use tracer_common::tcp::TupleKey;
-
-use tracer_common::task::ThreadSched;
+use tracer_common::{task::ThreadSched, tcp::TupleKey};
 
 use crate::{
     event::{Clocks, Event, MappingGroup, monotonic, now_ms},
@@ -25,7 +23,7 @@ use crate::{
     fd::FdModel,
     memory::{MemoryModel, MemoryStatus},
     preflight::{self, Machine},
-    probes::{self, Lost, ProbeError, Probes},
+    probes::{self, Lost, ProbeError, Probes, Record},
     target::Target,
     tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
     threads::{ThreadModel, ThreadStatus, ThreadThresholds, Traffic},
@@ -233,7 +231,7 @@ impl Session {
                 () = self.target.exited() => break End::TargetExited,
                 guard = self.vma_events.readable_mut() => {
                     let mut guard = guard.context("polling the VMA ring buffer")?;
-                    drain_vma(guard.get_inner_mut(), &mut self.vma);
+                    apply_records(guard.get_inner_mut(), |r| self.vma.record(r));
                     guard.clear_ready();
                 }
                 guard = self.tcp_events.readable_mut() => {
@@ -243,7 +241,7 @@ impl Session {
                 }
                 guard = self.task_events.readable_mut() => {
                     let mut guard = guard.context("polling the thread ring buffer")?;
-                    drain_task(guard.get_inner_mut(), &mut self.threads);
+                    apply_records(guard.get_inner_mut(), |r| self.threads.record(&r));
                     guard.clear_ready();
                 }
                 _ = drain.tick() => self.drain(),
@@ -293,9 +291,9 @@ impl Session {
     /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
     /// been accepted since.
     fn drain(&mut self) {
-        drain_vma(self.vma_events.get_mut(), &mut self.vma);
+        apply_records(self.vma_events.get_mut(), |r| self.vma.record(r));
         drain_tcp(self.tcp_events.get_mut(), &mut self.tcp, &mut self.events);
-        drain_task(self.task_events.get_mut(), &mut self.threads);
+        apply_records(self.task_events.get_mut(), |r| self.threads.record(&r));
         let due = self.tcp.due_for_probe(monotonic());
         if !due.is_empty()
             && let Err(e) = self.probes.probe_held(&due)
@@ -358,8 +356,7 @@ impl Session {
             (lost.task_records, lost.threads_untracked),
             &mut self.events,
         );
-        let stale: Vec<u32> = self.threads.stale(&self.accounts).collect();
-        for tid in stale {
+        for tid in self.threads.stale(&self.accounts) {
             self.probes.forget_thread(tid);
         }
     }
@@ -418,32 +415,20 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
     tcp::proc::read(pid)
 }
 
-/// Applies every pending VMA record.
-fn drain_vma(ring: &mut RingBuf<MapData>, vma: &mut VmaModel) {
+/// Applies every pending record of one ring buffer, in order.
+fn apply_records<T: Record>(ring: &mut RingBuf<MapData>, mut apply: impl FnMut(T)) {
     while let Some(item) = ring.next() {
-        if let Some(event) = probes::decode(&item) {
-            vma.record(event);
+        if let Some(record) = probes::decode(&item) {
+            apply(record);
         }
     }
 }
 
-/// Applies every pending thread record.
-fn drain_task(ring: &mut RingBuf<MapData>, threads: &mut ThreadModel) {
-    while let Some(item) = ring.next() {
-        if let Some(event) = probes::decode(&item) {
-            threads.record(&event);
-        }
-    }
-}
-
-/// Applies every pending TCP record; transitions become events.
+/// Applies every pending TCP record; transitions become events, stamped with one clock read
+/// per batch.
 fn drain_tcp(ring: &mut RingBuf<MapData>, tcp: &mut TcpModel, events: &mut Vec<Event>) {
     let clocks = Clocks::now();
-    while let Some(item) = ring.next() {
-        if let Some(event) = probes::decode(&item) {
-            tcp.record(&event, clocks, events);
-        }
-    }
+    apply_records(ring, |record| tcp.record(&record, clocks, events));
 }
 
 fn breakdown_event(pid: u32, report: &BreakdownReport) -> Event {

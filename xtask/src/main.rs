@@ -75,6 +75,11 @@ fn main() -> anyhow::Result<()> {
 
 fn bench(root: &Path, smoke: bool, out: &Path) -> anyhow::Result<()> {
     let tracer = build(root)?;
+    run_bench(root, &tracer, smoke, out)
+}
+
+/// The benchmarks against the `tracer` binary already built.
+fn run_bench(root: &Path, tracer: &Path, smoke: bool, out: &Path) -> anyhow::Result<()> {
     let out = if out.is_absolute() {
         out.to_path_buf()
     } else {
@@ -93,7 +98,7 @@ fn bench(root: &Path, smoke: bool, out: &Path) -> anyhow::Result<()> {
     if smoke {
         command.arg("--smoke");
     }
-    command.arg(out).env("TRACER_BIN", &tracer);
+    command.arg(out).env("TRACER_BIN", tracer);
     check(&mut as_root_command(command))
 }
 
@@ -130,7 +135,7 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
     if filter.is_none() {
         // The benchmarks are not tests, but they must keep running: one tiny round of each.
         let smoke = std::env::temp_dir().join("tracer-bench-smoke.md");
-        bench(root, true, &smoke)?;
+        run_bench(root, &tracer, true, &smoke)?;
     }
     Ok(())
 }

@@ -92,17 +92,6 @@ impl Dropped {
     }
 }
 
-const KINDS: [AlertKind; 9] = [
-    AlertKind::VmaExhaustion,
-    AlertKind::CloseWaitLeak,
-    AlertKind::FinWait2Pileup,
-    AlertKind::ConnectionSurge,
-    AlertKind::FdExhaustion,
-    AlertKind::ThreadLeak,
-    AlertKind::MemoryLimit,
-    AlertKind::ThreadsSaturated,
-    AlertKind::Stall,
-];
 const SEVERITIES: [Severity; 2] = [Severity::Warning, Severity::Critical];
 const RINGS: [&str; 3] = ["vma", "tcp", "task"];
 
@@ -314,14 +303,7 @@ impl Metrics {
                     .get_or_create(labels)
                     .set(growth_per_min.unwrap_or(0.0));
                 // No series while the count is not growing: `eta < 3600` rules stay simple.
-                match eta_seconds {
-                    Some(eta) => {
-                        self.vma_eta.get_or_create(labels).set(*eta as f64);
-                    }
-                    None => {
-                        self.vma_eta.remove(labels);
-                    }
-                }
+                set_or_remove(&self.vma_eta, labels, eta_seconds.map(|e| e as f64));
                 self.events_lost
                     .get_or_create(&ring(labels, "vma"))
                     .set(saturate(*events_lost));
@@ -423,7 +405,7 @@ impl Metrics {
         for name in RINGS {
             self.events_lost.remove(&ring(labels, name));
         }
-        for kind in KINDS {
+        for kind in AlertKind::ALL {
             for severity in SEVERITIES {
                 self.alerts.remove(&alert_labels(labels, kind, severity));
             }

@@ -17,6 +17,14 @@ pub const MAX_POINTS: usize = 120;
 const MIN_POINTS: usize = 5;
 const MIN_SPAN_SECS: f64 = 4.0;
 
+/// Drops the samples (oldest first, each stamped with its time in seconds) more than
+/// `window_secs` older than `now`.
+pub fn keep_window<T>(samples: &mut VecDeque<(f64, T)>, now: f64, window_secs: f64) {
+    while samples.front().is_some_and(|(t, _)| now - t > window_secs) {
+        samples.pop_front();
+    }
+}
+
 /// A fitted trend: `level` at the newest sample's time, growing by `per_sec`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Trend {
@@ -60,13 +68,7 @@ impl RateWindow {
     /// Adds the count seen at `t` seconds (monotonic) and drops samples older than the window.
     pub fn push(&mut self, t: f64, count: f64) {
         self.samples.push_back((t, count));
-        while self
-            .samples
-            .front()
-            .is_some_and(|&(t0, _)| t - t0 > self.window_secs)
-        {
-            self.samples.pop_front();
-        }
+        keep_window(&mut self.samples, t, self.window_secs);
     }
 
     /// The Theil–Sen trend over the window, or `None` while there are too few samples.

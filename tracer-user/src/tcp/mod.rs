@@ -13,7 +13,7 @@ use std::{
 use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
 
 use crate::{
-    alert::{Change, Check, Latch, Severity},
+    alert::{self, Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Clocks, Event, PeerCount, StateCounts},
     probes::Lost,
     vma::{duration, maps::thousands},
@@ -427,6 +427,9 @@ impl TcpModel {
             firing: count >= t.close_wait_min,
             cleared: count == 0,
         };
+        let Some(change) = self.close_wait.update(check) else {
+            return;
+        };
         let message = if count > 0 {
             format!(
                 "{} sockets stuck in CLOSE_WAIT for over {} (oldest {}), from {}: their peers closed but the process does not close them - a stuck or deadlocked server? Take a thread dump now (jstack {pid} or jcmd {pid} Thread.print)",
@@ -444,16 +447,14 @@ impl TcpModel {
             oldest_seconds: round_tenths(oldest),
             peers,
         };
-        report(
+        out.push(alert::event(
             self.pid,
-            &mut self.close_wait,
-            AlertKind::CloseWaitLeak,
-            check,
             ts,
+            (AlertKind::CloseWaitLeak, Severity::Warning),
+            change,
             message,
             detail,
-            out,
-        );
+        ));
     }
 
     fn check_fin_wait2(&mut self, now: f64, ts: u64, out: &mut Vec<Event>) {
@@ -462,6 +463,9 @@ impl TcpModel {
         let check = Check {
             firing: count >= t.fin_wait2_min,
             cleared: count <= t.fin_wait2_min / 2,
+        };
+        let Some(change) = self.fin_wait2.update(check) else {
+            return;
         };
         let message = format!(
             "{} sockets closed by the process wait in FIN_WAIT2 for over {} (oldest {}), on {}: the peers do not finish closing - are they stuck?",
@@ -475,16 +479,14 @@ impl TcpModel {
             oldest_seconds: round_tenths(oldest),
             peers,
         };
-        report(
+        out.push(alert::event(
             self.pid,
-            &mut self.fin_wait2,
-            AlertKind::FinWait2Pileup,
-            check,
             ts,
+            (AlertKind::FinWait2Pileup, Severity::Warning),
+            change,
             message,
             detail,
-            out,
-        );
+        ));
     }
 
     fn check_surge(&mut self, ts: u64, out: &mut Vec<Event>) {
@@ -497,6 +499,9 @@ impl TcpModel {
         let check = Check {
             firing: rate >= t.surge_min && rate >= t.surge_factor * floor,
             cleared: rate < t.surge_min / 2.0 || rate < t.surge_factor / 2.0 * floor,
+        };
+        let Some(change) = self.surge.update(check) else {
+            return;
         };
         let mut by_peer: HashMap<(IpAddr, u16), u32> = HashMap::new();
         for &(_, addr, port) in &self.recent {
@@ -517,51 +522,14 @@ impl TcpModel {
             baseline_per_second: round_tenths(baseline),
             peers,
         };
-        report(
+        out.push(alert::event(
             self.pid,
-            &mut self.surge,
-            AlertKind::ConnectionSurge,
-            check,
             ts,
+            (AlertKind::ConnectionSurge, Severity::Warning),
+            change,
             message,
             detail,
-            out,
-        );
-    }
-}
-
-/// Feeds a latch and turns its change into an `alert` or `alert_resolved` event.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call shape for every socket alert"
-)]
-fn report(
-    pid: u32,
-    latch: &mut Latch,
-    kind: AlertKind,
-    check: Check,
-    ts: u64,
-    message: String,
-    detail: AlertDetail,
-    out: &mut Vec<Event>,
-) {
-    match latch.update(check) {
-        Some(Change::Raise) => out.push(Event::Alert {
-            ts,
-            pid,
-            kind,
-            severity: Severity::Warning,
-            message,
-            detail,
-        }),
-        Some(Change::Resolve) => out.push(Event::AlertResolved {
-            ts,
-            pid,
-            kind,
-            severity: Severity::Warning,
-            message,
-        }),
-        None => {}
+        ));
     }
 }
 
@@ -610,7 +578,7 @@ mod tests {
         TcpEvent {
             ts_ns: (at * 1e9) as u64,
             sk,
-            tid: 1,
+            reserved: 0,
             netns: 1,
             kind: Kind::Transition as u8,
             old,

@@ -15,6 +15,7 @@ use tracer_common::task::{ASLEEP, TASK_EXIT, TASK_NEW, TASK_RENAME, TaskEvent, T
 use crate::{
     alert::{self, Change, Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Event, StalledThread, ThreadGroup},
+    exhaustion::rate::keep_window,
     vma::{duration, maps::thousands},
 };
 
@@ -89,7 +90,7 @@ struct GroupHistory {
     counts: VecDeque<(f64, u32)>,
     /// Per tick: nanoseconds asleep and nanoseconds of capacity (threads x wall time), over
     /// the saturation window.
-    idle: VecDeque<(f64, u64, u64)>,
+    idle: VecDeque<(f64, (u64, u64))>,
     leak: Latch,
     saturated: Latch,
     stall: Latch,
@@ -100,7 +101,7 @@ impl GroupHistory {
         let (asleep, capacity) = self
             .idle
             .iter()
-            .fold((0u64, 0u64), |(a, c), &(_, asleep, cap)| {
+            .fold((0u64, 0u64), |(a, c), &(_, (asleep, cap))| {
                 (a + asleep, c + cap)
             });
         (capacity > 0).then(|| (asleep as f64 / capacity as f64).min(1.0))
@@ -218,13 +219,11 @@ impl ThreadModel {
         let ticks = self.fold(t_secs, accounts);
 
         self.close_wait.push_back((t_secs, traffic.close_wait));
-        while self
-            .close_wait
-            .front()
-            .is_some_and(|&(t, _)| t_secs - t > self.thresholds.stall_after_secs)
-        {
-            self.close_wait.pop_front();
-        }
+        keep_window(
+            &mut self.close_wait,
+            t_secs,
+            self.thresholds.stall_after_secs,
+        );
         let close_wait_grew = self
             .close_wait
             .front()
@@ -347,25 +346,21 @@ impl Judge<'_> {
     ) -> ThreadGroup {
         let (t_secs, threads) = (self.t_secs, tick.threads);
         history.counts.push_back((t_secs, threads));
-        while history
-            .counts
-            .front()
-            .is_some_and(|&(t, _)| t_secs - t > self.thresholds.leak_window_secs)
-        {
-            history.counts.pop_front();
-        }
+        keep_window(
+            &mut history.counts,
+            t_secs,
+            self.thresholds.leak_window_secs,
+        );
         if tick.capacity_ns > 0 {
             history
                 .idle
-                .push_back((t_secs, tick.asleep_ns, tick.capacity_ns));
+                .push_back((t_secs, (tick.asleep_ns, tick.capacity_ns)));
         }
-        while history
-            .idle
-            .front()
-            .is_some_and(|&(t, _, _)| t_secs - t > self.thresholds.saturation_window_secs)
-        {
-            history.idle.pop_front();
-        }
+        keep_window(
+            &mut history.idle,
+            t_secs,
+            self.thresholds.saturation_window_secs,
+        );
         let idle_ratio = history.idle_ratio();
 
         // thread_leak: the group grew by leak_min within the window.
