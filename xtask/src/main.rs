@@ -7,9 +7,12 @@
 //! - `cargo xtask demo`: build, then `tracer demo` (as root).
 //! - `cargo xtask test`: build, then unit tests, the integration tests (as root), and one tiny
 //!   round of the benchmarks (`bench --smoke`, to a temp file) so that they keep running.
+//! - `cargo xtask vm-run --kernel 6.1 [--tracer PATH] -- CMD...`: boots a Debian kernel of the
+//!   matrix under qemu with tracer and the static workloads in /bin and runs CMD there.
 //! - `cargo xtask bench`: build, then the side-by-side benchmarks into BENCHMARKS.md (as root).
 
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -54,6 +57,25 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Boot a Debian kernel of the matrix under qemu (TCG) with a tracer binary, the static
+    /// workloads of tests/native and busybox in /bin, and run a command there as root.
+    VmRun {
+        /// The kernel series: 5.10, 6.1 or 6.12 (the newest Debian package of it).
+        #[arg(long)]
+        kernel: String,
+        /// The tracer binary to put in the guest's /bin (default: target/release/tracer).
+        #[arg(long)]
+        tracer: Option<PathBuf>,
+        /// More binaries for the guest's /bin (their shared libraries come along).
+        #[arg(long)]
+        file: Vec<PathBuf>,
+        /// Seconds before the guest is killed.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command, run by the guest's shell (one argument: a whole script line).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +92,30 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { filter } => test(&root, filter.as_deref()),
         Task::Bench { smoke, out } => bench(&root, smoke, &out),
+        Task::VmRun {
+            kernel,
+            tracer,
+            file,
+            timeout,
+            command,
+        } => {
+            let tracer = tracer.unwrap_or_else(|| root.join("target/release/tracer"));
+            if !tracer.is_file() {
+                bail!(
+                    "{} is missing: run `cargo xtask build` or pass --tracer PATH",
+                    tracer.display()
+                );
+            }
+            let status = vm::run(
+                &root,
+                &kernel,
+                &tracer,
+                &file,
+                std::time::Duration::from_secs(timeout),
+                &command,
+            )?;
+            std::process::exit(status);
+        }
     }
 }
 

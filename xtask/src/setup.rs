@@ -6,7 +6,8 @@
 //! - Debian packages: a JDK (the integration tests run a real JVM), iproute2 (`ss`, `ip netns`),
 //!   gcc (the C workloads), bpftool (to check nothing stays loaded), redis-server (a real
 //!   server to freeze), prometheus (promtool checks /metrics and the alerting rules), curl,
-//!   bpftrace (what the benchmarks compare against).
+//!   bpftrace (what the benchmarks compare against), and for the kernel matrix qemu-system-x86,
+//!   busybox-static, cpio, xz-utils and zstd (the guest's initramfs and its modules).
 
 use std::{
     env,
@@ -32,6 +33,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("curl", "curl"),
     ("bpftrace", "bpftrace"),
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
+    ("cpio", "cpio"),
+    ("xz-utils", "xz"),
+    ("zstd", "zstd"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
