@@ -309,6 +309,56 @@ pub fn ss_states(pid: u32, netns: Option<&Netns>) -> std::collections::BTreeMap<
     states
 }
 
+/// The target's TCP sockets per state as the kernel's own tables show them: the lines of
+/// /proc/PID/net/tcp and tcp6 whose inode is one of the sockets in /proc/PID/fd, with the
+/// state numbers of include/net/tcp_states.h in the tracer's spelling. Needs no `ss`
+/// (a bare guest has none).
+pub fn proc_tcp_states(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let inodes: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut states = std::collections::BTreeMap::new();
+    for table in ["tcp", "tcp6"] {
+        // tcp6 is absent when IPv6 is off.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(state), Some(inode)) = (fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            if !inode.parse().is_ok_and(|i| inodes.contains(&i)) {
+                continue;
+            }
+            let name = match u8::from_str_radix(state, 16) {
+                Ok(1) => "ESTABLISHED",
+                Ok(2) => "SYN_SENT",
+                Ok(3) => "SYN_RECV",
+                Ok(4) => "FIN_WAIT1",
+                Ok(5) => "FIN_WAIT2",
+                Ok(6) => "TIME_WAIT",
+                Ok(7) => "CLOSE",
+                Ok(8) => "CLOSE_WAIT",
+                Ok(9) => "LAST_ACK",
+                Ok(10) => "LISTEN",
+                Ok(11) => "CLOSING",
+                _ => panic!("unknown TCP state {state} in /proc/{pid}/net/{table}: {line}"),
+            };
+            *states.entry(name.to_owned()).or_insert(0) += 1;
+        }
+    }
+    states
+}
+
 /// A network namespace of the test's own, with loopback up; removed on drop.
 pub struct Netns {
     pub name: String,
@@ -604,6 +654,12 @@ impl Event {
 
 impl Tracer {
     pub fn attach(pid: u32, args: &[&str]) -> Self {
+        Self::attach_within(pid, args, Duration::from_secs(10))
+    }
+
+    /// [`Tracer::attach`], waiting up to `timeout` for `target_attached` (an emulated guest
+    /// takes longer to verify the programs).
+    pub fn attach_within(pid: u32, args: &[&str], timeout: Duration) -> Self {
         let mut command = Command::new(tracer_bin());
         command
             .args(["attach", "--pid", &pid.to_string(), "--json"])
@@ -612,7 +668,7 @@ impl Tracer {
             process: Process::spawn(&mut command),
             history: std::cell::RefCell::default(),
         };
-        tracer.expect("target_attached", Duration::from_secs(10));
+        tracer.expect("target_attached", timeout);
         tracer
     }
 

@@ -5,8 +5,11 @@
 //!   Debian packages the tests use.
 //! - `cargo xtask build`: setup, then `target/release/tracer` with the eBPF object embedded.
 //! - `cargo xtask demo`: build, then `tracer demo` (as root).
-//! - `cargo xtask test`: build, then unit tests, the integration tests (as root), and one tiny
-//!   round of the benchmarks (`bench --smoke`, to a temp file) so that they keep running.
+//! - `cargo xtask test`: build, then unit tests, the integration tests (as root), one tiny
+//!   round of the benchmarks (`bench --smoke`, to a temp file) so that they keep running, and
+//!   the kernel matrix (`vm-test`).
+//! - `cargo xtask vm-test`: build, then the kernel matrix (Debian 5.10, 6.1, 6.12 under qemu,
+//!   and this machine's kernel), also run by `cargo xtask test`.
 //! - `cargo xtask vm-run --kernel 6.1 [--tracer PATH] -- CMD...`: boots a Debian kernel of the
 //!   matrix under qemu with tracer and the static workloads in /bin and runs CMD there.
 //! - `cargo xtask bench`: build, then the side-by-side benchmarks into BENCHMARKS.md (as root).
@@ -57,6 +60,22 @@ enum Task {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Build, then run the kernel matrix: Debian's 5.10, 6.1 and 6.12 under qemu, and this
+    /// machine's kernel, each checking tracer against the kernel's own view (needs root).
+    VmTest {
+        /// Only these kernel series (repeatable; default: all of the matrix).
+        #[arg(long)]
+        kernel: Vec<String>,
+        /// Test this tracer binary instead of building one.
+        #[arg(long)]
+        tracer: Option<PathBuf>,
+        /// Guests booted at once.
+        #[arg(long, default_value_t = VM_JOBS)]
+        jobs: usize,
+        /// Skip the checks on this machine's kernel.
+        #[arg(long)]
+        no_host: bool,
+    },
     /// Boot a Debian kernel of the matrix under qemu (TCG) with a tracer binary, the static
     /// workloads of tests/native and busybox in /bin, and run a command there as root.
     VmRun {
@@ -92,6 +111,18 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { filter } => test(&root, filter.as_deref()),
         Task::Bench { smoke, out } => bench(&root, smoke, &out),
+        Task::VmTest {
+            kernel,
+            tracer,
+            jobs,
+            no_host,
+        } => {
+            let tracer = match tracer {
+                Some(tracer) => tracer,
+                None => build(&root)?,
+            };
+            vm_test(&root, &tracer, &kernel, jobs, !no_host)
+        }
         Task::VmRun {
             kernel,
             tracer,
@@ -182,8 +213,33 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         // The benchmarks are not tests, but they must keep running: one tiny round of each.
         let smoke = std::env::temp_dir().join("tracer-bench-smoke.md");
         run_bench(root, &tracer, true, &smoke)?;
+        // The integration tests above cover this machine's kernel already.
+        vm_test(root, &tracer, &[], VM_JOBS, false)?;
     }
     Ok(())
+}
+
+/// Guests `vm-test` boots at once by default.
+const VM_JOBS: usize = 1;
+
+/// The kernel matrix against `tracer`, with the checker built here.
+fn vm_test(
+    root: &Path,
+    tracer: &Path,
+    series: &[String],
+    jobs: usize,
+    host: bool,
+) -> anyhow::Result<()> {
+    check(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer-tests",
+        "--bin",
+        "vm-checks",
+    ]))?;
+    let checker = root.join("target/release/vm-checks");
+    vm::test(root, tracer, &checker, series, jobs, host)
 }
 
 fn cargo(root: &Path) -> Command {
@@ -212,7 +268,7 @@ fn as_root(program: &Path) -> Command {
     }
 }
 
-fn as_root_command(command: Command) -> Command {
+pub fn as_root_command(command: Command) -> Command {
     if is_root() {
         return command;
     }

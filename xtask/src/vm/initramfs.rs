@@ -44,6 +44,8 @@ poweroff -f
 
 /// Everything that goes into one initramfs besides busybox and /init.
 pub struct Contents<'a> {
+    /// Put at /bin/tracer, with its shared libraries.
+    pub tracer: &'a Path,
     /// Put at /bin/<file name>, with their shared libraries.
     pub binaries: Vec<PathBuf>,
     /// The shell script /init runs.
@@ -62,7 +64,8 @@ pub fn build(contents: &Contents<'_>, stage: &Path, out: &Path) -> anyhow::Resul
         bail!("/bin/busybox is missing: install busybox-static (cargo xtask setup does)");
     }
     copy(busybox, &stage.join("bin/busybox"))?;
-    let mut libraries = BTreeSet::new();
+    copy(contents.tracer, &stage.join("bin/tracer"))?;
+    let mut libraries: BTreeSet<PathBuf> = shared_libraries(contents.tracer)?.into_iter().collect();
     for binary in &contents.binaries {
         let name = binary
             .file_name()

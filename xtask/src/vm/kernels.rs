@@ -30,6 +30,8 @@ const LISTS_MAX_AGE: Duration = Duration::from_hours(24);
 
 /// An extracted kernel package.
 pub struct Kernel {
+    /// The series asked for (`6.1`).
+    pub series: String,
     /// The package (`linux-image-6.1.0-50-cloud-amd64`).
     pub package: String,
     pub vmlinuz: PathBuf,
@@ -94,6 +96,7 @@ pub fn fetch(series: &str) -> anyhow::Result<Kernel> {
         .with_context(|| format!("{} has no lib/modules", dir.display()))?;
     let modules = last_entry(&modules, "")?;
     Ok(Kernel {
+        series: series.to_owned(),
         package,
         vmlinuz,
         modules,

@@ -3,6 +3,7 @@
 
 mod initramfs;
 mod kernels;
+mod matrix;
 mod qemu;
 
 use std::{
@@ -13,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub use matrix::run as test;
 use qemu::Cpu;
 
 /// `cargo xtask vm-run`: boots `series` with `tracer` and the static workloads in /bin, runs
@@ -28,8 +30,7 @@ pub fn run(
 ) -> anyhow::Result<i32> {
     let kernel = kernels::fetch(series)?;
     let work = Work::new(root, &format!("run-{series}"))?;
-    let mut binaries = vec![tracer.to_path_buf()];
-    binaries.extend(static_workloads(root)?);
+    let mut binaries = static_workloads(root)?;
     binaries.extend(files.iter().cloned());
     let script = match command {
         [] => bail!("nothing to run: give a command after --"),
@@ -41,6 +42,7 @@ pub fn run(
             .join(" "),
     };
     let contents = initramfs::Contents {
+        tracer,
         binaries,
         script: format!("{script}\n"),
         kernel: &kernel,

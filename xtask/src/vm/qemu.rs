@@ -34,6 +34,8 @@ pub struct Boot<'a> {
 
 /// What one boot gave.
 pub struct Console {
+    /// Every line the guest printed.
+    pub lines: Vec<String>,
     /// The guest script's exit status; `None` when the guest never got to print it (panic,
     /// timeout).
     pub status: Option<i32>,
@@ -112,5 +114,9 @@ pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Console> {
     } else if !exit.success() && status.is_none() {
         bail!("qemu failed ({exit}); console in {}", boot.log.display());
     }
-    Ok(Console { status, elapsed })
+    Ok(Console {
+        lines,
+        status,
+        elapsed,
+    })
 }

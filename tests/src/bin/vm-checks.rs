@@ -1,0 +1,491 @@
+//! vm-checks: the checks of the kernel matrix (`cargo xtask vm-test`), run inside each guest
+//! and on this machine. Each compares what tracer reports with the running kernel's own view
+//! and prints one line on stdout, which the host parses:
+//!
+//! ```text
+//! vm-check plan starts unloaded vma sockets threads
+//! vm-check <name> ok: <what was compared>
+//! vm-check <name> FAIL: <why, in the kernel's and tracer's words>
+//! vm-check done
+//! ```
+//!
+//! Usage: `vm-checks WORKLOADS [--exclusive]` with `TRACER_BIN` naming the tracer. WORKLOADS
+//! is the directory of the tests/native programs. `--exclusive` says that nothing else loads
+//! BPF here (a guest): after tracer exits, the kernel's programs and maps must be exactly the
+//! ones loaded before it started. Exits 1 if any check failed.
+
+use std::{
+    collections::BTreeSet,
+    panic::{self, AssertUnwindSafe},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tracer_tests::{Process, Tracer, maps_count, proc_status, proc_tcp_states, tracer_bin};
+
+const PLAN: &[&str] = &["starts", "unloaded", "vma", "sockets", "threads"];
+
+/// How long tracer may take to verify and attach its programs: an emulated CPU runs the
+/// verifier tens of times slower than this machine does.
+const ATTACH_TIMEOUT: Duration = Duration::from_mins(2);
+/// Reports read sooner than this after a workload froze may have been computed before.
+const SETTLE: Duration = Duration::from_millis(300);
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (workloads, exclusive) = match args.as_slice() {
+        [dir] => (PathBuf::from(dir), false),
+        [dir, flag] if flag == "--exclusive" => (PathBuf::from(dir), true),
+        _ => {
+            eprintln!("usage: vm-checks WORKLOADS [--exclusive]   (TRACER_BIN names the tracer)");
+            std::process::exit(2);
+        }
+    };
+    let last_panic = capture_panics();
+    println!("vm-check plan {}", PLAN.join(" "));
+    let mut failed = false;
+    let mut report = |name: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("vm-check {name} ok: {detail}"),
+        Err(why) => {
+            failed = true;
+            println!("vm-check {name} FAIL: {}", why.replace('\n', " | "));
+        }
+    };
+    let run = |check: &dyn Fn() -> String| catch(&last_panic, check);
+    let session = catch(&last_panic, || start(&workloads));
+    match session {
+        Ok(session) => {
+            report("starts", Ok(session.detail.clone()));
+            report("unloaded", run(&|| unloaded(&session, exclusive)));
+            report("vma", run(&|| vma(&workloads)));
+            report("sockets", run(&|| sockets(&workloads)));
+            report("threads", run(&|| threads(&workloads)));
+        }
+        Err(why) => {
+            report("starts", Err(why));
+            for name in &PLAN[1..] {
+                report(name, Err("not run: tracer does not start".to_owned()));
+            }
+        }
+    }
+    println!("vm-check done");
+    std::process::exit(i32::from(failed));
+}
+
+/// Runs `f`, turning a panic into its message.
+fn catch<T>(last_panic: &Mutex<Option<String>>, f: impl FnOnce() -> T) -> Result<T, String> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        last_panic
+            .lock()
+            .expect("panic message")
+            .take()
+            .unwrap_or_else(|| "panicked".to_owned())
+    })
+}
+
+/// Keeps the message of the latest panic (with its location) for the report line.
+fn capture_panics() -> Arc<Mutex<Option<String>>> {
+    let last = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&last);
+    panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        *slot.lock().expect("panic slot") = Some(format!("{message}{at}"));
+    }));
+    last
+}
+
+/// A tracer attached to an idle workload, with what it held while running.
+struct Session {
+    tracer: Mutex<Process>,
+    _target: Process,
+    /// BPF programs and maps loaded before tracer started.
+    before: Objects,
+    /// The ones tracer held file descriptors for, from /proc/PID/fdinfo.
+    held: Objects,
+    detail: String,
+}
+
+/// Starts tracer on a quiet workload; panics with tracer's own error if it does not attach.
+fn start(workloads: &Path) -> Session {
+    let before = Objects::loaded();
+    let target = Process::spawn(Command::new(workloads.join("loops")).args(["idle", "3600"]));
+    target.expect_line("READY", LINE_TIMEOUT);
+    let started = Instant::now();
+    let mut command = Command::new(tracer_bin());
+    command
+        .args(["attach", "--pid", &target.pid.to_string(), "--json"])
+        .stderr(Stdio::piped());
+    let mut tracer = Process::spawn(&mut command);
+    let stderr = tracer.child.stderr.take().expect("piped stderr");
+    let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    loop {
+        let left = ATTACH_TIMEOUT.saturating_sub(started.elapsed());
+        assert!(
+            !left.is_zero(),
+            "tracer printed no target_attached within {ATTACH_TIMEOUT:?}"
+        );
+        match tracer.next_line(left) {
+            Some((_, line)) if line.contains(r#""type":"target_attached""#) => break,
+            Some(_) => {}
+            None => {
+                let status = tracer.wait(LINE_TIMEOUT);
+                let stderr = stderr.join().unwrap_or_default();
+                panic!(
+                    "tracer exited ({status}) before attaching: {}",
+                    stderr.trim()
+                );
+            }
+        }
+    }
+    let attached = started.elapsed();
+    let held = Objects::held_by(tracer.pid);
+    assert!(
+        !held.programs.is_empty(),
+        "tracer attached but /proc/{}/fdinfo shows no BPF program",
+        tracer.pid
+    );
+    Session {
+        detail: format!(
+            "attached in {:.1} s, holding {} BPF programs and {} maps",
+            attached.as_secs_f64(),
+            held.programs.len(),
+            held.maps.len()
+        ),
+        tracer: Mutex::new(tracer),
+        _target: target,
+        before,
+        held,
+    }
+}
+
+/// SIGTERM ends tracer with status 0, and what it loaded is gone from the kernel.
+fn unloaded(session: &Session, exclusive: bool) -> String {
+    let mut tracer = session.tracer.lock().expect("tracer");
+    signal(tracer.pid, libc::SIGTERM);
+    let status: ExitStatus = tracer.wait(LINE_TIMEOUT);
+    assert!(status.success(), "tracer exited {status} on SIGTERM");
+    // The kernel frees a program after an RCU grace period once its last fd closes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = Objects::loaded();
+        let left_programs: Vec<u32> = session
+            .held
+            .programs
+            .intersection(&now.programs)
+            .copied()
+            .collect();
+        let left_maps: Vec<u32> = session.held.maps.intersection(&now.maps).copied().collect();
+        let new_programs: Vec<u32> = now
+            .programs
+            .difference(&session.before.programs)
+            .copied()
+            .collect();
+        let new_maps: Vec<u32> = now.maps.difference(&session.before.maps).copied().collect();
+        let clean = left_programs.is_empty()
+            && left_maps.is_empty()
+            && (!exclusive || (new_programs.is_empty() && new_maps.is_empty()));
+        if clean {
+            return format!(
+                "exit 0 on SIGTERM; its {} programs and {} maps are gone{}",
+                session.held.programs.len(),
+                session.held.maps.len(),
+                if exclusive {
+                    format!(
+                        ", the kernel holds what it held before ({} programs, {} maps)",
+                        now.programs.len(),
+                        now.maps.len()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "5 s after tracer exited, still loaded: its programs {left_programs:?}, its maps \
+             {left_maps:?}; programs loaded since it started {new_programs:?}, maps {new_maps:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The VMA count equals /proc/PID/maps each time a two-thread mmap/mprotect/munmap churn is
+/// frozen with SIGSTOP.
+fn vma(workloads: &Path) -> String {
+    let mut churn = Process::spawn(Command::new(workloads.join("churn")).args(["2", "3600"]));
+    churn.expect_line("READY", LINE_TIMEOUT);
+    let tracer = Tracer::attach_within(churn.pid, &[], ATTACH_TIMEOUT);
+    churn.send("GO");
+    let mut counts = Vec::new();
+    for round in 0..5 {
+        thread::sleep(Duration::from_secs(1));
+        let stopped_at = freeze(churn.pid);
+        let expected = maps_count(churn.pid).expect("churn alive");
+        let event = tracer.vma_after(stopped_at + SETTLE);
+        assert_eq!(
+            maps_count(churn.pid),
+            Some(expected),
+            "the stopped churn changed its mappings"
+        );
+        assert_eq!(
+            event.u64("map_count"),
+            u64::from(expected),
+            "frozen moment {round}: /proc/{}/maps says {expected} mappings, tracer says {}",
+            churn.pid,
+            event.json
+        );
+        counts.push(expected);
+        signal(churn.pid, libc::SIGCONT);
+    }
+    let distinct: BTreeSet<u32> = counts.iter().copied().collect();
+    assert!(
+        distinct.len() > 1,
+        "the churn never changed the count between frozen moments ({counts:?}): nothing was tested"
+    );
+    churn.send("PAUSE");
+    let (_, ops) = churn.expect_line("PAUSED", LINE_TIMEOUT);
+    format!(
+        "{} frozen moments of 2-thread churn ({} changes), counts {counts:?} equal /proc/PID/maps",
+        counts.len(),
+        ops.trim_start_matches("PAUSED ")
+    )
+}
+
+/// CLOSE_WAIT and ESTABLISHED per the tracer equal /proc/net/tcp for the server's sockets,
+/// after clients closed 20 of its 27 connections while it was stopped.
+fn sockets(workloads: &Path) -> String {
+    const CLOSING: u64 = 20;
+    const KEPT: u64 = 7;
+    let server = Process::spawn(Command::new(workloads.join("acceptor")).arg("0"));
+    let (_, ready) = server.expect_line("READY", LINE_TIMEOUT);
+    let port = ready
+        .rsplit("port=")
+        .next()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in {ready:?}"));
+    let tracer = Tracer::attach_within(server.pid, &[], ATTACH_TIMEOUT);
+    let client = |n: u64| {
+        let process = Process::spawn(Command::new(workloads.join("halfclose")).args([
+            "127.0.0.1",
+            &port.to_string(),
+            &n.to_string(),
+        ]));
+        process.expect_line("READY", LINE_TIMEOUT);
+        process
+    };
+    let mut closing = client(CLOSING);
+    let _kept = client(KEPT);
+    loop {
+        let (_, line) = server.expect_line("ACCEPTED", LINE_TIMEOUT);
+        if line.trim_start_matches("ACCEPTED ").parse::<u64>() == Ok(CLOSING + KEPT) {
+            break;
+        }
+    }
+    freeze(server.pid);
+    closing.send("CLOSE");
+    closing.expect_line("CLOSED", LINE_TIMEOUT);
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("CLOSE_WAIT", CLOSING),
+        ("ESTABLISHED", KEPT),
+        ("LISTEN", 1),
+    ]
+    .into_iter()
+    .map(|(s, n)| (s.to_owned(), n))
+    .collect();
+    // The peers' FINs are processed in softirq context: a moment after the close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut kernel = proc_tcp_states(server.pid);
+    while kernel != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel's view never settled: /proc/{}/net/tcp shows {kernel:?}, the scenario \
+             expects {expected:?}",
+            server.pid
+        );
+        thread::sleep(Duration::from_millis(50));
+        kernel = proc_tcp_states(server.pid);
+    }
+    let settled = Instant::now();
+    // Nothing changes while the server is stopped: a mismatch over three reports is real.
+    let mut reported = tracer.states_after(settled + SETTLE);
+    for _ in 0..2 {
+        if reported == kernel {
+            break;
+        }
+        reported = tracer.states_after(Instant::now());
+    }
+    signal(server.pid, libc::SIGCONT);
+    assert_eq!(
+        reported, kernel,
+        "tracer's states (left) differ from /proc/{}/net/tcp{{,6}} for its sockets (right)",
+        server.pid
+    );
+    format!(
+        "sockets {reported:?} equal /proc/PID/net/tcp{{,6}} of its fds after clients closed while it was stopped"
+    )
+}
+
+/// The `threads` event's count equals /proc/PID/status `Threads:` and /proc/PID/task as
+/// threads start and exit.
+fn threads(workloads: &Path) -> String {
+    let mut process = Process::spawn(&mut Command::new(workloads.join("threads")));
+    process.expect_line("READY", LINE_TIMEOUT);
+    let tracer = Tracer::attach_within(process.pid, &[], ATTACH_TIMEOUT);
+    let mut counts = Vec::new();
+    for step in ["+5", "+20", "-13", "+1", "-12"] {
+        process.send(step);
+        let (at, line) = process.expect_line("THREADS", LINE_TIMEOUT);
+        let own: u64 = line
+            .trim_start_matches("THREADS ")
+            .parse()
+            .unwrap_or_else(|_| panic!("bad reply {line:?}"));
+        let status = proc_status(process.pid, "Threads");
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", process.pid))
+            .expect("/proc/PID/task")
+            .count() as u64;
+        assert!(
+            status == own && tasks == own,
+            "after {step}: the workload counts {own} threads, /proc/PID/status Threads: {status}, \
+             /proc/PID/task {tasks}"
+        );
+        let event = tracer.after("threads", at + SETTLE);
+        assert_eq!(
+            event.u64("count"),
+            own,
+            "after {step}: /proc/{}/status says {own} threads, tracer says {}",
+            process.pid,
+            event.json
+        );
+        counts.push(own);
+    }
+    format!(
+        "counts {counts:?} after each change equal /proc/PID/status Threads: and /proc/PID/task"
+    )
+}
+
+fn signal(pid: u32, signal: i32) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(
+        unsafe { libc::kill(pid, signal) },
+        0,
+        "kill({pid}, {signal})"
+    );
+}
+
+/// SIGSTOPs `pid` and returns once every one of its threads is stopped.
+fn freeze(pid: u32) -> Instant {
+    signal(pid, libc::SIGSTOP);
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    loop {
+        let running = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc/PID/task")
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    // The state follows the parenthesised name, which may hold spaces.
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| !rest.starts_with('t') && !rest.starts_with('T'))
+                })
+            })
+            .count();
+        if running == 0 {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "pid {pid} did not stop");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// BPF programs and maps by id.
+struct Objects {
+    programs: BTreeSet<u32>,
+    maps: BTreeSet<u32>,
+}
+
+/// `enum bpf_cmd` of include/uapi/linux/bpf.h (both since Linux 4.13).
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+
+impl Objects {
+    /// Every program and map the kernel has loaded, walking the ids with the bpf syscall.
+    fn loaded() -> Self {
+        Self {
+            programs: all_ids(BPF_PROG_GET_NEXT_ID),
+            maps: all_ids(BPF_MAP_GET_NEXT_ID),
+        }
+    }
+
+    /// The programs and maps `pid` holds an fd for (`prog_id:` / `map_id:` in fdinfo; a
+    /// link's fdinfo names its program too).
+    fn held_by(pid: u32) -> Self {
+        let mut objects = Self {
+            programs: BTreeSet::new(),
+            maps: BTreeSet::new(),
+        };
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .expect("/proc/PID/fdinfo")
+            .filter_map(Result::ok)
+        {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            for line in info.lines() {
+                let Some((key, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let Ok(id) = value.trim().parse() else {
+                    continue;
+                };
+                match key {
+                    "prog_id" => objects.programs.insert(id),
+                    "map_id" => objects.maps.insert(id),
+                    _ => false,
+                };
+            }
+        }
+        objects
+    }
+}
+
+fn all_ids(command: libc::c_long) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    let mut start = 0u32;
+    loop {
+        // union bpf_attr for *_GET_NEXT_ID: start_id, next_id, open_flags.
+        let mut attr = [start, 0u32, 0u32];
+        // SAFETY: attr is a valid bpf_attr prefix of the size passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if ret != 0 {
+            let error = std::io::Error::last_os_error();
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::ENOENT),
+                "bpf(GET_NEXT_ID) failed: {error}"
+            );
+            return ids;
+        }
+        ids.insert(attr[1]);
+        start = attr[1];
+    }
+}
