@@ -4,8 +4,9 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_ns,
+    helpers::bpf_probe_read_kernel_buf,
     macros::map,
-    maps::{HashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::RawTracePointContext,
 };
 use tracer_common::{
@@ -54,6 +55,16 @@ static TCP_SEED_PORTS: HashMap<u32, u32> =
 #[map]
 static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
+/// Per-CPU room for the copy of a socket's `sock_common` ([`Common`]): 128 bytes that, on the
+/// stack beside the rest, would take a call chain past the 512 bytes that verifiers before
+/// 6.13 allow, and that the programs index at offsets known only at load (a map value may be
+/// read at a bounded variable offset on every kernel; the stack only since 5.12). One entry,
+/// overwritten by each run on the CPU. (Records are built in place in the ring buffer instead,
+/// so a run nested in another on the same CPU, a softirq interrupting a process-context run,
+/// can at worst hand the outer run the inner socket's addresses, never a torn record.)
+#[map]
+static TCP_SCRATCH: PerCpuArray<Common> = PerCpuArray::with_max_entries(1, 0);
+
 /// `sock:inet_sock_set_state` (`TP_PROTO(const struct sock *sk, const int oldstate, const int
 /// newstate)`).
 pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
@@ -62,20 +73,51 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     let new = ctx.arg::<i32>(2) as u8;
     let adopted = track(sk, || adopt(sk, old, new))?;
     let key = sk as u64;
-    let event = describe(sk, Kind::Transition, old, new, adopted)?;
-    let port = u32::from(event.sport);
-    // A child socket starts as a clone of its listener: LISTEN -> SYN_RECV is not the
-    // listener closing.
-    if new == TCP_LISTEN {
-        let _ = TCP_LISTENERS.insert(&port, &event.netns, 0);
-    } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        let _ = TCP_LISTENERS.remove(&port);
-    }
     if new == TCP_CLOSE {
         let _ = TCP_SOCKETS.remove(&key);
     }
-    emit(&event);
+    // A child socket starts as a clone of its listener: LISTEN -> SYN_RECV is not the
+    // listener closing.
+    let listens = new == TCP_LISTEN;
+    let unlistens = old == TCP_LISTEN && new == TCP_CLOSE;
+    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
+        lost::count(LOST_TCP);
+        if listens || unlistens {
+            let port = u32::from(read::<u16>(sk, layout!(skc_num))?);
+            update_listeners(port, listens, netns(sk)?);
+        }
+        return None;
+    };
+    if describe(sk, Kind::Transition, (old, new), adopted, &mut entry).is_none() {
+        entry.discard(0);
+        return None;
+    }
+    if listens || unlistens {
+        update_listeners(
+            u32::from(entry_ref(&entry).sport),
+            listens,
+            entry_ref(&entry).netns,
+        );
+    }
+    entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
     Some(())
+}
+
+/// A record being built in the ring buffer, read back.
+#[inline(always)]
+fn entry_ref(entry: &RingBufEntry<TcpEvent>) -> &TcpEvent {
+    // SAFETY: `describe` wrote every field.
+    unsafe { entry.assume_init_ref() }
+}
+
+/// Enters or removes a listening port of the target.
+#[inline(always)]
+fn update_listeners(port: u32, listens: bool, netns: u32) {
+    if listens {
+        let _ = TCP_LISTENERS.insert(&port, &netns, 0);
+    } else {
+        let _ = TCP_LISTENERS.remove(&port);
+    }
 }
 
 /// Run by the agent (`BPF_PROG_TEST_RUN`, never attached) with up to [`HELD_PROBE_BATCH`]
@@ -116,10 +158,23 @@ fn report_if_held(sk: *const u8) {
     let Some(state) = read::<u8>(sk, layout!(skc_state)) else {
         return;
     };
-    if let Some(event) = describe(sk, Kind::Accepted, state, state, Adopted::Known)
-        && event.held != 0
+    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
+        lost::count(LOST_TCP);
+        return;
+    };
+    if describe(
+        sk,
+        Kind::Accepted,
+        (state, state),
+        Adopted::Known,
+        &mut entry,
+    )
+    .is_some()
+        && entry_ref(&entry).held != 0
     {
-        emit(&event);
+        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
+    } else {
+        entry.discard(0);
     }
 }
 
@@ -164,16 +219,16 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
         return Some(Adopted::OnListenPort);
     }
     let seeds = TCP_SEED_PORTS.get_ptr_mut(&port)?;
-    let event = describe(sk, Kind::Transition, old, new, Adopted::FromProc)?;
-    let tuple = TupleKey {
+    let mut tuple = TupleKey {
         netns,
-        family: u16::from(event.family),
+        family: 0,
         sport,
         dport,
         pad: 0,
-        saddr: event.saddr,
-        daddr: event.daddr,
+        saddr: [0; 16],
+        daddr: [0; 16],
     };
+    addresses(sk, &mut tuple)?;
     TCP_SEED.get_ptr(&tuple)?;
     let _ = TCP_SEED.remove(&tuple);
     // SAFETY: as above. A racing update only makes a later lookup happen needlessly.
@@ -187,13 +242,21 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
 }
 
 /// The start of a `struct sock` (its `sock_common`: addresses, ports, family, state, network
-/// namespace), read in one go instead of field by field.
-struct Common([u8; SOCK_COMMON_BYTES]);
+/// namespace), read in one go instead of field by field, into [`TCP_SCRATCH`].
+#[repr(C)]
+pub struct Common([u8; SOCK_COMMON_BYTES]);
 
 impl Common {
+    /// Copies `sk`'s block into this CPU's scratch entry.
     #[inline(always)]
-    fn read(sk: *const u8) -> Option<Self> {
-        read(sk, 0).map(Self)
+    fn read(sk: *const u8) -> Option<&'static Self> {
+        let scratch = TCP_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: an entry of a per-CPU array, valid for the program's run; the helper checks
+        // the kernel address.
+        unsafe {
+            bpf_probe_read_kernel_buf(sk, &mut (*scratch).0).ok()?;
+            Some(&*scratch)
+        }
     }
 
     /// `N` bytes at a field offset (the agent checked that they lie within the block).
@@ -209,10 +272,16 @@ impl Common {
     }
 }
 
-/// A record of `sk` as it is now, with the given kind and states.
+/// Writes a record of `sk` as it is now, with the given kind and states, into `entry`.
 #[inline(always)]
-fn describe(sk: *const u8, kind: Kind, old: u8, new: u8, adopted: Adopted) -> Option<TcpEvent> {
-    let mut event = TcpEvent {
+fn describe(
+    sk: *const u8,
+    kind: Kind,
+    (old, new): (u8, u8),
+    adopted: Adopted,
+    entry: &mut RingBufEntry<TcpEvent>,
+) -> Option<()> {
+    entry.write(TcpEvent {
         ts_ns: 0,
         sk: sk as u64,
         reserved: 0,
@@ -228,14 +297,14 @@ fn describe(sk: *const u8, kind: Kind, old: u8, new: u8, adopted: Adopted) -> Op
         pad: [0; 6],
         saddr: [0; 16],
         daddr: [0; 16],
-    };
-    fill(sk, &mut event)?;
-    Some(event)
+    });
+    // SAFETY: written just above.
+    fill(sk, unsafe { entry.assume_init_mut() })
 }
 
 /// Fills in what the socket is now: addresses, ports, namespace, whether it has a file. A
-/// call of its own (two arguments: BPF calls take five at most): its 200 bytes of stack are
-/// needed once per program, not once per caller.
+/// call of its own (two arguments: BPF calls take five at most), so that its stack is needed
+/// once per program, not once per caller.
 #[inline(never)]
 fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     let common = Common::read(sk)?;
@@ -250,12 +319,32 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     event.held = u8::from(socket != 0 && !closed);
     event.sport = common.u16(layout!(skc_num))?;
     event.dport = u16::from_be(common.u16(layout!(skc_dport))?);
+    copy_addresses(common, family, &mut event.saddr, &mut event.daddr)
+}
+
+/// The family and addresses of `sk`, for a seed's key. A call of its own, like [`fill`].
+#[inline(never)]
+fn addresses(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
+    let common = Common::read(sk)?;
+    let family = common.u16(layout!(skc_family))?;
+    tuple.family = if family == AF_INET6 { 6 } else { 4 };
+    copy_addresses(common, family, &mut tuple.saddr, &mut tuple.daddr)
+}
+
+/// Local and remote address out of the block; IPv4 in the first 4 bytes.
+#[inline(always)]
+fn copy_addresses(
+    common: &Common,
+    family: u16,
+    saddr: &mut [u8; 16],
+    daddr: &mut [u8; 16],
+) -> Option<()> {
     if family == AF_INET6 {
-        event.saddr = common.bytes(layout!(skc_v6_rcv_saddr))?;
-        event.daddr = common.bytes(layout!(skc_v6_daddr))?;
+        *saddr = common.bytes(layout!(skc_v6_rcv_saddr))?;
+        *daddr = common.bytes(layout!(skc_v6_daddr))?;
     } else {
-        event.saddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_rcv_saddr))?);
-        event.daddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_daddr))?);
+        saddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_rcv_saddr))?);
+        daddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_daddr))?);
     }
     Some(())
 }
@@ -265,12 +354,4 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
 fn netns(sk: *const u8) -> Option<u32> {
     let net: *const u8 = read(sk, layout!(skc_net))?;
     read(net, layout!(net_ns_inum))
-}
-
-#[inline(always)]
-fn emit(event: &TcpEvent) {
-    match TCP_EVENTS.output::<TcpEvent>(event, wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES)) {
-        Ok(()) => {}
-        Err(_) => lost::count(LOST_TCP),
-    }
 }

@@ -210,13 +210,20 @@ impl TcpModel {
 
     /// Applies one kernel record; a transition also becomes a `tcp_state` event.
     pub fn record(&mut self, e: &TcpEvent, clocks: Clocks, out: &mut Vec<Event>) {
-        let tuple = Tuple {
+        let mut tuple = Tuple {
             family: e.family,
             saddr: e.saddr,
             sport: e.sport,
             daddr: e.daddr,
             dport: e.dport,
         };
+        // The kernel gives the local port back (`inet_put_port` zeroes `skc_num`) before it
+        // reports the move to CLOSE: the table still knows it.
+        if tuple.sport == 0
+            && let Some(known) = self.socks.get(&e.sk)
+        {
+            tuple.sport = known.tuple.sport;
+        }
         let at = e.ts_ns as f64 / 1e9;
         let held = e.held != 0;
         // A socket known from /proc is the same socket whichever way the kernel adopted it.
@@ -262,7 +269,7 @@ impl TcpModel {
             pid: self.pid,
             family: e.family,
             saddr: tuple.local(),
-            sport: e.sport,
+            sport: tuple.sport,
             daddr: tuple.remote(),
             dport: e.dport,
             old: state_name(e.old),
@@ -848,6 +855,26 @@ mod tests {
     }
 
     #[test]
+    fn a_close_record_carries_the_local_port_the_kernel_already_cleared() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let mut out = Vec::new();
+        accept_then_peer_close(&mut model, 1, 1, 0.0, 1.0, &mut out);
+        model.record(
+            &event(1, CLOSE_WAIT, 9, Adopted::Known, 2.0, 1),
+            Clocks::now(),
+            &mut out,
+        );
+        let mut close = event(1, 9, TCP_CLOSE, Adopted::Known, 2.1, 1);
+        close.sport = 0;
+        out.clear();
+        model.record(&close, Clocks::now(), &mut out);
+        let [Event::TcpState { sport, new, .. }] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!((*sport, *new), (9092, "CLOSE"));
+    }
+
+    #[test]
     fn sockets_from_proc_are_taken_over_by_their_first_record() {
         let mut model = TcpModel::new(7, TcpThresholds::default());
         let mut tuple = Tuple {
@@ -870,6 +897,7 @@ mod tests {
                     rx_queue: 0,
                 }],
                 listen_ports: vec![9092],
+                unowned: Vec::new(),
             },
             0.0,
         );

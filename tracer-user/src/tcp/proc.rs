@@ -15,6 +15,7 @@ use std::path::Path;
 use super::diag;
 
 /// Kernel TCP states used here (include/net/tcp_states.h).
+const TCP_SYN_RECV: u8 = 3;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_CLOSE: u8 = 7;
 const TCP_LISTEN: u8 = 10;
@@ -75,6 +76,10 @@ pub struct ProcSockets {
     pub sockets: Vec<ProcSocket>,
     /// Local ports P listens on (deduplicated, sorted).
     pub listen_ports: Vec<u16>,
+    /// Sockets of the namespace without a file that no listener of P serves, with their
+    /// state: among them the client sockets P closed that the kernel is still finishing (no
+    /// owner shows), which a resync must not drop.
+    pub unowned: Vec<(Tuple, u8)>,
 }
 
 /// Kernel TCP state number -> name as `ss` and the kernel spell them in upper case with
@@ -117,11 +122,12 @@ pub fn read(pid: u32) -> io::Result<ProcSockets> {
 
     let rows = diag::tcp_sockets(pid)?;
 
-    let (sockets, listen_ports) = select(&rows, &inodes);
+    let (sockets, listen_ports, unowned) = select(&rows, &inodes);
     Ok(ProcSockets {
         netns,
         sockets,
         listen_ports,
+        unowned,
     })
 }
 
@@ -155,8 +161,15 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 
 /// Picks P's sockets out of the sockets of its namespace: the held ones and those
 /// waiting in the accept queue of a held listener. Returns them with the sorted,
-/// deduplicated listening ports.
-fn select(rows: &[diag::Row], inodes: &HashSet<u64>) -> (Vec<ProcSocket>, Vec<u16>) {
+/// deduplicated listening ports, and the fileless sockets no listener of P serves.
+///
+/// Half-open connections (request sockets, SYN_RECV without a file) are left out: they become
+/// sockets of their own, which the kernel reports on the listening port, when the handshake
+/// completes, and vanish without a report when it never does.
+fn select(
+    rows: &[diag::Row],
+    inodes: &HashSet<u64>,
+) -> (Vec<ProcSocket>, Vec<u16>, Vec<(Tuple, u8)>) {
     let listeners: Vec<&Tuple> = rows
         .iter()
         .filter(|&&(_, state, inode, _)| {
@@ -168,36 +181,36 @@ fn select(rows: &[diag::Row], inodes: &HashSet<u64>) -> (Vec<ProcSocket>, Vec<u1
     listen_ports.sort_unstable();
     listen_ports.dedup();
 
-    let sockets = rows
-        .iter()
-        .filter_map(|&(tuple, state, inode, rx_queue)| {
-            if state == TCP_TIME_WAIT {
-                return None;
+    let mut unowned = Vec::new();
+    let mut sockets = Vec::new();
+    for &(tuple, state, inode, rx_queue) in rows {
+        if state == TCP_TIME_WAIT {
+            continue;
+        }
+        let held = if inode != 0 {
+            if !inodes.contains(&inode) {
+                continue;
             }
-            let held = if inode != 0 {
-                if !inodes.contains(&inode) {
-                    return None;
-                }
-                true
-            } else {
-                if state == TCP_LISTEN
-                    || state == TCP_CLOSE
-                    || !listeners.iter().any(|l| serves(l, &tuple))
-                {
-                    return None;
-                }
-                false
-            };
-            Some(ProcSocket {
-                tuple,
-                state,
-                inode,
-                held,
-                rx_queue,
-            })
-        })
-        .collect();
-    (sockets, listen_ports)
+            true
+        } else {
+            if state == TCP_LISTEN || state == TCP_CLOSE || state == TCP_SYN_RECV {
+                continue;
+            }
+            if !listeners.iter().any(|l| serves(l, &tuple)) {
+                unowned.push((tuple, state));
+                continue;
+            }
+            false
+        };
+        sockets.push(ProcSocket {
+            tuple,
+            state,
+            inode,
+            held,
+            rx_queue,
+        });
+    }
+    (sockets, listen_ports, unowned)
 }
 
 /// Whether a connection with local address `conn` may sit in the accept queue of
@@ -351,11 +364,16 @@ mod tests {
             row(6, (link.octets(), 9092), (lo6, 0xE1F1), 1, 0, 0),
             // A request socket, as sock_diag reports it.
             row(6, (lo6, 9092), (lo6, 0xE1F2), 3, 0, 0),
+            // A client socket closed by its process, finishing in FIN_WAIT2: no file, no
+            // listener.
+            row(4, (lo, 40_000), (v4([10, 0, 0, 9]), 9092), 5, 0, 0),
         ];
         // Held: the v4 listener on 127.0.0.1:8080, its accepted socket and the v6 listener.
         let inodes: HashSet<u64> = [123_456, 123_457, 777, 778].into_iter().collect();
-        let (sockets, ports) = select(&rows, &inodes);
+        let (sockets, ports, unowned) = select(&rows, &inodes);
         assert_eq!(ports, [8080, 9092]);
+        let unowned: Vec<u16> = unowned.iter().map(|(t, _)| t.sport).collect();
+        assert_eq!(unowned, [40_000], "a fileless socket no listener serves");
         let summary: Vec<(u16, u16, u8, u64, bool)> = sockets
             .iter()
             .map(|s| (s.tuple.sport, s.tuple.dport, s.state, s.inode, s.held))
@@ -371,7 +389,7 @@ mod tests {
                 (9092, 0, TCP_LISTEN, 777, true),
                 (9092, 0xE1F0, 1, 778, true),
                 (9092, 0xE1F1, 1, 0, false),
-                (9092, 0xE1F2, 3, 0, false),
+                // The request socket (0xE1F2) is half-open: not queued yet.
             ]
         );
         assert_eq!(sockets[1].rx_queue, 42);
