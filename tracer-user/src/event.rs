@@ -74,6 +74,21 @@ pub enum Event {
         /// Ring-buffer records dropped since attach (the count itself stays exact).
         events_lost: u64,
     },
+    /// A one-time jump of the VMA count (flat before and after, the change within two
+    /// seconds): reported as what it is rather than as a trend; the growth after it is the
+    /// growth since.
+    VmaStep {
+        /// When the count reached its new level.
+        ts: u64,
+        pid: u32,
+        /// The levels before and after (medians of the flat seconds around the jump).
+        from: u32,
+        to: u32,
+        /// `to - from`.
+        change: i64,
+        /// Seconds the jump took (1 when it fell between two samples).
+        seconds: f64,
+    },
     /// What the mappings are, from /proc/PID/maps; on attach and when the count moved.
     VmaBreakdown {
         ts: u64,

@@ -356,7 +356,7 @@ impl Metrics {
                 self.observe_resources(labels, event);
             }
             Event::TargetExit { .. } => self.forget(labels),
-            Event::VmaBreakdown { .. } | Event::TcpState { .. } => {}
+            Event::VmaBreakdown { .. } | Event::VmaStep { .. } | Event::TcpState { .. } => {}
         }
     }
 

@@ -7,7 +7,7 @@
 pub mod rate;
 
 use crate::alert::{Change, Check, Latch, Severity};
-use rate::{RateWindow, Trend};
+use rate::{RateWindow, Step, Trend};
 
 /// When an exhaustion alert fires, per severity.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,8 +42,11 @@ pub struct Reading {
     /// `count / limit`; 0 without a limit.
     pub usage: f64,
     pub trend: Option<Trend>,
-    /// Seconds until the trend reaches the limit; `None` when it does not grow (or no limit).
+    /// Seconds until the trend reaches the limit; `None` when it does not grow, its growth
+    /// does not persist, or there is no limit.
     pub eta_secs: Option<f64>,
+    /// The one-time jump this sample completed; the trend restarted at it.
+    pub step: Option<Step>,
 }
 
 /// A count against its limit, for the live view.
@@ -100,9 +103,12 @@ impl Exhaustion {
         count: f64,
         limit: Option<f64>,
     ) -> (Reading, [(Severity, Option<Change>); 2]) {
-        self.window.push(t_secs, count);
+        let step = self.window.push(t_secs, count);
         self.trend = self.window.trend();
-        let reading = self.reading(count, limit);
+        let reading = Reading {
+            step,
+            ..self.reading(count, limit)
+        };
         let t = self.thresholds;
         let check = |latch: &mut Latch, eta_limit: f64, usage_limit: f64| {
             latch.update(Check {
@@ -134,6 +140,7 @@ impl Exhaustion {
                 usage: 0.0,
                 trend: self.trend,
                 eta_secs: None,
+                step: None,
             };
         };
         // The fitted level smooths churn, but never report more headroom than the count has.
@@ -148,6 +155,7 @@ impl Exhaustion {
             usage: count / limit,
             trend: self.trend,
             eta_secs,
+            step: None,
         }
     }
 
@@ -214,6 +222,23 @@ mod tests {
             );
         }
         assert_eq!(resolved, vec![Severity::Warning, Severity::Critical]);
+        assert_eq!(model.severity(), None);
+    }
+
+    #[test]
+    fn a_burst_that_stays_flat_raises_nothing() {
+        // Issue 12: 40,000 mappings, +3,000 in one second, flat for ten minutes after.
+        let mut model = Exhaustion::new(Thresholds::default(), 600.0);
+        let limit = Some(65_530.0);
+        let mut steps = Vec::new();
+        for s in 0..720 {
+            let count = if s < 60 { 40_000.0 } else { 43_000.0 };
+            let (reading, changes) = model.tick(f64::from(s), count, limit);
+            assert!(changes.iter().all(|c| c.1.is_none()), "at {s}: {reading:?}");
+            assert_eq!(reading.eta_secs, None, "at {s}");
+            steps.extend(reading.step);
+        }
+        assert_eq!(steps.len(), 1);
         assert_eq!(model.severity(), None);
     }
 

@@ -57,6 +57,18 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 )?;
             }
             Event::TargetExit { ts, pid } => writeln!(out, "{} {pid} exited", clock(*ts))?,
+            Event::VmaStep {
+                ts,
+                pid,
+                to,
+                change,
+                seconds,
+                ..
+            } => writeln!(
+                out,
+                "{} {pid} step {change:+} mappings in {seconds:.0} s, to {to} (a jump, not a trend)",
+                clock(*ts)
+            )?,
             Event::Vma { .. }
             | Event::VmaBreakdown { .. }
             | Event::TcpState { .. }

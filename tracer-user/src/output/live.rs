@@ -183,6 +183,14 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
         "      growth {growth}   time to limit {eta}   peak {} this second",
         thousands(vma.peak.into())
     ));
+    if let Some((change, secs, at)) = vma.last_step {
+        screen.line(&format!(
+            "      step {}{} mappings in {secs:.0} s at {} (growth shown is since)",
+            if change < 0 { "-" } else { "+" },
+            thousands(change.unsigned_abs()),
+            clock(at)
+        ));
+    }
     if frame.lost.vma_records > 0 {
         screen.line(&format!(
             "      {YELLOW}{} change records lost{RESET} (the count stays exact; attribution is partial)",

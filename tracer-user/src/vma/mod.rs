@@ -42,6 +42,8 @@ pub struct VmaStatus {
     /// Net change of the count per thread name over the last one to two minutes, largest
     /// growth first.
     pub growth_by_thread: Vec<(String, i64)>,
+    /// The latest one-time jump: change, seconds it took, `ts` it ended.
+    pub last_step: Option<(i64, f64, u64)>,
 }
 
 /// The VMA model of one target.
@@ -58,6 +60,7 @@ pub struct VmaModel {
     growth_minute: u64,
     /// Names of the threads seen, from /proc/PID/task/TID/comm (threads rarely rename).
     names: HashMap<u32, String>,
+    last_step: Option<(i64, f64, u64)>,
 }
 
 impl VmaModel {
@@ -73,6 +76,7 @@ impl VmaModel {
             growth: [HashMap::new(), HashMap::new()],
             growth_minute: 0,
             names: HashMap::new(),
+            last_step: None,
         }
     }
 
@@ -132,6 +136,19 @@ impl VmaModel {
             events_lost,
         });
         self.peak = self.count;
+        if let Some(step) = reading.step {
+            let at = ts.saturating_sub(((t_secs - step.at).max(0.0) * 1000.0) as u64);
+            let change = (step.to - step.from).round() as i64;
+            self.last_step = Some((change, step.secs, at));
+            out.push(Event::VmaStep {
+                ts: at,
+                pid: self.pid,
+                from: step.from.round() as u32,
+                to: step.to.round() as u32,
+                change,
+                seconds: step.secs,
+            });
+        }
 
         for (severity, change) in changes {
             match change {
@@ -207,6 +224,7 @@ impl VmaModel {
             eta_secs: self.eta_secs(),
             alert: self.exhaustion.severity(),
             growth_by_thread,
+            last_step: self.last_step,
         }
     }
 
@@ -380,6 +398,41 @@ mod tests {
             vec![("alert", Severity::Warning), ("alert", Severity::Critical)]
         );
         assert_eq!(model.status().alert, Some(Severity::Critical));
+    }
+
+    #[test]
+    fn a_burst_is_a_step_event_not_an_alert() {
+        let mut model = VmaModel::new(7, 40_000, 65_530, Thresholds::default(), 600.0);
+        let mut events = Vec::new();
+        for t in 0..300u32 {
+            let count = if t < 60 { 40_000 } else { 43_000 };
+            model.register(&register(count), count);
+            model.tick(
+                f64::from(t),
+                1_000_000 + u64::from(t) * 1000,
+                0,
+                &mut events,
+            );
+        }
+        assert_eq!(alerts(&events), vec![]);
+        let steps: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, Event::VmaStep { .. }))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![&Event::VmaStep {
+                ts: 1_060_000,
+                pid: 7,
+                from: 40_000,
+                to: 43_000,
+                change: 3000,
+                seconds: 1.0,
+            }]
+        );
+        let status = model.status();
+        assert_eq!(status.last_step, Some((3000, 1.0, 1_060_000)));
+        assert_eq!(status.trend.map(|t| t.per_sec), Some(0.0));
     }
 
     #[test]
