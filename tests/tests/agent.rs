@@ -323,38 +323,70 @@ fn a_slow_client_does_not_slow_the_agent() {
     drop(stalled);
 }
 
-#[test]
-fn alerts_reach_the_webhook_through_retries() {
-    let hook = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let hook_port = hook.local_addr().expect("addr").port();
-    // The first delivery fails with 500, the next one succeeds.
-    let received = thread::spawn(move || {
-        let mut bodies = Vec::new();
-        for status in ["500 Internal Server Error", "200 OK"] {
-            let (stream, _) = hook.accept().expect("accept");
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).expect("header");
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().expect("length");
+/// A webhook receiver on loopback: answers each request (one per connection) with the next of
+/// `statuses` (the last one repeated), and hands over every body it was sent.
+struct Hook {
+    port: u16,
+    bodies: std::sync::mpsc::Receiver<String>,
+}
+
+impl Hook {
+    fn start(statuses: &[&'static str]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let statuses = statuses.to_vec();
+        let (tx, bodies) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for n in 0.. {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let status = statuses[n.min(statuses.len() - 1)];
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().expect("length");
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
                 }
-                if line == "\r\n" {
-                    break;
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                if tx.send(String::from_utf8(body).expect("utf-8")).is_err() {
+                    return;
                 }
             }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).expect("body");
-            write!(
-                reader.get_mut(),
-                "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n"
-            )
-            .expect("answer");
-            bodies.push(String::from_utf8(body).expect("utf-8"));
-        }
-        bodies
-    });
+        });
+        Self { port, bodies }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn next(&self, timeout: Duration) -> String {
+        self.bodies
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no webhook request within {timeout:?}: {e}"))
+    }
+}
+
+#[test]
+fn alerts_reach_the_webhook_through_retries() {
+    // The first delivery fails with 500, the next one succeeds.
+    let hook = Hook::start(&["500 Internal Server Error", "200 OK"]);
     let target = Process::spawn(Command::new("sleep").arg("60"));
     // A what-if limit just above the count: vma_exhaustion at once.
     let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
@@ -364,12 +396,13 @@ fn alerts_reach_the_webhook_through_retries() {
         "--max-map-count",
         &limit,
         "--webhook",
-        &format!("http://127.0.0.1:{hook_port}/hook"),
+        &hook.url(),
     ]);
     agent.expect("alert", Duration::from_secs(5));
-    let bodies = received.join().expect("webhook server");
-    assert_eq!(bodies[0], bodies[1], "the same alert, retried");
-    let alert: serde_json::Value = serde_json::from_str(&bodies[1]).expect("JSON");
+    let first = hook.next(Duration::from_secs(5));
+    let second = hook.next(Duration::from_secs(5));
+    assert_eq!(first, second, "the same alert, retried");
+    let alert: serde_json::Value = serde_json::from_str(&second).expect("JSON");
     assert_eq!(alert["type"], "alert");
     assert_eq!(alert["kind"], "vma_exhaustion");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -381,6 +414,81 @@ fn alerts_reach_the_webhook_through_retries() {
     {
         assert!(Instant::now() < deadline, "delivery not counted");
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn secrets_on_the_command_line_never_leave() {
+    const SECRET: &str = "hunter2";
+    let marker = format!("secret-broker-{}", std::process::id());
+    // A failing first delivery makes the agent log the webhook's URL, which has a password.
+    let hook = Hook::start(&["500 Internal Server Error", "200 OK"]);
+    let webhook = format!(
+        "http://oncall:{SECRET}@127.0.0.1:{}/hook/{SECRET}",
+        hook.port
+    );
+    let port = free_port();
+    let mut command = Command::new(tracer_bin());
+    command
+        .args(["-vv", "agent", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--match", &marker, "--webhook", &webhook])
+        .args(["--max-map-count", "2"])
+        .stderr(Stdio::piped());
+    let mut agent = Process::spawn(&mut command);
+    let mut stderr = agent.child.stderr.take().expect("piped stderr");
+    let logs = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    wait_for_listener(port, "the agent");
+    let events = Process::spawn(
+        Command::new("curl").args(["-sN", &format!("http://127.0.0.1:{port}/events")]),
+    );
+    thread::sleep(Duration::from_millis(300));
+    // As a broker started with KAFKA_OPTS and a JAAS --override looks in /proc/PID/cmdline.
+    let jaas = format!(
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"admin\" password=\"{SECRET}\";"
+    );
+    let target = Process::spawn(Command::new("sh").args([
+        "-c",
+        "sleep 60; : $0",
+        &marker,
+        &format!("-Djavax.net.ssl.keyStorePassword={SECRET}"),
+        "kafka.Kafka",
+        "--override",
+        &jaas,
+    ]));
+    let (_, attached) = agent.expect_line("{\"type\":\"target_attached\"", Duration::from_secs(10));
+    let (_, streamed) =
+        events.expect_line("{\"type\":\"target_attached\"", Duration::from_secs(10));
+    let attached: serde_json::Value = serde_json::from_str(&attached).expect("JSON");
+    assert_eq!(attached["pid"], target.pid, "{attached}");
+    let cmdline = attached["cmdline"].as_str().expect("cmdline");
+    assert!(
+        cmdline.contains("-Djavax.net.ssl.keyStorePassword=********")
+            && cmdline.contains("username=\"admin\" password=********"),
+        "{cmdline}"
+    );
+    let alert = hook.next(Duration::from_secs(10));
+    let retried = hook.next(Duration::from_secs(10));
+    let mut seen = vec![streamed, alert, retried, http_get(port, "/metrics")];
+    // Everything on stdout so far.
+    while let Some((_, line)) = agent.try_line() {
+        seen.push(line);
+    }
+    seen.push(attached.to_string());
+    // SAFETY: a signal to a child we spawned.
+    unsafe { libc::kill(i32::try_from(agent.pid).expect("pid"), libc::SIGTERM) };
+    assert!(agent.wait(Duration::from_secs(5)).success());
+    let logs = logs.join().expect("stderr");
+    assert!(
+        logs.contains("webhook http://oncall:********@127.0.0.1"),
+        "{logs}"
+    );
+    seen.push(logs);
+    for text in &seen {
+        assert!(!text.contains(SECRET), "a secret left: {text}");
     }
 }
 

@@ -5,7 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    exhaustion::Thresholds, session::Options, tcp::TcpThresholds, threads::ThreadThresholds,
+    exhaustion::Thresholds, scrub::Scrubber, session::Options, tcp::TcpThresholds,
+    threads::ThreadThresholds,
 };
 
 #[derive(Debug, Parser)]
@@ -185,6 +186,11 @@ pub struct WatchArgs {
         value_delimiter = ','
     )]
     pub stall_threads: Vec<String>,
+    /// More words that make a command-line name secret, comma-separated (case-insensitive; added
+    /// to password, secret, token, credential, key): `-DNAME=value`, `NAME=value` and the
+    /// argument after `--NAME` are masked before any output.
+    #[arg(long, value_delimiter = ',', value_name = "WORD")]
+    pub scrub_words: Vec<String>,
 }
 
 impl WatchArgs {
@@ -249,6 +255,7 @@ impl WatchArgs {
                 stall_after_secs: self.stall_after.as_secs_f64(),
                 stall_groups: self.stall_threads.clone(),
             },
+            scrub: Scrubber::new(&self.scrub_words),
         })
     }
 }

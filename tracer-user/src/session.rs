@@ -24,6 +24,7 @@ use crate::{
     memory::{MemoryModel, MemoryStatus},
     preflight::{self, Machine},
     probes::{self, Lost, ProbeError, Probes, Record},
+    scrub::Scrubber,
     target::Target,
     tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
     threads::{ThreadModel, ThreadStatus, ThreadThresholds, Traffic},
@@ -58,6 +59,8 @@ pub struct Options {
     /// Capacity of the kernel's table of the target's sockets.
     pub max_sockets: u32,
     pub threads: ThreadThresholds,
+    /// Masks secrets in the target's command line before it is shown anywhere.
+    pub scrub: Scrubber,
 }
 
 /// How a session ended.
@@ -123,7 +126,12 @@ pub struct Session {
 impl Session {
     /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
     /// nothing that happens in between is missed.
-    pub fn attach(target: Target, machine: &Machine, options: &Options) -> anyhow::Result<Self> {
+    pub fn attach(
+        mut target: Target,
+        machine: &Machine,
+        options: &Options,
+    ) -> anyhow::Result<Self> {
+        target.cmdline = options.scrub.command_line(&target.cmdline);
         let mut probes = Probes::attach(target.pid, &machine.pidns, &machine.layout, options.max_sockets).map_err(|e| match e {
             ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
                 "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"

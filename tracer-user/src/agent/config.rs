@@ -37,6 +37,7 @@ pub struct Settings {
 /// ```toml
 /// listen = "127.0.0.1:9745"
 /// webhook = "https://oncall.example.com/hooks/tracer"
+/// scrub_words = ["jaas"]
 ///
 /// [thresholds]
 /// warn_eta = "6h"
@@ -52,6 +53,9 @@ struct File {
     listen: Option<SocketAddr>,
     allow_remote: Option<bool>,
     webhook: Option<String>,
+    /// Words added to the secret names masked in command lines (`--scrub-words`).
+    #[serde(default)]
+    scrub_words: Vec<String>,
     #[serde(default)]
     thresholds: Thresholds,
     #[serde(default, rename = "target")]
@@ -160,6 +164,8 @@ impl Settings {
         if !given("max_map_count") && t.max_map_count.is_some() {
             watch.max_map_count = t.max_map_count;
         }
+        // Words from both: a secret named in either stays masked.
+        watch.scrub_words.extend(file.scrub_words.iter().cloned());
         watch.options()?;
 
         let mut targets: Vec<Spec> = args.pids.iter().map(|&pid| Spec::Pid { pid }).collect();
@@ -292,6 +298,20 @@ mod tests {
         };
         assert_eq!(name, "kafka");
         assert!(regex.is_match("java -cp libs/* kafka.Kafka config/server.properties"));
+        let s = settings(
+            Some("scrub_words = [\"jaas\"]\n"),
+            &["--pid", "1", "--scrub-words", "pin"],
+        )
+        .unwrap();
+        assert_eq!(
+            s.watch
+                .options()
+                .unwrap()
+                .scrub
+                .command_line("-Da.jaas=x -Dpin=y -Dp=z"),
+            "-Da.jaas=******** -Dpin=******** -Dp=z",
+            "the file's words and the flag's"
+        );
         let s = settings(Some(file), &["--pid", "42"]).unwrap();
         assert!(
             matches!(s.targets[..], [Spec::Pid { pid: 42 }]),

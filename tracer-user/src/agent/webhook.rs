@@ -15,6 +15,7 @@ use hyper_util::{
 use tokio::sync::mpsc;
 
 use super::metrics::{Dropped, Metrics};
+use crate::scrub::url_for_logs;
 
 /// Alerts waiting for delivery at most; more are dropped and counted.
 pub const QUEUE: usize = 256;
@@ -27,11 +28,13 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Byte
 
 /// Checks the URL and starts the delivery task; returns the queue to post alerts into.
 pub fn start(url: &str, metrics: Rc<Metrics>) -> anyhow::Result<mpsc::Sender<Bytes>> {
+    // The URL may hold a secret (a password, a token in its path): logs show its host only.
+    let shown = url_for_logs(url);
     let uri: Uri = url
         .parse()
-        .map_err(|e| anyhow!("--webhook {url}: {e} - give an http:// or https:// URL"))?;
+        .map_err(|e| anyhow!("--webhook {shown}: {e} - give an http:// or https:// URL"))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        bail!("--webhook {url}: give an http:// or https:// URL");
+        bail!("--webhook {shown}: give an http:// or https:// URL");
     }
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
@@ -40,7 +43,7 @@ pub fn start(url: &str, metrics: Rc<Metrics>) -> anyhow::Result<mpsc::Sender<Byt
         .build();
     let client: HttpsClient = Client::builder(TokioExecutor::new()).build(connector);
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::task::spawn_local(deliver(rx, client, uri, metrics));
+    tokio::task::spawn_local(deliver(rx, client, uri, shown, metrics));
     Ok(tx)
 }
 
@@ -48,6 +51,7 @@ async fn deliver(
     mut queue: mpsc::Receiver<Bytes>,
     client: HttpsClient,
     uri: Uri,
+    shown: String,
     metrics: Rc<Metrics>,
 ) {
     while let Some(body) = queue.recv().await {
@@ -61,7 +65,7 @@ async fn deliver(
                     delivered = true;
                     break;
                 }
-                Err(e) => log::warn!("webhook {uri}, try {} of {ATTEMPTS}: {e:#}", attempt + 1),
+                Err(e) => log::warn!("webhook {shown}, try {} of {ATTEMPTS}: {e:#}", attempt + 1),
             }
         }
         if delivered {
