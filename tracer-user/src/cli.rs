@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    exhaustion::Thresholds, scrub::Scrubber, session::Options, tcp::TcpThresholds,
+    exhaustion::Thresholds, procmode::Mode, scrub::Scrubber, session::Options, tcp::TcpThresholds,
     threads::ThreadThresholds,
 };
 
@@ -122,6 +122,11 @@ pub struct WorkloadArgs {
 /// How a target is watched and when alerts fire.
 #[derive(Clone, Debug, Args)]
 pub struct WatchArgs {
+    /// How the target is watched: eBPF probes (exact), samples of /proc (no capability needed
+    /// for a process of your own user; not exact), or eBPF with a fall back to /proc when the
+    /// probes cannot load.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
     /// Predict against this limit instead of vm.max_map_count ("what if the limit were N").
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_map_count: Option<u32>,
@@ -230,6 +235,7 @@ impl WatchArgs {
             );
         }
         Ok(Options {
+            mode: self.mode,
             max_map_count: self.max_map_count,
             thresholds: Thresholds {
                 warn_eta_secs: self.warn_eta.as_secs_f64(),

@@ -53,8 +53,15 @@ impl Clocks {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// The probes are attached to `pid` and its state is seeded from /proc.
-    TargetAttached { ts: u64, pid: u32, cmdline: String },
+    /// The probes are attached to `pid` (or, `mode` "proc", its /proc is sampled) and its
+    /// state is seeded from /proc.
+    TargetAttached {
+        ts: u64,
+        pid: u32,
+        cmdline: String,
+        /// "ebpf" or "proc".
+        mode: &'static str,
+    },
     /// The VMA count, at least once per second.
     Vma {
         ts: u64,

@@ -14,6 +14,7 @@ mod memory;
 mod output;
 mod preflight;
 mod probes;
+mod procmode;
 mod scrub;
 mod session;
 mod target;

@@ -10,12 +10,15 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
-    io::{Interest, unix::AsyncFd},
+    io::{
+        Interest,
+        unix::{AsyncFd, AsyncFdReadyMutGuard},
+    },
     task::JoinHandle,
     time::MissedTickBehavior,
 };
 
-use tracer_common::{task::ThreadSched, tcp::TupleKey};
+use tracer_common::{task::ThreadSched, tcp::TupleKey, vma::VmaRegister};
 
 use crate::{
     event::{Clocks, Event, MappingGroup, monotonic, now_ms},
@@ -24,6 +27,7 @@ use crate::{
     memory::{MemoryModel, MemoryStatus},
     preflight::{self, Machine},
     probes::{self, Lost, ProbeError, Probes, Record},
+    procmode::{self, Mode, Sampler},
     scrub::Scrubber,
     target::Target,
     tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
@@ -61,6 +65,8 @@ pub struct Options {
     pub threads: ThreadThresholds,
     /// Masks secrets in the target's command line before it is shown anywhere.
     pub scrub: Scrubber,
+    /// `--mode`.
+    pub mode: Mode,
 }
 
 /// How a session ended.
@@ -81,6 +87,8 @@ pub struct Frame<'a> {
     pub fds: Option<exhaustion::Status>,
     pub memory: Option<&'a MemoryStatus>,
     pub lost: Lost,
+    /// In proc mode, how often the counts are sampled.
+    pub sampled: Option<Duration>,
 }
 
 /// The latest classified /proc/PID/maps.
@@ -100,10 +108,13 @@ pub trait Sink {
 
 pub struct Session {
     target: Target,
-    probes: Probes,
-    vma_events: AsyncFd<RingBuf<MapData>>,
-    tcp_events: AsyncFd<RingBuf<MapData>>,
-    task_events: AsyncFd<RingBuf<MapData>>,
+    /// The kernel side and its ring buffers in eBPF mode; `None` in proc mode.
+    probes: Option<Probes>,
+    vma_events: Option<AsyncFd<RingBuf<MapData>>>,
+    tcp_events: Option<AsyncFd<RingBuf<MapData>>>,
+    task_events: Option<AsyncFd<RingBuf<MapData>>>,
+    /// What feeds the models in proc mode, and how often it samples.
+    sampler: Option<(Sampler, Duration)>,
     vma: VmaModel,
     tcp: TcpModel,
     threads: ThreadModel,
@@ -125,33 +136,35 @@ pub struct Session {
 
 impl Session {
     /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
-    /// nothing that happens in between is missed.
+    /// nothing that happens in between is missed. Without a `machine` (proc mode), or when
+    /// the probes cannot load and `--mode` is `auto`, the models are fed from /proc samples.
     pub fn attach(
         mut target: Target,
-        machine: &Machine,
+        machine: Option<&Machine>,
         options: &Options,
     ) -> anyhow::Result<Self> {
         target.cmdline = options.scrub.command_line(&target.cmdline);
-        let mut probes = Probes::attach(target.pid, &machine.pidns, &machine.layout, options.max_sockets).map_err(|e| match e {
-            ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
-                "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
-            ),
-            ProbeError::Permission(e) => anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)"),
-            ProbeError::Rejected(e) => anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF"),
-            ProbeError::Other(e) => anyhow!(e),
-        })?;
-        let rings = probes
-            .take_rings()
-            .context("the ring buffers were already taken")?;
-        let poll = |ring, what: &str| {
-            // SAFETY: each ring buffer owns its map fd, which stays open until it is dropped
-            // with its AsyncFd.
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(|e| anyhow!("polling the {what} ring buffer: {e}"))
+        let mut probes = load_probes(&target, machine, options)?;
+        let (vma_events, tcp_events, task_events) = match &mut probes {
+            None => (None, None, None),
+            Some(probes) => {
+                let rings = probes
+                    .take_rings()
+                    .context("the ring buffers were already taken")?;
+                let poll = |ring, what: &str| {
+                    // SAFETY: each ring buffer owns its map fd, which stays open until it is
+                    // dropped with its AsyncFd.
+                    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                        .map(Some)
+                        .map_err(|e| anyhow!("polling the {what} ring buffer: {e}"))
+                };
+                (
+                    poll(rings.vma, "VMA")?,
+                    poll(rings.tcp, "TCP")?,
+                    poll(rings.task, "thread")?,
+                )
+            }
         };
-        let vma_events = poll(rings.vma, "VMA")?;
-        let tcp_events = poll(rings.tcp, "TCP")?;
-        let task_events = poll(rings.task, "thread")?;
 
         let unreadable = |what: &str, e: std::io::Error| {
             anyhow!(
@@ -181,10 +194,20 @@ impl Session {
         );
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
-        tcp.seed(
-            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("fd", e))?,
-            monotonic(),
-        );
+        let sockets = match &mut probes {
+            Some(probes) => seed_sockets(probes, target.pid),
+            None => tcp::proc::read(target.pid),
+        }
+        .map_err(|e| unreadable("fd", e))?;
+        tcp.seed(&sockets, monotonic());
+        let sampler = if probes.is_some() {
+            None
+        } else {
+            Some((
+                Sampler::start(target.pid, &sockets).context("starting the /proc sampler")?,
+                procmode::SAMPLE_INTERVAL,
+            ))
+        };
 
         let mut threads = ThreadModel::new(target.pid, options.threads.clone(), monotonic());
         threads.seed().map_err(|e| unreadable("task", e))?;
@@ -196,6 +219,12 @@ impl Session {
             ts: now_ms(),
             pid: target.pid,
             cmdline: target.cmdline.clone(),
+            mode: if probes.is_some() {
+                Mode::Ebpf
+            } else {
+                Mode::Proc
+            }
+            .as_str(),
         }];
         events.push(breakdown_event(target.pid, &breakdown));
         Ok(Self {
@@ -204,6 +233,7 @@ impl Session {
             vma_events,
             tcp_events,
             task_events,
+            sampler,
             vma,
             tcp,
             threads,
@@ -237,17 +267,17 @@ impl Session {
             tokio::select! {
                 () = &mut stop => break End::Stopped,
                 () = self.target.exited() => break End::TargetExited,
-                guard = self.vma_events.readable_mut() => {
+                guard = readable(&mut self.vma_events) => {
                     let mut guard = guard.context("polling the VMA ring buffer")?;
                     apply_records(guard.get_inner_mut(), |r| self.vma.record(r));
                     guard.clear_ready();
                 }
-                guard = self.tcp_events.readable_mut() => {
+                guard = readable(&mut self.tcp_events) => {
                     let mut guard = guard.context("polling the TCP ring buffer")?;
                     drain_tcp(guard.get_inner_mut(), &mut self.tcp, &mut self.events);
                     guard.clear_ready();
                 }
-                guard = self.task_events.readable_mut() => {
+                guard = readable(&mut self.task_events) => {
                     let mut guard = guard.context("polling the thread ring buffer")?;
                     apply_records(guard.get_inner_mut(), |r| self.threads.record(&r));
                     guard.clear_ready();
@@ -283,7 +313,7 @@ impl Session {
 
         // Whatever the target did last is in the ring buffers and the register: report it.
         self.drain();
-        if let Ok((register, high)) = self.probes.vma_register() {
+        if let Some(Ok((register, high))) = self.probes.as_mut().map(Probes::vma_register) {
             self.vma.register(&register, high);
         }
         if end == End::TargetExited {
@@ -299,12 +329,20 @@ impl Session {
     /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
     /// been accepted since.
     fn drain(&mut self) {
-        apply_records(self.vma_events.get_mut(), |r| self.vma.record(r));
-        drain_tcp(self.tcp_events.get_mut(), &mut self.tcp, &mut self.events);
-        apply_records(self.task_events.get_mut(), |r| self.threads.record(&r));
+        let (Some(probes), Some(vma), Some(tcp), Some(task)) = (
+            &mut self.probes,
+            &mut self.vma_events,
+            &mut self.tcp_events,
+            &mut self.task_events,
+        ) else {
+            return;
+        };
+        apply_records(vma.get_mut(), |r| self.vma.record(r));
+        drain_tcp(tcp.get_mut(), &mut self.tcp, &mut self.events);
+        apply_records(task.get_mut(), |r| self.threads.record(&r));
         let due = self.tcp.due_for_probe(monotonic());
         if !due.is_empty()
-            && let Err(e) = self.probes.probe_held(&due)
+            && let Err(e) = probes.probe_held(&due)
         {
             log::warn!("asking the kernel about accepted sockets: {e}");
         }
@@ -312,12 +350,14 @@ impl Session {
 
     fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
         self.drain();
-        let (register, high) = self
-            .probes
-            .vma_register()
-            .context("reading the VMA register")?;
-        self.vma.register(&register, high);
-        let lost = self.probes.lost().unwrap_or_default();
+        let lost = if let Some(probes) = &mut self.probes {
+            let (register, high) = probes.vma_register().context("reading the VMA register")?;
+            self.vma.register(&register, high);
+            probes.lost().unwrap_or_default()
+        } else {
+            self.apply_samples();
+            Lost::default()
+        };
         let (now, ts) = (monotonic(), now_ms());
         self.vma.tick(now, ts, lost.vma_records, &mut self.events);
         self.tcp.tick(now, ts, &lost, &mut self.events);
@@ -325,7 +365,9 @@ impl Session {
         self.fds.tick(now, ts, &mut self.events);
         let arenas = self.breakdown.as_ref().map_or(0, |b| b.breakdown.arenas);
         self.memory.tick(now, ts, arenas, &mut self.events);
-        self.probes.flush_log();
+        if let Some(probes) = &mut self.probes {
+            probes.flush_log();
+        }
         self.maybe_refresh_breakdown();
         sink.frame(&Frame {
             target: &self.target,
@@ -337,6 +379,7 @@ impl Session {
             fds: self.fds.status(),
             memory: self.memory.status(),
             lost,
+            sampled: self.sampler.as_ref().map(|&(_, every)| every),
         })?;
         Ok(())
     }
@@ -350,7 +393,9 @@ impl Session {
                 log::debug!("re-reading /proc/{}/task: {e}", self.target.pid);
             }
         }
-        self.probes.thread_accounts(&mut self.accounts);
+        if let Some(probes) = &self.probes {
+            probes.thread_accounts(&mut self.accounts);
+        }
         let census = self.tcp.census();
         let traffic = Traffic {
             new_per_second: census.new_per_second,
@@ -364,8 +409,37 @@ impl Session {
             (lost.task_records, lost.threads_untracked),
             &mut self.events,
         );
-        for tid in self.threads.stale(&self.accounts) {
-            self.probes.forget_thread(tid);
+        if let Some(probes) = &mut self.probes {
+            for tid in self.threads.stale(&self.accounts) {
+                probes.forget_thread(tid);
+            }
+        }
+    }
+
+    /// Proc mode: feeds the models the samples taken since the last report, as the probes'
+    /// records and readings would be.
+    fn apply_samples(&mut self) {
+        let Some((sampler, every)) = &mut self.sampler else {
+            return;
+        };
+        let clocks = Clocks::now();
+        while let Some(sample) = sampler.try_next() {
+            if let Some(count) = sample.map_count {
+                let register = VmaRegister {
+                    count,
+                    valid: 1,
+                    ..VmaRegister::default()
+                };
+                self.vma.register(&register, count);
+            }
+            *every = sample.maps_period.max(procmode::SAMPLE_INTERVAL);
+            for record in &sample.tcp {
+                self.tcp.record(record, clocks, &mut self.events);
+            }
+            for record in &sample.tasks {
+                self.threads.record(record);
+            }
+            self.accounts = sample.accounts;
         }
     }
 
@@ -396,6 +470,44 @@ impl Session {
     }
 }
 
+/// Loads the probes for `target` when there is a `machine` to load them on; `None` for proc
+/// mode, also when they cannot load and `--mode` is `auto` (announced).
+fn load_probes(
+    target: &Target,
+    machine: Option<&Machine>,
+    options: &Options,
+) -> anyhow::Result<Option<Probes>> {
+    let Some(machine) = machine else {
+        return Ok(None);
+    };
+    match Probes::attach(
+        target.pid,
+        &machine.pidns,
+        &machine.layout,
+        options.max_sockets,
+    ) {
+        Ok(probes) => Ok(Some(probes)),
+        Err(e @ (ProbeError::Permission(_) | ProbeError::Rejected(_)))
+            if options.mode == Mode::Auto =>
+        {
+            procmode::fall_back(&e);
+            Ok(None)
+        }
+        Err(e) => Err(match e {
+            ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
+                "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
+            ),
+            ProbeError::Permission(e) => {
+                anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)")
+            }
+            ProbeError::Rejected(e) => {
+                anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF")
+            }
+            ProbeError::Other(e) => anyhow!(e),
+        }),
+    }
+}
+
 /// Hands the kernel the target's sockets that existed before attach (it adopts them at their
 /// first transition) and returns them for the model. They are listed twice, so that a socket
 /// whose state changed while the kernel was being told is seeded with its later state.
@@ -421,6 +533,16 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
         log::warn!("{unseeded} existing sockets did not fit in the kernel's table (--max-sockets)");
     }
     tcp::proc::read(pid)
+}
+
+/// A ring buffer's next readiness; never, in proc mode.
+async fn readable(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(ring) => ring.readable_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Applies every pending record of one ring buffer, in order.

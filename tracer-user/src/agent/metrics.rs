@@ -16,6 +16,7 @@ use prometheus_client::{
 use crate::{
     alert::Severity,
     event::{AlertKind, Event, PROCESS_STATES},
+    procmode::Mode,
     tcp::proc::state_name,
 };
 
@@ -30,6 +31,13 @@ struct StateLabels {
     target: String,
     pid: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    target: String,
+    pid: String,
+    mode: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +132,7 @@ pub struct Metrics {
     /// The thread groups exported per target, to remove the series of groups that are gone.
     groups: Mutex<HashMap<TargetLabels, Vec<String>>>,
     targets: Gauge,
+    mode: Family<ModeLabels, Gauge>,
     attaches: Counter,
     dropped: Family<ReasonLabels, Counter>,
     webhook_sent: Counter,
@@ -160,6 +169,7 @@ impl Metrics {
             group_stalled: Family::default(),
             groups: Mutex::default(),
             targets: Gauge::default(),
+            mode: Family::default(),
             attaches: Counter::default(),
             dropped: Family::default(),
             webhook_sent: Counter::default(),
@@ -244,6 +254,11 @@ impl Metrics {
             self.targets.clone(),
         );
         r.register(
+            "tracer_mode",
+            "1 for how the target is watched: mode ebpf (exact, from the probes) or proc (sampled from /proc, not exact)",
+            self.mode.clone(),
+        );
+        r.register(
             "tracer_target_attaches",
             "Attaches to a target process since the agent started",
             self.attaches.clone(),
@@ -281,7 +296,8 @@ impl Metrics {
     /// Updates the series of `labels`' target from one event.
     pub fn observe(&self, labels: &TargetLabels, event: &Event) {
         match event {
-            Event::TargetAttached { .. } => {
+            Event::TargetAttached { mode, .. } => {
+                self.mode.get_or_create(&mode_labels(labels, mode)).set(1);
                 self.targets.inc();
                 self.attaches.inc();
             }
@@ -363,6 +379,9 @@ impl Metrics {
     /// Removes every series of a target no longer watched.
     pub fn forget(&self, labels: &TargetLabels) {
         self.targets.dec();
+        for mode in [Mode::Ebpf, Mode::Proc] {
+            self.mode.remove(&mode_labels(labels, mode.as_str()));
+        }
         for family in [
             &self.vma_count,
             &self.vma_limit,
@@ -624,6 +643,14 @@ fn state_labels(labels: &TargetLabels, state: &str) -> StateLabels {
     }
 }
 
+fn mode_labels(labels: &TargetLabels, mode: &str) -> ModeLabels {
+    ModeLabels {
+        target: labels.target.clone(),
+        pid: labels.pid.clone(),
+        mode: mode.to_owned(),
+    }
+}
+
 fn alert_labels(labels: &TargetLabels, kind: AlertKind, severity: Severity) -> AlertLabels {
     AlertLabels {
         target: labels.target.clone(),
@@ -655,6 +682,7 @@ mod tests {
                 ts: 0,
                 pid: 42,
                 cmdline: "java kafka.Kafka".into(),
+                mode: "proc",
             },
         );
         metrics.observe(
@@ -714,6 +742,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tracer_targets 1"), "{text}");
+        assert!(
+            text.contains(r#"tracer_mode{target="kafka",pid="42",mode="proc"} 1"#),
+            "{text}"
+        );
         metrics.observe(&kafka, &Event::TargetExit { ts: 1, pid: 42 });
         let text = metrics.encode();
         assert!(

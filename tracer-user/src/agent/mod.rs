@@ -22,7 +22,8 @@ use crate::{
     attach::stop_signal,
     cli::AgentArgs,
     event::Event,
-    preflight::{self, Machine},
+    preflight::Machine,
+    procmode,
     session::{End, Frame, Options, Session, Sink},
     target::{Target, stat_fields},
 };
@@ -109,7 +110,7 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let options = settings.watch.options()?;
     // Fail on a busy port or a bad address before anything is attached.
     let listener = http::bind(settings.listen, settings.allow_remote).await?;
-    let machine = preflight::check()?;
+    let machine = procmode::machine(options.mode)?;
     LocalSet::new()
         .run_until(supervise(settings, options, machine, listener))
         .await
@@ -118,7 +119,7 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
 async fn supervise(
     settings: Settings,
     options: Options,
-    machine: Machine,
+    machine: Option<Machine>,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let metrics = Rc::new(Metrics::new());
@@ -160,7 +161,14 @@ async fn supervise(
     tokio::pin!(stop);
     loop {
         for found in finder.scan() {
-            match start_session(&found, &machine, &options, &hub, &stop_rx, &ended_tx) {
+            match start_session(
+                &found,
+                machine.as_ref(),
+                &options,
+                &hub,
+                &stop_rx,
+                &ended_tx,
+            ) {
                 Ok(handle) => sessions.push((found.pid, handle)),
                 Err(e) => {
                     log::warn!("attaching to {} (pid {}): {e:#}", found.name, found.pid);
@@ -200,7 +208,7 @@ async fn supervise(
 /// Attaches to one process and runs its session on its own task.
 fn start_session(
     found: &Found,
-    machine: &Machine,
+    machine: Option<&Machine>,
     options: &Options,
     hub: &Rc<Hub>,
     stop: &watch::Receiver<bool>,

@@ -99,10 +99,14 @@ impl LiveView {
         };
         screen.text.clear();
         screen.line(&format!(
-            "{BOLD}tracer{RESET}  pid {} {BOLD}{}{RESET}  attached {}  {DIM}{}{RESET}",
+            "{BOLD}tracer{RESET}  pid {} {BOLD}{}{RESET}  attached {}  {}{DIM}{}{RESET}",
             frame.target.pid,
             frame.target.comm,
             duration(frame.attached.elapsed().as_secs_f64()),
+            frame.sampled.map_or_else(String::new, |every| format!(
+                "{YELLOW}sampled from /proc every {} s, not exact{RESET}  ",
+                every.as_secs_f64().ceil()
+            )),
             frame.target.cmdline
         ));
         screen.line("");

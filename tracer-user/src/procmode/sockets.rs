@@ -1,0 +1,279 @@
+//! The target's sockets from samples: each sample is read as at attach (`tcp::proc::read`:
+//! sock_diag of the target's network namespace matched to the socket inodes of /proc/PID/fd),
+//! and what differs from the previous sample becomes the records the TCP model takes from the
+//! kernel, so the same model counts, ages and alerts.
+//!
+//! What a sample cannot tell: the transitions in between (a socket seen ESTABLISHED then gone
+//! went through FIN_WAIT or CLOSE_WAIT unseen), a socket that lived less than the interval,
+//! who closed it, and when within the interval a state began (ages count from the sample that
+//! first saw it, so they are short by up to one interval).
+
+use std::collections::HashMap;
+
+use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
+
+use crate::tcp::proc::{ProcSockets, Tuple};
+
+const SYN_RECV: u8 = 3;
+const LISTEN: u8 = 10;
+
+/// A socket as the previous sample saw it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// The identity the model knows it by (the kernel's records use the `struct sock *`).
+    id: u64,
+    state: u8,
+    held: bool,
+}
+
+/// Turns successive samples of the target's sockets into TCP records.
+pub struct SocketDiff {
+    seen: HashMap<Tuple, Seen>,
+    next_id: u64,
+}
+
+impl SocketDiff {
+    /// Starts from the sockets the model was seeded with at attach.
+    pub fn new(seed: &ProcSockets) -> Self {
+        let mut diff = Self {
+            seen: HashMap::new(),
+            next_id: 1,
+        };
+        for s in &seed.sockets {
+            let id = diff.id();
+            diff.seen.insert(
+                s.tuple,
+                Seen {
+                    id,
+                    state: s.state,
+                    held: s.held,
+                },
+            );
+        }
+        diff
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The records that take the model from the previous sample to `found`, stamped `ts_ns`
+    /// (CLOSE_WAIT's clock): a changed state is a transition, a socket that got an fd is
+    /// accepted, a vanished one is closed, and a new one on a listening port is a new
+    /// connection (passing through SYN_RECV, which is what the surge alert counts).
+    pub fn update(&mut self, found: &ProcSockets, ts_ns: u64, out: &mut Vec<TcpEvent>) {
+        let record = |sk: u64,
+                      tuple: &Tuple,
+                      kind: Kind,
+                      (old, new): (u8, u8),
+                      held: bool,
+                      adopted: Adopted| {
+            TcpEvent {
+                ts_ns,
+                sk,
+                netns: found.netns,
+                reserved: 0,
+                kind: kind as u8,
+                old,
+                new,
+                family: tuple.family,
+                held: u8::from(held),
+                adopted: adopted as u8,
+                sport: tuple.sport,
+                dport: tuple.dport,
+                pad: [0; 6],
+                saddr: tuple.saddr,
+                daddr: tuple.daddr,
+            }
+        };
+        let mut gone = std::mem::take(&mut self.seen);
+        for s in &found.sockets {
+            let (t, state, held) = (&s.tuple, s.state, s.held);
+            let rec = |sk, kind, states, adopted| record(sk, t, kind, states, held, adopted);
+            let seen = if let Some(before) = gone.remove(t) {
+                let id = before.id;
+                if before.state != state {
+                    out.push(rec(
+                        id,
+                        Kind::Transition,
+                        (before.state, state),
+                        Adopted::Known,
+                    ));
+                } else if before.held != held {
+                    out.push(rec(id, Kind::Accepted, (state, state), Adopted::Known));
+                }
+                Seen { id, state, held }
+            } else {
+                let id = self.id();
+                if state != LISTEN && found.listen_ports.contains(&t.sport) {
+                    let arrived = (LISTEN, SYN_RECV);
+                    out.push(rec(id, Kind::Transition, arrived, Adopted::OnListenPort));
+                    if state != SYN_RECV {
+                        out.push(rec(id, Kind::Transition, (SYN_RECV, state), Adopted::Known));
+                    }
+                } else {
+                    out.push(rec(
+                        id,
+                        Kind::Transition,
+                        (TCP_CLOSE, state),
+                        Adopted::ByOwner,
+                    ));
+                }
+                Seen { id, state, held }
+            };
+            self.seen.insert(*t, seen);
+        }
+        for (t, before) in gone {
+            let states = (before.state, TCP_CLOSE);
+            out.push(record(
+                before.id,
+                &t,
+                Kind::Transition,
+                states,
+                before.held,
+                Adopted::Known,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{Clocks, Event},
+        probes::Lost,
+        tcp::{TcpModel, TcpThresholds, proc::ProcSocket},
+    };
+
+    const ESTABLISHED: u8 = 1;
+    const CLOSE_WAIT: u8 = 8;
+
+    fn sock(sport: u16, dport: u16, state: u8, held: bool) -> ProcSocket {
+        ProcSocket {
+            tuple: Tuple {
+                family: 4,
+                saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                sport,
+                daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                dport,
+            },
+            state,
+            inode: u64::from(held),
+            held,
+            rx_queue: 0,
+        }
+    }
+
+    fn sample(sockets: Vec<ProcSocket>) -> ProcSockets {
+        ProcSockets {
+            netns: 7,
+            sockets,
+            listen_ports: vec![9092],
+            unowned: Vec::new(),
+        }
+    }
+
+    /// Feeds `samples` one second apart to a model seeded with the first, as a session does.
+    fn run(samples: &[ProcSockets]) -> (TcpModel, Vec<Event>) {
+        let mut model = TcpModel::new(1, TcpThresholds::default());
+        model.seed(&samples[0], 0.0);
+        let mut diff = SocketDiff::new(&samples[0]);
+        let mut events = Vec::new();
+        for (i, s) in samples.iter().enumerate() {
+            let now = i as f64;
+            let mut records = Vec::new();
+            diff.update(s, (now * 1e9) as u64, &mut records);
+            for r in &records {
+                model.record(r, Clocks::now(), &mut events);
+            }
+            model.tick(now, 0, &Lost::default(), &mut events);
+        }
+        (model, events)
+    }
+
+    #[test]
+    fn samples_drive_the_model_to_a_close_wait_leak_and_back() {
+        let listener = sock(9092, 0, LISTEN, true);
+        let conn = |port, state| sock(9092, port, state, true);
+        let mut samples = vec![sample(vec![listener])];
+        samples.push(sample(vec![
+            listener,
+            conn(40_001, ESTABLISHED),
+            conn(40_002, ESTABLISHED),
+        ]));
+        for _ in 0..7 {
+            samples.push(sample(vec![
+                listener,
+                conn(40_001, CLOSE_WAIT),
+                conn(40_002, CLOSE_WAIT),
+            ]));
+        }
+        let (model, events) = run(&samples);
+        let census = model.census();
+        assert_eq!(census.held.get(CLOSE_WAIT), 2);
+        assert_eq!(census.held.get(LISTEN), 1);
+        assert_eq!(
+            census.close_wait_leaked, 2,
+            "older than 5 s by the last sample"
+        );
+        let alerts: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, Event::Alert { .. }))
+            .collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+
+        // The server closes them: the alert resolves and only the listener is left.
+        samples.push(sample(vec![listener]));
+        samples.push(sample(vec![listener]));
+        let (model, events) = run(&samples);
+        assert_eq!(model.census().held.total(), 1);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::AlertResolved { .. }))
+        );
+    }
+
+    #[test]
+    fn new_connections_count_and_closed_ones_become_orphans() {
+        let listener = sock(9092, 0, LISTEN, true);
+        let (model, _) = run(&[
+            sample(vec![listener]),
+            sample(vec![
+                listener,
+                sock(9092, 40_001, ESTABLISHED, false),
+                sock(9092, 40_002, ESTABLISHED, true),
+            ]),
+        ]);
+        let census = model.census();
+        assert_eq!(census.accept_queue.get(ESTABLISHED), 1);
+        assert_eq!(census.held.get(ESTABLISHED), 1);
+        // Two new connections in the second of two reports.
+        assert!((census.new_per_second - 1.0).abs() < 1e-9, "{census:?}");
+
+        // Held, then without its fd (closed by the target, still finishing): orphaned.
+        let (model, _) = run(&[
+            sample(vec![listener, sock(9092, 40_002, ESTABLISHED, true)]),
+            sample(vec![listener, sock(9092, 40_002, 9, false)]),
+        ]);
+        assert_eq!(model.census().orphaned.get(9), 1);
+        assert_eq!(model.census().accept_queue.total(), 0);
+    }
+
+    #[test]
+    fn unchanged_samples_make_no_records() {
+        let s = sample(vec![
+            sock(9092, 0, LISTEN, true),
+            sock(50_000, 9092, ESTABLISHED, true),
+        ]);
+        let mut diff = SocketDiff::new(&s);
+        let mut records = Vec::new();
+        diff.update(&s, 1, &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        diff.update(&sample(vec![]), 2, &mut records);
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.new == TCP_CLOSE));
+    }
+}
