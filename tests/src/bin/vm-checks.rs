@@ -328,10 +328,18 @@ fn sockets(workloads: &Path) -> String {
         reported = tracer.states_after(Instant::now());
     }
     signal(server.pid, libc::SIGCONT);
+    let first = tracer
+        .seen("sockets")
+        .first()
+        .map(|e| format!("{:?}", e.states()))
+        .unwrap_or_default();
     assert_eq!(
-        reported, kernel,
-        "tracer's states (left) differ from /proc/{}/net/tcp{{,6}} for its sockets (right)",
-        server.pid
+        reported,
+        kernel,
+        "tracer's states (left) differ from /proc/{}/net/tcp{{,6}} for its sockets (right); \
+         its first report after attach, before any client: {first}; {} tcp_state events",
+        server.pid,
+        tracer.seen("tcp_state").len()
     );
     format!(
         "sockets {reported:?} equal /proc/PID/net/tcp{{,6}} of its fds after clients closed while it was stopped"
