@@ -237,10 +237,18 @@ fn metrics_pass_promtool_and_match_the_kernel() {
     }
     assert!(metrics["tracer_agent_resident_memory_bytes"] > 0.0);
     assert!(metrics.contains_key("tracer_agent_cpu_seconds_total"));
+    // Counters of the target as a whole (no pid), so that a restart does not reset them.
     assert_eq!(
-        metrics[&format!("tracer_events_lost{{{labels},ring=\"vma\"}}")],
+        metrics["tracer_events_lost_total{target=\"acceptor\",ring=\"vma\"}"],
         0.0
     );
+    assert_eq!(
+        metrics["tracer_tcp_untracked_sockets_total{target=\"acceptor\"}"],
+        0.0
+    );
+    for name in ["tracer_events_lost", "tracer_tcp_untracked_sockets"] {
+        assert!(text.contains(&format!("# TYPE {name} counter")), "{text}");
+    }
     drop(clients);
     assert_eq!(agent.get("/healthz"), "ok\n");
 }
