@@ -413,12 +413,17 @@ fn alerts_reach_the_webhook_through_retries() {
     let alert: serde_json::Value = serde_json::from_str(&second).expect("JSON");
     assert_eq!(alert["type"], "alert");
     assert_eq!(alert["kind"], "vma_exhaustion");
+    assert_eq!(alert["severity"], "warning");
+    // Then the critical one, in order, at the first try.
+    let critical: serde_json::Value =
+        serde_json::from_str(&hook.next(Duration::from_secs(5))).expect("JSON");
+    assert_eq!(critical["severity"], "critical", "{critical}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while agent
         .metrics()
         .get("tracer_webhook_deliveries_total")
         .copied()
-        != Some(1.0)
+        != Some(2.0)
     {
         assert!(Instant::now() < deadline, "delivery not counted");
         thread::sleep(Duration::from_millis(100));

@@ -181,10 +181,11 @@ impl Session {
         );
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
-        tcp.seed(
-            &seed_sockets(&mut probes, target.pid).map_err(|e| unreadable("fd", e))?,
-            monotonic(),
-        );
+        let sockets = seed_sockets(&mut probes, target.pid).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => unreadable("fd", e),
+            _ => anyhow!("reading the sockets of pid {}: {e}", target.pid),
+        })?;
+        tcp.seed(&sockets, monotonic());
 
         let mut threads = ThreadModel::new(target.pid, options.threads.clone(), monotonic());
         threads.seed().map_err(|e| unreadable("task", e))?;
