@@ -91,6 +91,26 @@ struct ReasonLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// Why a client of GET /events was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `--events-clients` were connected already: answered 503.
+    Limit,
+    /// It took nothing for `--events-idle` while lines waited: disconnected.
+    Idle,
+}
+
+impl Refused {
+    const ALL: [Self; 2] = [Self::Limit, Self::Idle];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::Idle => "idle",
+        }
+    }
+}
+
 /// Why an event was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
@@ -158,6 +178,8 @@ pub struct Metrics {
     targets: Gauge,
     attaches: Counter,
     dropped: Family<ReasonLabels, Counter>,
+    clients: Gauge,
+    clients_refused: Family<ReasonLabels, Counter>,
     webhook_sent: Counter,
     cpu: Counter<f64, AtomicU64>,
     agent_rss: Gauge,
@@ -196,6 +218,8 @@ impl Metrics {
             targets: Gauge::default(),
             attaches: Counter::default(),
             dropped: Family::default(),
+            clients: Gauge::default(),
+            clients_refused: Family::default(),
             webhook_sent: Counter::default(),
             cpu: Counter::default(),
             agent_rss: Gauge::default(),
@@ -205,6 +229,14 @@ impl Metrics {
         // Every reason is exported from the start, at 0, so rates work before the first drop.
         for reason in Dropped::ALL {
             metrics.dropped(reason, 0);
+        }
+        for reason in Refused::ALL {
+            metrics
+                .clients_refused
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc_by(0);
         }
         metrics
     }
@@ -283,16 +315,6 @@ impl Metrics {
             self.attaches.clone(),
         );
         r.register(
-            "tracer_events_dropped",
-            "Events not delivered, by reason",
-            self.dropped.clone(),
-        );
-        r.register(
-            "tracer_webhook_deliveries",
-            "Alerts delivered to the webhook",
-            self.webhook_sent.clone(),
-        );
-        r.register(
             "tracer_agent_cpu_seconds",
             "CPU time the agent itself used",
             self.cpu.clone(),
@@ -303,6 +325,32 @@ impl Metrics {
             self.agent_rss.clone(),
         );
         self.register_resources();
+        self.register_delivery();
+    }
+
+    /// Names and describes the metrics of the delivery of events: clients, drops, webhook.
+    fn register_delivery(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "tracer_events_dropped",
+            "Events not delivered, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "tracer_events_clients",
+            "Clients of GET /events connected now",
+            self.clients.clone(),
+        );
+        r.register(
+            "tracer_events_clients_refused",
+            "Clients of GET /events turned away: refused at --events-clients (limit) or cut off after --events-idle (idle)",
+            self.clients_refused.clone(),
+        );
+        r.register(
+            "tracer_webhook_deliveries",
+            "Alerts delivered to the webhook",
+            self.webhook_sent.clone(),
+        );
     }
 
     /// The Prometheus text exposition of every series.
@@ -649,6 +697,20 @@ impl Metrics {
                 reason: reason.as_str().to_owned(),
             })
             .inc_by(count);
+    }
+
+    /// Counts a client of GET /events turned away.
+    pub fn refused(&self, reason: Refused) {
+        self.clients_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Clients of GET /events connected now.
+    pub fn clients(&self, count: usize) {
+        self.clients.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn webhook_delivered(&self) {
