@@ -237,10 +237,18 @@ fn metrics_pass_promtool_and_match_the_kernel() {
     }
     assert!(metrics["tracer_agent_resident_memory_bytes"] > 0.0);
     assert!(metrics.contains_key("tracer_agent_cpu_seconds_total"));
+    // Counters of the target as a whole (no pid), so that a restart does not reset them.
     assert_eq!(
-        metrics[&format!("tracer_events_lost{{{labels},ring=\"vma\"}}")],
+        metrics["tracer_events_lost_total{target=\"acceptor\",ring=\"vma\"}"],
         0.0
     );
+    assert_eq!(
+        metrics["tracer_tcp_untracked_sockets_total{target=\"acceptor\"}"],
+        0.0
+    );
+    for name in ["tracer_events_lost", "tracer_tcp_untracked_sockets"] {
+        assert!(text.contains(&format!("# TYPE {name} counter")), "{text}");
+    }
     drop(clients);
     assert_eq!(agent.get("/healthz"), "ok\n");
 }
@@ -273,7 +281,7 @@ fn events_stream_through_curl() {
 fn a_slow_client_does_not_slow_the_agent() {
     let dir = TempDir::new("agent-slow");
     let (server, port) = start_redis(&dir);
-    let agent = Agent::start(&["--pid", &server.pid.to_string()]);
+    let agent = Agent::start(&["--pid", &server.pid.to_string(), "--events-idle", "3s"]);
     // A client that asks for the stream and never reads it.
     let mut stalled = TcpStream::connect(("127.0.0.1", agent.port)).expect("connect");
     write!(stalled, "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
@@ -320,7 +328,56 @@ fn a_slow_client_does_not_slow_the_agent() {
         thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(agent.get("/healthz"), "ok\n");
-    drop(stalled);
+    // It took nothing for --events-idle while lines waited: cut off, its place freed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = agent.metrics();
+        if metrics.get("tracer_events_clients_refused_total{reason=\"idle\"}") == Some(&1.0) {
+            assert_eq!(metrics["tracer_events_clients"], 0.0, "{metrics:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle client was not cut: {metrics:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    match stalled.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+#[test]
+fn events_clients_are_capped() {
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let agent = Agent::start(&["--pid", &target.pid.to_string(), "--events-clients", "2"]);
+    let url = format!("http://127.0.0.1:{}/events", agent.port);
+    let clients: Vec<Process> = (0..2)
+        .map(|_| Process::spawn(Command::new("curl").args(["-sN", &url])))
+        .collect();
+    for client in &clients {
+        client.expect_line("{\"type\":\"vma\"", Duration::from_secs(5));
+    }
+    let refused = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "503");
+    let metrics = agent.metrics();
+    assert_eq!(metrics["tracer_events_clients"], 2.0, "{metrics:?}");
+    assert_eq!(
+        metrics["tracer_events_clients_refused_total{reason=\"limit\"}"], 1.0,
+        "{metrics:?}"
+    );
+    // A client that leaves frees its place.
+    drop(clients);
+    let again = Process::spawn(Command::new("curl").args(["-sN", &url]));
+    again.expect_line("{\"type\":\"vma\"", Duration::from_secs(5));
 }
 
 /// A webhook receiver on loopback: answers each request (one per connection) with the next of
@@ -405,16 +462,183 @@ fn alerts_reach_the_webhook_through_retries() {
     let alert: serde_json::Value = serde_json::from_str(&second).expect("JSON");
     assert_eq!(alert["type"], "alert");
     assert_eq!(alert["kind"], "vma_exhaustion");
+    assert_eq!(alert["severity"], "warning");
+    // Then the critical one, in order, at the first try.
+    let critical: serde_json::Value =
+        serde_json::from_str(&hook.next(Duration::from_secs(5))).expect("JSON");
+    assert_eq!(critical["severity"], "critical", "{critical}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while agent
         .metrics()
         .get("tracer_webhook_deliveries_total")
         .copied()
-        != Some(1.0)
+        != Some(2.0)
     {
         assert!(Instant::now() < deadline, "delivery not counted");
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn refused_alerts_are_not_retried() {
+    // 400: the webhook refuses the request; another try would be refused again.
+    let hook = Hook::start(&["400 Bad Request", "200 OK"]);
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
+    let agent = Agent::start(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--max-map-count",
+        &limit,
+        "--webhook",
+        &hook.url(),
+    ]);
+    let warning: serde_json::Value =
+        serde_json::from_str(&hook.next(Duration::from_secs(5))).expect("JSON");
+    let next: serde_json::Value =
+        serde_json::from_str(&hook.next(Duration::from_secs(5))).expect("JSON");
+    assert_eq!(warning["severity"], "warning", "{warning}");
+    assert_eq!(
+        next["severity"], "critical",
+        "the next alert, not a retry: {next}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = agent.metrics();
+        let failed = metrics["tracer_events_dropped_total{reason=\"webhook_failed\"}"];
+        let delivered = metrics["tracer_webhook_deliveries_total"];
+        if (failed, delivered) == (1.0, 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed {failed}, delivered {delivered}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An HTTPS webhook receiver whose certificate a private CA signed; returns it, its port and
+/// the CA's PEM file.
+fn https_hook(dir: &TempDir) -> (Process, u16, PathBuf) {
+    let path = |name: &str| dir.path().join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=tracer test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "hook.key",
+                "-out",
+                "hook.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(path("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "hook.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "hook.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    let server = "import http.server, ssl, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        self.send_response(200)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+        print('BODY', body.decode(), flush=True)
+    def log_message(self, *args):
+        pass
+httpd = http.server.HTTPServer(('127.0.0.1', 0), Hook)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(sys.argv[1], sys.argv[2])
+httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+print('READY', httpd.server_address[1], flush=True)
+httpd.serve_forever()
+";
+    let hook = Process::spawn(
+        Command::new("python3")
+            .args(["-c", server])
+            .arg(path("hook.pem"))
+            .arg(path("hook.key")),
+    );
+    let (_, ready) = hook.expect_line("READY", Duration::from_secs(10));
+    let port = ready["READY ".len()..].trim().parse().expect("port");
+    (hook, port, path("ca.pem"))
+}
+
+#[test]
+fn a_webhook_behind_a_private_ca() {
+    let dir = TempDir::new("agent-ca");
+    let (hook, hook_port, ca) = https_hook(&dir);
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
+    let agent = Agent::start(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--max-map-count",
+        &limit,
+        "--webhook",
+        &format!("https://127.0.0.1:{hook_port}/hook"),
+        "--webhook-ca",
+        ca.to_str().expect("utf-8"),
+    ]);
+    let (_, body) = hook.expect_line("BODY ", Duration::from_secs(10));
+    let alert: serde_json::Value = serde_json::from_str(&body["BODY ".len()..]).expect("JSON");
+    assert_eq!(alert["kind"], "vma_exhaustion", "{alert}");
+    drop(agent);
 }
 
 #[test]

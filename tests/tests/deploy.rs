@@ -1,16 +1,20 @@
 //! The files shipped for operators in deploy/: the Prometheus rules pass promtool's own checks
-//! and unit tests, and every metric the rules and the Grafana dashboard use is one a running
-//! agent exposes.
+//! and unit tests, every metric the rules and the Grafana dashboard use is one a running
+//! agent exposes, the agent attaches under the systemd unit's restrictions, and the documented
+//! capabilities are enough for a broker in another network namespace.
 
 use std::{
     collections::BTreeSet,
+    net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use tracer_tests::{
-    MemoryCgroup, Process, TempDir, compile_c, free_port, http_get, tracer_bin, wait_for_listener,
+    MemoryCgroup, Netns, Process, TempDir, compile_c, free_port, http_get, ss_states, tracer_bin,
+    wait_for_listener,
 };
 
 fn deploy(path: &str) -> PathBuf {
@@ -138,4 +142,239 @@ fn rules_and_dashboard_use_only_metrics_the_agent_exposes() {
         exposed.contains("tracer_vma_exhaustion_eta_seconds{"),
         "no ETA series: {exposed}"
     );
+}
+
+/// The values of `Key=` in the shipped systemd unit, split at whitespace.
+fn unit_setting(key: &str) -> Vec<String> {
+    let unit = std::fs::read_to_string(deploy("systemd/tracer-agent.service")).expect("unit");
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the unit"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The unit's capabilities as setpriv takes them: `+bpf,+perfmon,...`.
+fn unit_capabilities() -> String {
+    unit_setting("AmbientCapabilities")
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `tracer ARGS` as systemd runs the unit's service, as far as the tracer can tell:
+/// user nobody (as `DynamicUser=`) with only the unit's capabilities, `NoNewPrivileges=`, and
+/// `RestrictAddressFamilies=` as systemd implements it, a seccomp filter that fails
+/// `socket()` of any other family with EAFNOSUPPORT.
+fn run_as_unit(families: &[String], args: &[&str]) -> Output {
+    let family = |name: &str| match name {
+        "AF_UNIX" => libc::AF_UNIX,
+        "AF_INET" => libc::AF_INET,
+        "AF_INET6" => libc::AF_INET6,
+        "AF_NETLINK" => libc::AF_NETLINK,
+        other => panic!("add {other} to the test"),
+    };
+    let allowed: Vec<u32> = families
+        .iter()
+        .map(|f| u32::try_from(family(f)).expect("family"))
+        .collect();
+    let n = u8::try_from(allowed.len()).expect("few families");
+    // struct seccomp_data: nr at 0, arch at 4, instruction_pointer at 8, args[6] at 16.
+    let ld = |offset: u32| libc::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: offset,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: 0x15,
+        jt,
+        jf,
+        k,
+    };
+    let ret = |k: u32| libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut filter = vec![
+        ld(0),
+        jeq(u32::try_from(libc::SYS_socket).expect("nr"), 0, n + 2),
+        ld(16),
+    ];
+    for (i, &f) in allowed.iter().enumerate() {
+        filter.push(jeq(f, n - u8::try_from(i).expect("few"), 0));
+    }
+    filter.push(ret(
+        libc::SECCOMP_RET_ERRNO | u32::try_from(libc::EAFNOSUPPORT).expect("errno")
+    ));
+    filter.push(ret(libc::SECCOMP_RET_ALLOW));
+    let caps = unit_capabilities();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer_bin())
+        .args(args)
+        .stdin(Stdio::null());
+    // SAFETY: only prctl between fork and exec; the filter lives in the closure, which the
+    // child owns.
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: u16::try_from(filter.len()).expect("short"),
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &raw const program,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().expect("run the tracer as the unit")
+}
+
+/// A root process holding a listener and two connections.
+fn server_with_clients(dir: &TempDir) -> (Process, Vec<TcpStream>) {
+    let server = Process::spawn(Command::new(compile_c("acceptor", dir.path())).arg("0"));
+    let (_, ready) = server.expect_line("READY", Duration::from_secs(5));
+    let port: u16 = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let clients = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    server.expect_line("ACCEPTED 2", Duration::from_secs(5));
+    (server, clients)
+}
+
+fn events(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The non-zero `states` of the last `sockets` event.
+fn last_states(events: &[serde_json::Value]) -> std::collections::BTreeMap<String, u64> {
+    let sockets = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "sockets")
+        .expect("a sockets event");
+    sockets["states"]
+        .as_object()
+        .expect("states")
+        .iter()
+        .filter_map(|(state, n)| Some((state.clone(), n.as_u64()?)).filter(|(_, n)| *n > 0))
+        .collect()
+}
+
+#[test]
+fn the_agent_attaches_under_the_systemd_units_restrictions() {
+    let dir = TempDir::new("deploy-unit");
+    let (server, _clients) = server_with_clients(&dir);
+    let families = unit_setting("RestrictAddressFamilies");
+    let pid = server.pid.to_string();
+    let output = run_as_unit(
+        &families,
+        &[
+            "agent",
+            "--pid",
+            &pid,
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "3",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    let events = events(&output);
+    assert!(
+        events.iter().any(|e| e["type"] == "target_attached"),
+        "not attached: {stderr}"
+    );
+    assert_eq!(last_states(&events), ss_states(server.pid, None));
+
+    // The unit as it was shipped before, without AF_NETLINK: the error names the filter and
+    // its fix, not a capability.
+    let without: Vec<String> = families.into_iter().filter(|f| f != "AF_NETLINK").collect();
+    let output = run_as_unit(
+        &without,
+        &["attach", "--json", "--duration", "2", "--pid", &pid],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("RestrictAddressFamilies") && stderr.contains("AF_NETLINK"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("CAP_SYS_PTRACE"), "{stderr}");
+}
+
+#[test]
+fn the_documented_capabilities_reach_a_broker_in_another_network_namespace() {
+    // A containerised broker watched from the host: its own network namespace; the tracer as
+    // user nobody with the four capabilities of README and the unit, no CAP_SYS_ADMIN (which
+    // entering the namespace would need).
+    let caps = unit_capabilities();
+    assert_eq!(caps, "+bpf,+perfmon,+sys_ptrace,+dac_read_search");
+    let net = Netns::new("caps");
+    let dir = TempDir::new("deploy-netns");
+    let server = Process::spawn(net.exec(&compile_c("acceptor", dir.path())).arg("0"));
+    let (_, ready) = server.expect_line("READY", Duration::from_secs(5));
+    let port = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .expect("port")
+        .to_owned();
+    let clients: Vec<Process> = (0..3)
+        .map(|_| {
+            Process::spawn(net.exec(Path::new("bash")).args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo CONNECTED; exec sleep 60"),
+            ]))
+        })
+        .collect();
+    for client in &clients {
+        client.expect_line("CONNECTED", Duration::from_secs(5));
+    }
+    server.expect_line("ACCEPTED 3", Duration::from_secs(5));
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer_bin())
+        .args([
+            "attach",
+            "--json",
+            "--duration",
+            "3",
+            "--pid",
+            &server.pid.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tracer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    let events = events(&output);
+    let expected = ss_states(server.pid, Some(&net));
+    assert_eq!(expected.get("ESTABLISHED"), Some(&3), "{expected:?}");
+    assert_eq!(last_states(&events), expected);
 }

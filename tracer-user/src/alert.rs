@@ -89,6 +89,7 @@ pub fn event(
             kind,
             severity,
             message,
+            group: detail.group().map(str::to_owned),
         },
     }
 }

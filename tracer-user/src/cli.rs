@@ -85,6 +85,17 @@ pub struct AgentArgs {
     /// POST every alert and resolution as JSON to this http:// or https:// URL, with retries.
     #[arg(long)]
     pub webhook: Option<String>,
+    /// PEM file of the CA that signed the webhook's certificate (a private CA), trusted
+    /// instead of the public roots.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_ca: Option<PathBuf>,
+    /// Clients of GET /events at most; the next is refused with 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub events_clients: u32,
+    /// An /events client that has taken nothing for this long while lines wait for it is
+    /// disconnected.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub events_idle: Duration,
     /// Do not copy the event stream to stdout.
     #[arg(long)]
     pub quiet: bool,

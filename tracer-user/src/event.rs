@@ -123,6 +123,9 @@ pub enum Event {
         kind: AlertKind,
         severity: Severity,
         message: String,
+        /// The thread group of a `thread_leak`, `threads_saturated` or `stall`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
     },
     /// A state transition of one of the target's TCP sockets.
     TcpState {
@@ -273,6 +276,16 @@ pub enum AlertDetail {
     },
 }
 
+impl AlertDetail {
+    /// The thread group the alert is about, if it is about one.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            Self::Threads { group, .. } | Self::Stall { group, .. } => Some(group),
+            _ => None,
+        }
+    }
+}
+
 /// Connections with one remote address: to one of the target's listening ports
 /// (`local_port`, where the target serves) or to one remote service (`remote_port`, where the
 /// target is the client).
@@ -352,19 +365,6 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    /// Every kind, for exporters that list them all.
-    pub const ALL: [Self; 9] = [
-        Self::VmaExhaustion,
-        Self::CloseWaitLeak,
-        Self::FinWait2Pileup,
-        Self::ConnectionSurge,
-        Self::FdExhaustion,
-        Self::ThreadLeak,
-        Self::MemoryLimit,
-        Self::ThreadsSaturated,
-        Self::Stall,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::VmaExhaustion => "vma_exhaustion",
@@ -476,6 +476,7 @@ mod tests {
             kind: AlertKind::VmaExhaustion,
             severity: Severity::Critical,
             message: "ok".into(),
+            group: None,
         };
         assert_eq!(
             serde_json::to_string(&event).unwrap(),

@@ -198,7 +198,10 @@ impl Session {
             Some(probes) => seed_sockets(probes, target.pid),
             None => tcp::proc::read(target.pid),
         }
-        .map_err(|e| unreadable("fd", e))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => unreadable("fd", e),
+            _ => anyhow!("reading the sockets of pid {}: {e}", target.pid),
+        })?;
         tcp.seed(&sockets, monotonic());
         let sampler = if probes.is_some() {
             None

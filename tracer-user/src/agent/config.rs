@@ -2,7 +2,11 @@
 //! given on the command line, each overriding the one before. A bad file fails at start with
 //! its line and field named.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{ArgMatches, parser::ValueSource};
@@ -26,6 +30,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub allow_remote: bool,
     pub webhook: Option<String>,
+    pub webhook_ca: Option<PathBuf>,
+    /// Clients of GET /events at most, and how long one may take nothing before it is cut.
+    pub events_clients: usize,
+    pub events_idle: Duration,
     pub quiet: bool,
     pub duration: Option<Duration>,
     pub watch: WatchArgs,
@@ -37,6 +45,7 @@ pub struct Settings {
 /// ```toml
 /// listen = "127.0.0.1:9745"
 /// webhook = "https://oncall.example.com/hooks/tracer"
+/// webhook_ca = "/etc/tracer/oncall-ca.pem"
 /// scrub_words = ["jaas"]
 ///
 /// [thresholds]
@@ -53,6 +62,7 @@ struct File {
     listen: Option<SocketAddr>,
     allow_remote: Option<bool>,
     webhook: Option<String>,
+    webhook_ca: Option<PathBuf>,
     /// Words added to the secret names masked in command lines (`--scrub-words`).
     #[serde(default)]
     scrub_words: Vec<String>,
@@ -190,6 +200,9 @@ impl Settings {
             listen,
             allow_remote: args.allow_remote || file.allow_remote.unwrap_or(false),
             webhook: args.webhook.clone().or(file.webhook),
+            webhook_ca: args.webhook_ca.clone().or(file.webhook_ca),
+            events_clients: args.events_clients as usize,
+            events_idle: args.events_idle,
             quiet: args.quiet,
             duration: args.duration,
             watch,

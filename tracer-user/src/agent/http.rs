@@ -5,7 +5,10 @@
 //! A client that reads slowly never slows the agent: each has a bounded queue that the agent
 //! offers every line to without waiting; what does not fit is dropped, counted in
 //! `tracer_events_dropped_total{reason="slow_client"}`, and announced to the client in the
-//! stream as an `events_dropped` line once it catches up.
+//! stream as an `events_dropped` line once it catches up. Clients are bounded too: past
+//! `--events-clients` the next is refused with 503, and one that has taken nothing for
+//! `--events-idle` while lines wait for it is disconnected (both counted in
+//! `tracer_events_clients_refused_total`).
 
 use std::{
     convert::Infallible,
@@ -13,7 +16,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail};
@@ -27,11 +30,14 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc},
+};
 
 use super::{
     Hub,
-    metrics::{Dropped, Metrics},
+    metrics::{Dropped, Metrics, Refused},
 };
 use crate::event::now_ms;
 
@@ -69,23 +75,29 @@ pub async fn serve(listener: TcpListener, hub: Rc<Hub>) {
         };
         let hub = Rc::clone(&hub);
         tokio::task::spawn_local(async move {
+            // Told when the connection's /events client is cut off for idling: the connection
+            // is dropped then, even while a write to it is blocked.
+            let cut = Rc::new(Notify::new());
+            let cut_by_hub = Rc::clone(&cut);
             let service = service_fn(move |request| {
-                let response = route(&request, &hub);
+                let response = route(&request, &hub, &cut_by_hub);
                 async move { Ok::<_, Infallible>(response) }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                log::debug!("HTTP connection: {e}");
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                served = served => if let Err(e) = served {
+                    log::debug!("HTTP connection: {e}");
+                },
+                () = cut.notified() => log::debug!("an idle /events client was disconnected"),
             }
         });
     }
 }
 
-fn route(request: &Request<Incoming>, hub: &Rc<Hub>) -> Response<ResponseBody> {
+fn route(request: &Request<Incoming>, hub: &Rc<Hub>, cut: &Rc<Notify>) -> Response<ResponseBody> {
     if request.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -100,7 +112,7 @@ fn route(request: &Request<Incoming>, hub: &Rc<Hub>) -> Response<ResponseBody> {
             );
             response
         }
-        "/events" => events(request, hub),
+        "/events" => events(request, hub, cut),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "GET /metrics, /events or /healthz\n"),
     }
@@ -112,17 +124,38 @@ fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
     response
 }
 
-/// The live stream for one client.
-fn events(request: &Request<Incoming>, hub: &Rc<Hub>) -> Response<ResponseBody> {
+/// The live stream for one client, or 503 when there are `--events-clients` already.
+fn events(request: &Request<Incoming>, hub: &Rc<Hub>, cut: &Rc<Notify>) -> Response<ResponseBody> {
+    let mut subscribers = hub.subscribers.borrow_mut();
+    subscribers.retain(|s| !s.tx.is_closed());
+    if subscribers.len() >= hub.max_subscribers {
+        hub.metrics.refused(Refused::Limit);
+        let mut response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{} clients of /events already (--events-clients); try again later\n",
+                subscribers.len()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+        return response;
+    }
     let sse = request
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_QUEUE);
-    hub.subscribers
-        .borrow_mut()
-        .push(Subscriber { tx, sse, missed: 0 });
+    subscribers.push(Subscriber {
+        tx,
+        sse,
+        missed: 0,
+        stuck_since: None,
+        cut: Rc::clone(cut),
+    });
+    hub.metrics.clients(subscribers.len());
     let mut response = Response::new(ChannelBody(rx).boxed_unsync());
     let content_type = if sse {
         "text/event-stream"
@@ -148,12 +181,16 @@ pub struct Subscriber {
     sse: bool,
     /// Lines dropped since the client last had room: announced when it has room again.
     missed: u64,
+    /// Since when its queue has been full.
+    stuck_since: Option<Instant>,
+    /// Drops the client's connection.
+    cut: Rc<Notify>,
 }
 
 impl Subscriber {
     /// Queues an NDJSON line for the client without waiting; returns false once the client
-    /// has gone.
-    pub fn offer(&mut self, line: &Bytes, metrics: &Metrics) -> bool {
+    /// has gone, or has taken nothing for `idle` (its connection is then dropped).
+    pub fn offer(&mut self, line: &Bytes, idle: Duration, metrics: &Metrics) -> bool {
         if self.missed > 0 {
             let note = format!(
                 "{{\"type\":\"events_dropped\",\"ts\":{},\"count\":{}}}\n",
@@ -167,8 +204,17 @@ impl Subscriber {
             }
         }
         match self.tx.try_send(self.frame(line)) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.stuck_since = None;
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                let since = *self.stuck_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= idle {
+                    self.cut.notify_one();
+                    metrics.refused(Refused::Idle);
+                    return false;
+                }
                 self.missed += 1;
                 metrics.dropped(Dropped::SlowClient, 1);
                 true

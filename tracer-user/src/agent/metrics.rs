@@ -8,7 +8,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, LabelSetEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -40,19 +40,49 @@ struct ModeLabels {
     mode: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// An alert's series: `group` only for the alerts about a thread group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct AlertLabels {
     target: String,
     pid: String,
     kind: String,
     severity: String,
+    group: Option<String>,
+}
+
+impl EncodeLabelSet for AlertLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let mut labels = vec![
+            ("target", self.target.as_str()),
+            ("pid", self.pid.as_str()),
+            ("kind", self.kind.as_str()),
+            ("severity", self.severity.as_str()),
+        ];
+        if let Some(group) = &self.group {
+            labels.push(("group", group.as_str()));
+        }
+        labels.encode(encoder)
+    }
+}
+
+/// The series of a counter that spans every process of a target (no `pid`), so that it never
+/// goes back when the target restarts and is attached again.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetCountLabels {
+    target: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RingLabels {
     target: String,
-    pid: String,
     ring: String,
+}
+
+/// Which session-total a counter follows: a process's ring, or its untracked sockets.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Tally {
+    Lost(&'static str),
+    Untracked,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +98,26 @@ struct ReasonLabels {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Why a client of GET /events was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `--events-clients` were connected already: answered 503.
+    Limit,
+    /// It took nothing for `--events-idle` while lines waited: disconnected.
+    Idle,
+}
+
+impl Refused {
+    const ALL: [Self; 2] = [Self::Limit, Self::Idle];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::Idle => "idle",
+        }
+    }
+}
 
 /// Why an event was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,9 +150,6 @@ impl Dropped {
     }
 }
 
-const SEVERITIES: [Severity; 2] = [Severity::Warning, Severity::Critical];
-const RINGS: [&str; 3] = ["vma", "tcp", "task"];
-
 pub struct Metrics {
     registry: Registry,
     vma_count: Family<TargetLabels, Gauge>,
@@ -114,9 +161,14 @@ pub struct Metrics {
     close_wait_leaks: Family<TargetLabels, Gauge>,
     close_wait_oldest: Family<TargetLabels, FloatGauge>,
     new_connections: Family<TargetLabels, FloatGauge>,
-    events_lost: Family<RingLabels, Gauge>,
-    untracked: Family<TargetLabels, Gauge>,
+    events_lost: Family<RingLabels, Counter>,
+    untracked: Family<TargetCountLabels, Counter>,
+    /// Each process's totals as its session last reported them (sessions count from attach),
+    /// so that the counters above grow by the difference.
+    tallies: Mutex<HashMap<(TargetLabels, Tally), u64>>,
     alerts: Family<AlertLabels, Gauge>,
+    /// The alert series of each target, removed with it.
+    alert_series: Mutex<HashMap<TargetLabels, Vec<AlertLabels>>>,
     fds: Family<TargetLabels, Gauge>,
     fd_limit: Family<TargetLabels, Gauge>,
     fd_eta: Family<TargetLabels, FloatGauge>,
@@ -135,6 +187,8 @@ pub struct Metrics {
     mode: Family<ModeLabels, Gauge>,
     attaches: Counter,
     dropped: Family<ReasonLabels, Counter>,
+    clients: Gauge,
+    clients_refused: Family<ReasonLabels, Counter>,
     webhook_sent: Counter,
     cpu: Counter<f64, AtomicU64>,
     agent_rss: Gauge,
@@ -154,7 +208,9 @@ impl Metrics {
             new_connections: Family::default(),
             events_lost: Family::default(),
             untracked: Family::default(),
+            tallies: Mutex::default(),
             alerts: Family::default(),
+            alert_series: Mutex::default(),
             fds: Family::default(),
             fd_limit: Family::default(),
             fd_eta: Family::default(),
@@ -172,6 +228,8 @@ impl Metrics {
             mode: Family::default(),
             attaches: Counter::default(),
             dropped: Family::default(),
+            clients: Gauge::default(),
+            clients_refused: Family::default(),
             webhook_sent: Counter::default(),
             cpu: Counter::default(),
             agent_rss: Gauge::default(),
@@ -181,6 +239,14 @@ impl Metrics {
         // Every reason is exported from the start, at 0, so rates work before the first drop.
         for reason in Dropped::ALL {
             metrics.dropped(reason, 0);
+        }
+        for reason in Refused::ALL {
+            metrics
+                .clients_refused
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc_by(0);
         }
         metrics
     }
@@ -235,12 +301,12 @@ impl Metrics {
         );
         r.register(
             "tracer_events_lost",
-            "Kernel records dropped because a ring buffer was full (total since attach)",
+            "Kernel records dropped because a ring buffer was full, every process of the target",
             self.events_lost.clone(),
         );
         r.register(
             "tracer_tcp_untracked_sockets",
-            "Sockets not followed because --max-sockets was reached (total since attach)",
+            "Sockets not followed because --max-sockets was reached, every process of the target",
             self.untracked.clone(),
         );
         r.register(
@@ -264,16 +330,6 @@ impl Metrics {
             self.attaches.clone(),
         );
         r.register(
-            "tracer_events_dropped",
-            "Events not delivered, by reason",
-            self.dropped.clone(),
-        );
-        r.register(
-            "tracer_webhook_deliveries",
-            "Alerts delivered to the webhook",
-            self.webhook_sent.clone(),
-        );
-        r.register(
             "tracer_agent_cpu_seconds",
             "CPU time the agent itself used",
             self.cpu.clone(),
@@ -284,6 +340,32 @@ impl Metrics {
             self.agent_rss.clone(),
         );
         self.register_resources();
+        self.register_delivery();
+    }
+
+    /// Names and describes the metrics of the delivery of events: clients, drops, webhook.
+    fn register_delivery(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "tracer_events_dropped",
+            "Events not delivered, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "tracer_events_clients",
+            "Clients of GET /events connected now",
+            self.clients.clone(),
+        );
+        r.register(
+            "tracer_events_clients_refused",
+            "Clients of GET /events turned away: refused at --events-clients (limit) or cut off after --events-idle (idle)",
+            self.clients_refused.clone(),
+        );
+        r.register(
+            "tracer_webhook_deliveries",
+            "Alerts delivered to the webhook",
+            self.webhook_sent.clone(),
+        );
     }
 
     /// The Prometheus text exposition of every series.
@@ -300,6 +382,11 @@ impl Metrics {
                 self.mode.get_or_create(&mode_labels(labels, mode)).set(1);
                 self.targets.inc();
                 self.attaches.inc();
+                // A new session counts from 0 again.
+                self.tallies
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retain(|(key, _), _| key != labels);
             }
             Event::Vma {
                 map_count,
@@ -320,9 +407,7 @@ impl Metrics {
                     .set(growth_per_min.unwrap_or(0.0));
                 // No series while the count is not growing: `eta < 3600` rules stay simple.
                 set_or_remove(&self.vma_eta, labels, eta_seconds.map(|e| e as f64));
-                self.events_lost
-                    .get_or_create(&ring(labels, "vma"))
-                    .set(saturate(*events_lost));
+                self.tally(labels, Tally::Lost("vma"), *events_lost);
             }
             Event::Sockets {
                 states,
@@ -351,23 +436,21 @@ impl Metrics {
                 self.new_connections
                     .get_or_create(labels)
                     .set(*new_connections_per_second);
-                self.events_lost
-                    .get_or_create(&ring(labels, "tcp"))
-                    .set(saturate(*events_lost));
-                self.untracked
-                    .get_or_create(labels)
-                    .set(saturate(*untracked));
+                self.tally(labels, Tally::Lost("tcp"), *events_lost);
+                self.tally(labels, Tally::Untracked, *untracked);
             }
-            Event::Alert { kind, severity, .. } => {
-                self.alerts
-                    .get_or_create(&alert_labels(labels, *kind, *severity))
-                    .set(1);
-            }
-            Event::AlertResolved { kind, severity, .. } => {
-                self.alerts
-                    .get_or_create(&alert_labels(labels, *kind, *severity))
-                    .set(0);
-            }
+            Event::Alert {
+                kind,
+                severity,
+                detail,
+                ..
+            } => self.alert(labels, *kind, *severity, detail.group(), 1),
+            Event::AlertResolved {
+                kind,
+                severity,
+                group,
+                ..
+            } => self.alert(labels, *kind, *severity, group.as_deref(), 0),
             Event::Fds { .. } | Event::Memory { .. } | Event::Threads { .. } => {
                 self.observe_resources(labels, event);
             }
@@ -376,18 +459,70 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of a target no longer watched.
+    /// Grows the counter of `tally` by what the session's total `now` adds to its last one.
+    fn tally(&self, labels: &TargetLabels, tally: Tally, now: u64) {
+        let mut tallies = self
+            .tallies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = tallies.entry((labels.clone(), tally)).or_insert(0);
+        // A total below the last one is a new count (it cannot shrink within a session).
+        let added = now.checked_sub(*seen).unwrap_or(now);
+        *seen = now;
+        match tally {
+            Tally::Lost(ring) => self.events_lost.get_or_create(&RingLabels {
+                target: labels.target.clone(),
+                ring: ring.to_owned(),
+            }),
+            Tally::Untracked => self.untracked.get_or_create(&TargetCountLabels {
+                target: labels.target.clone(),
+            }),
+        }
+        .inc_by(added);
+    }
+
+    fn alert(
+        &self,
+        labels: &TargetLabels,
+        kind: AlertKind,
+        severity: Severity,
+        group: Option<&str>,
+        active: i64,
+    ) {
+        let key = AlertLabels {
+            target: labels.target.clone(),
+            pid: labels.pid.clone(),
+            kind: kind.as_str().to_owned(),
+            severity: severity.as_str().to_owned(),
+            group: group.map(str::to_owned),
+        };
+        self.alerts.get_or_create(&key).set(active);
+        let mut series = self
+            .alert_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = series.entry(labels.clone()).or_default();
+        if !known.contains(&key) {
+            known.push(key);
+        }
+    }
+
+    /// Removes every series of a target no longer watched (its counters stay: they span
+    /// every process of the target).
     pub fn forget(&self, labels: &TargetLabels) {
         self.targets.dec();
         for mode in [Mode::Ebpf, Mode::Proc] {
             self.mode.remove(&mode_labels(labels, mode.as_str()));
         }
+        self.tallies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(key, _), _| key != labels);
         for family in [
             &self.vma_count,
             &self.vma_limit,
             &self.tcp_accept_queue,
             &self.close_wait_leaks,
-            &self.untracked,
             &self.fds,
             &self.fd_limit,
             &self.memory,
@@ -421,13 +556,14 @@ impl Metrics {
             self.tcp_sockets
                 .remove(&state_labels(labels, state_name(state)));
         }
-        for name in RINGS {
-            self.events_lost.remove(&ring(labels, name));
-        }
-        for kind in AlertKind::ALL {
-            for severity in SEVERITIES {
-                self.alerts.remove(&alert_labels(labels, kind, severity));
-            }
+        let alerts = self
+            .alert_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(labels)
+            .unwrap_or_default();
+        for key in alerts {
+            self.alerts.remove(&key);
         }
     }
 
@@ -538,9 +674,7 @@ impl Metrics {
                 ..
             } => {
                 self.threads.get_or_create(labels).set(i64::from(*count));
-                self.events_lost
-                    .get_or_create(&ring(labels, "task"))
-                    .set(saturate(*events_lost));
+                self.tally(labels, Tally::Lost("task"), *events_lost);
                 for group in groups {
                     let key = group_labels(labels, &group.name);
                     self.group_threads
@@ -582,6 +716,20 @@ impl Metrics {
                 reason: reason.as_str().to_owned(),
             })
             .inc_by(count);
+    }
+
+    /// Counts a client of GET /events turned away.
+    pub fn refused(&self, reason: Refused) {
+        self.clients_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Clients of GET /events connected now.
+    pub fn clients(&self, count: usize) {
+        self.clients.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn webhook_delivered(&self) {
@@ -627,14 +775,6 @@ fn saturate(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn ring(labels: &TargetLabels, ring: &str) -> RingLabels {
-    RingLabels {
-        target: labels.target.clone(),
-        pid: labels.pid.clone(),
-        ring: ring.to_owned(),
-    }
-}
-
 fn state_labels(labels: &TargetLabels, state: &str) -> StateLabels {
     StateLabels {
         target: labels.target.clone(),
@@ -648,15 +788,6 @@ fn mode_labels(labels: &TargetLabels, mode: &str) -> ModeLabels {
         target: labels.target.clone(),
         pid: labels.pid.clone(),
         mode: mode.to_owned(),
-    }
-}
-
-fn alert_labels(labels: &TargetLabels, kind: AlertKind, severity: Severity) -> AlertLabels {
-    AlertLabels {
-        target: labels.target.clone(),
-        pid: labels.pid.clone(),
-        kind: kind.as_str().to_owned(),
-        severity: severity.as_str().to_owned(),
     }
 }
 
@@ -738,7 +869,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"tracer_events_lost{target="kafka",pid="42",ring="vma"} 3"#),
+            text.contains(r#"tracer_events_lost_total{target="kafka",ring="vma"} 3"#),
             "{text}"
         );
         assert!(text.contains("tracer_targets 1"), "{text}");
@@ -754,5 +885,107 @@ mod tests {
         );
         assert!(text.contains("tracer_targets 0"), "{text}");
         assert!(text.contains("tracer_target_attaches_total 1"), "{text}");
+    }
+
+    fn vma(pid: u32, events_lost: u64) -> Event {
+        Event::Vma {
+            ts: 0,
+            pid,
+            map_count: 100,
+            peak: 100,
+            max_map_count: 65_530,
+            usage: 0.0,
+            growth_per_min: None,
+            eta_seconds: None,
+            events_lost,
+        }
+    }
+
+    fn attached(pid: u32) -> Event {
+        Event::TargetAttached {
+            ts: 0,
+            pid,
+            cmdline: "java kafka.Kafka".into(),
+            mode: "ebpf",
+        }
+    }
+
+    #[test]
+    fn lost_records_count_up_across_restarts() {
+        let metrics = Metrics::new();
+        let lost = |text: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(r#"tracer_events_lost_total{target="kafka",ring="vma"} "#)
+                })
+                .map(|v| v.parse::<u64>().expect("a number"))
+        };
+        metrics.observe(&labels(42), &attached(42));
+        metrics.observe(&labels(42), &vma(42, 3));
+        metrics.observe(&labels(42), &vma(42, 5));
+        assert_eq!(lost(&metrics.encode()), Some(5));
+        metrics.observe(&labels(42), &Event::TargetExit { ts: 1, pid: 42 });
+        assert_eq!(
+            lost(&metrics.encode()),
+            Some(5),
+            "kept when the process goes"
+        );
+        // The restarted broker counts from 0 in its own session; the counter goes on.
+        metrics.observe(&labels(43), &attached(43));
+        metrics.observe(&labels(43), &vma(43, 2));
+        assert_eq!(lost(&metrics.encode()), Some(7));
+        // A re-attach to the same process starts its session's count again.
+        metrics.observe(&labels(43), &attached(43));
+        metrics.observe(&labels(43), &vma(43, 1));
+        let text = metrics.encode();
+        assert_eq!(lost(&text), Some(8), "{text}");
+        assert!(text.contains("# TYPE tracer_events_lost counter"), "{text}");
+    }
+
+    #[test]
+    fn thread_group_alerts_carry_their_group() {
+        let metrics = Metrics::new();
+        let kafka = labels(42);
+        metrics.observe(&kafka, &attached(42));
+        for group in ["kafka-producer", "kafka-consumer"] {
+            metrics.observe(
+                &kafka,
+                &Event::Alert {
+                    ts: 0,
+                    pid: 42,
+                    kind: AlertKind::ThreadLeak,
+                    severity: Severity::Warning,
+                    message: String::new(),
+                    detail: crate::event::AlertDetail::Threads {
+                        group: group.into(),
+                        threads: 60,
+                        growth: Some(55),
+                        idle_ratio: None,
+                    },
+                },
+            );
+        }
+        metrics.observe(
+            &kafka,
+            &Event::AlertResolved {
+                ts: 1,
+                pid: 42,
+                kind: AlertKind::ThreadLeak,
+                severity: Severity::Warning,
+                message: String::new(),
+                group: Some("kafka-consumer".into()),
+            },
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"tracer_alert_active{target="kafka",pid="42",kind="thread_leak",severity="warning",group="kafka-producer"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tracer_alert_active{target="kafka",pid="42",kind="thread_leak",severity="warning",group="kafka-consumer"} 0"#),
+            "{text}"
+        );
+        metrics.observe(&kafka, &Event::TargetExit { ts: 2, pid: 42 });
+        assert!(!metrics.encode().contains("tracer_alert_active{"));
     }
 }

@@ -45,8 +45,11 @@ pub struct Hub {
     /// Clients of GET /events.
     subscribers: RefCell<Vec<http::Subscriber>>,
     stdout: Option<mpsc::Sender<Bytes>>,
-    webhook: Option<mpsc::Sender<Bytes>>,
+    webhook: Option<Rc<webhook::Queue>>,
     line: RefCell<BytesMut>,
+    /// Clients of GET /events at most, and how long one may take nothing while lines wait.
+    max_subscribers: usize,
+    idle: Duration,
 }
 
 impl Hub {
@@ -70,9 +73,13 @@ impl Hub {
                 buf.put_u8(b'\n');
                 buf.split().freeze()
             };
-            self.subscribers
-                .borrow_mut()
-                .retain_mut(|subscriber| subscriber.offer(&line, &self.metrics));
+            let mut subscribers = self.subscribers.borrow_mut();
+            let before = subscribers.len();
+            subscribers.retain_mut(|subscriber| subscriber.offer(&line, self.idle, &self.metrics));
+            if subscribers.len() != before {
+                self.metrics.clients(subscribers.len());
+            }
+            drop(subscribers);
             if let Some(stdout) = &self.stdout
                 && stdout.try_send(line.clone()).is_err()
             {
@@ -80,9 +87,8 @@ impl Hub {
             }
             if let Some(webhook) = &self.webhook
                 && alert
-                && webhook.try_send(line).is_err()
             {
-                self.metrics.dropped(Dropped::WebhookQueueFull, 1);
+                webhook.push(line);
             }
         }
     }
@@ -126,7 +132,7 @@ async fn supervise(
     let webhook = settings
         .webhook
         .as_deref()
-        .map(|url| webhook::start(url, Rc::clone(&metrics)))
+        .map(|url| webhook::start(url, settings.webhook_ca.as_deref(), Rc::clone(&metrics)))
         .transpose()?;
     let stdout = (!settings.quiet).then(|| {
         let (tx, rx) = mpsc::channel(STDOUT_QUEUE);
@@ -139,6 +145,8 @@ async fn supervise(
         stdout,
         webhook,
         line: RefCell::new(BytesMut::with_capacity(4096)),
+        max_subscribers: settings.events_clients,
+        idle: settings.events_idle,
     });
     let server = tokio::task::spawn_local(http::serve(listener, Rc::clone(&hub)));
     let usage = tokio::task::spawn_local(agent_usage(Rc::clone(&metrics)));
@@ -306,6 +314,8 @@ mod tests {
             stdout: Some(tx),
             webhook: None,
             line: RefCell::new(BytesMut::new()),
+            max_subscribers: 1,
+            idle: Duration::from_secs(1),
         };
         let labels = TargetLabels {
             target: "t".into(),

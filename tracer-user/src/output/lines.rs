@@ -51,6 +51,7 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 kind,
                 severity,
                 message,
+                ..
             } => {
                 let what = if matches!(event, Event::Alert { .. }) {
                     "ALERT"

@@ -7,7 +7,9 @@
 //!
 //! A netlink socket answers for the network namespace it was created in: for a target in
 //! another namespace (a container), the socket is created on a short-lived thread that first
-//! joins the target's namespace (`setns` changes only the calling thread's).
+//! joins the target's namespace (`setns` changes only the calling thread's). Joining needs
+//! `CAP_SYS_ADMIN`; without it the sockets are read from `/proc/P/net/tcp{,6}`
+//! ([`super::procnet`]), which show P's namespace to anyone.
 
 use std::fs::File;
 use std::io;
@@ -47,7 +49,9 @@ pub const STATES: u32 = ((1 << TCP_NEW_SYN_RECV) - 2) & !(1 << TCP_TIME_WAIT);
 /// The TCP sockets (IPv4 then IPv6) in the network namespace of process `pid`, in the states
 /// of [`STATES`]. A vanished process is `NotFound`.
 pub fn tcp_sockets(pid: u32) -> io::Result<Vec<Row>> {
-    let sock = socket_in(pid)?;
+    let Some(sock) = socket_in(pid)? else {
+        return super::procnet::tcp_sockets(pid);
+    };
     let mut buf = vec![0u8; RECV_BUF];
     let mut rows = Vec::new();
     dump(&sock, libc::AF_INET as u8, 1, &mut buf, &mut rows)?;
@@ -59,15 +63,16 @@ pub fn tcp_sockets(pid: u32) -> io::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// A sock_diag socket in the network namespace of `pid`.
-fn socket_in(pid: u32) -> io::Result<OwnedFd> {
+/// A sock_diag socket in the network namespace of `pid`; `None` when the namespace may not
+/// be entered (no `CAP_SYS_ADMIN`).
+fn socket_in(pid: u32) -> io::Result<Option<OwnedFd>> {
     let path = format!("/proc/{pid}/ns/net");
     let ns = File::open(&path)?;
     let theirs = ns.metadata()?;
     // The calling thread's namespace, where a socket made here would answer for.
     let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
     if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-        return diag_socket();
+        return diag_socket().map(Some);
     }
     std::thread::Builder::new()
         .name("tracer-netns".into())
@@ -76,9 +81,13 @@ fn socket_in(pid: u32) -> io::Result<OwnedFd> {
             // and the thread ends right after.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    log::debug!("setns({path}): {e}; reading /proc/{pid}/net/tcp instead");
+                    return Ok(None);
+                }
                 return Err(io::Error::new(e.kind(), format!("setns({path}): {e}")));
             }
-            diag_socket()
+            diag_socket().map(Some)
         })?
         .join()
         .map_err(|_| io::Error::other("the network namespace thread panicked"))?
@@ -95,7 +104,17 @@ fn diag_socket() -> io::Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+            // What systemd's RestrictAddressFamilies= and seccomp profiles answer.
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "socket(AF_NETLINK, NETLINK_SOCK_DIAG): {e}: netlink sockets are filtered - allow AF_NETLINK (systemd: add it to RestrictAddressFamilies=, as deploy/systemd/tracer-agent.service does; a container: allow it in its seccomp profile)"
+                ),
+            ));
+        }
+        return Err(e);
     }
     // SAFETY: `fd` is a new descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -4,6 +4,7 @@
 
 pub mod diag;
 pub mod proc;
+mod procnet;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -167,6 +167,7 @@ impl VmaModel {
                     pid: self.pid,
                     kind: AlertKind::VmaExhaustion,
                     severity,
+                    group: None,
                     message: format!(
                         "VMA count back to {} of {} ({:.1}%){}",
                         thousands(self.count.into()),
