@@ -221,6 +221,13 @@ fn proc_mode_needs_no_capability_for_a_process_of_its_own_user() {
         "sleep",
         "60",
     ]));
+    // Until setpriv has exec'd sleep, the process is still root's.
+    let comm = format!("/proc/{}/comm", target.pid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&comm).is_ok_and(|c| c != "sleep\n") {
+        assert!(std::time::Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let args = |mode: &[&str]| {
         let mut args = attach_args("3", target.pid);
         args.extend(mode.iter().map(|&m| m.to_owned()));
