@@ -9,6 +9,8 @@
  *         life of a short client connection on both sides, in one process
  *   maps  holds RATE mappings (alternately read-only and inaccessible pages, so none merge)
  *         until stdin closes: a process near vm.max_map_count, for the /proc/PID/maps cost
+ *   mmfull  the mm loop in a process that first takes 65,400 mappings as maps does: what
+ *         reading /proc/PID/maps (proc mode) costs a process near vm.max_map_count
  *   idle  maps and unmaps a page ten times a second for SECONDS (no GO needed): the watched
  *         server at rest, while an unwatched loop measures what the probes cost others
  * RATE (iterations per second) paces the loop; without it, as fast as it goes.
@@ -32,6 +34,18 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Maps 2n pages and makes every other one read-only: about 2n mappings that do not merge. */
+static int hold(long n, long page) {
+    char *base = mmap(NULL, 2 * n * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    for (long i = 0; i < n; i++)
+        mprotect(base + 2 * i * page, page, PROT_READ);
+    return 0;
+}
+
 static int listener;
 static struct sockaddr_in addr;
 
@@ -47,7 +61,7 @@ static void *acceptor(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: loops null|mm|tcp|maps|idle SECONDS [RATE]\n");
+        fprintf(stderr, "usage: loops null|mm|mmfull|tcp|maps|idle SECONDS [RATE]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -69,14 +83,8 @@ int main(int argc, char **argv) {
         pthread_t thread;
         pthread_create(&thread, NULL, acceptor, NULL);
     } else if (strcmp(mode, "maps") == 0) {
-        long n = (long)rate;
-        char *base = mmap(NULL, 2 * n * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (base == MAP_FAILED) {
-            perror("mmap");
+        if (hold((long)rate, page))
             return 1;
-        }
-        for (long i = 0; i < n; i++)
-            mprotect(base + 2 * i * page, page, PROT_READ);
         printf("READY pid=%d\n", getpid());
         fflush(stdout);
         char buf[64];
@@ -92,6 +100,9 @@ int main(int argc, char **argv) {
         for (double end = now() + seconds; now() < end; nanosleep(&tenth, NULL))
             munmap(mmap(NULL, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), page);
         return 0;
+    } else if (strcmp(mode, "mmfull") == 0) {
+        if (hold(32700, page))
+            return 1;
     } else if (strcmp(mode, "mm") != 0 && strcmp(mode, "null") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

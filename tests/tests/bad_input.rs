@@ -134,13 +134,18 @@ fn without_root() {
 /// `tracer attach` as user nobody with only the capabilities `caps`, on a root process.
 fn attach_with_capabilities(caps: &str) -> Output {
     let target = sleeper();
+    as_nobody(caps, &attach_args("2", target.pid))
+}
+
+/// `tracer ARGS` as user nobody with only the capabilities `caps` (none: "-all").
+fn as_nobody(caps: &str, args: &[String]) -> Output {
     let mut command = Command::new("setpriv");
     command
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(format!("--inh-caps={caps}"))
         .arg(format!("--ambient-caps={caps}"))
         .arg(tracer_bin())
-        .args(attach_args("2", target.pid));
+        .args(args);
     run(&mut command)
 }
 
@@ -164,15 +169,121 @@ fn least_privilege_is_enough() {
 }
 
 #[test]
-fn a_kernel_without_btf() {
+fn a_kernel_without_btf_fails_in_ebpf_mode_and_falls_back_to_proc() {
     // In a private mount namespace, hide /sys/kernel/btf behind an empty tmpfs.
     let target = sleeper();
-    let script = format!(
-        "mount -t tmpfs none /sys/kernel/btf && exec {} attach --pid {}",
-        tracer_bin().display(),
-        target.pid
+    let script = |mode: &str| {
+        format!(
+            "mount -t tmpfs none /sys/kernel/btf && exec {} attach --json --duration 2 {mode} --pid {}",
+            tracer_bin().display(),
+            target.pid
+        )
+    };
+    assert_fails_with(
+        &in_private_mounts(&script("--mode ebpf")),
+        "CONFIG_DEBUG_INFO_BTF",
     );
-    assert_fails_with(&in_private_mounts(&script), "CONFIG_DEBUG_INFO_BTF");
+    // The default, auto, says why and watches from /proc.
+    let output = in_private_mounts(&script(""));
+    let stdout = assert_proc_mode(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CONFIG_DEBUG_INFO_BTF") && stderr.contains("falling back to proc mode"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("\"type\":\"vma\""), "{stdout}");
+}
+
+/// Checks that a run succeeded in proc mode (and says so); returns its stdout.
+fn assert_proc_mode(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let attached = stdout.lines().next().unwrap_or_default();
+    assert!(
+        attached.contains("\"type\":\"target_attached\"") && attached.contains("\"mode\":\"proc\""),
+        "{stdout}"
+    );
+    stdout
+}
+
+#[test]
+fn proc_mode_needs_no_capability_for_a_process_of_its_own_user() {
+    let target = Process::spawn(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "sleep",
+        "60",
+    ]));
+    // Until setpriv has exec'd sleep, the process is still root's.
+    let comm = format!("/proc/{}/comm", target.pid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&comm).is_ok_and(|c| c != "sleep\n") {
+        assert!(std::time::Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let args = |mode: &[&str]| {
+        let mut args = attach_args("3", target.pid);
+        args.extend(mode.iter().map(|&m| m.to_owned()));
+        args
+    };
+    let output = as_nobody("-all", &args(&["--mode", "proc"]));
+    let stdout = assert_proc_mode(&output);
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let vma = stdout
+        .lines()
+        .rfind(|l| l.contains("\"type\":\"vma\""))
+        .expect("vma events");
+    let count = tracer_tests::maps_count(target.pid).expect("sleep alive");
+    assert!(
+        vma.contains(&format!("\"map_count\":{count},")),
+        "{vma} vs /proc {count}"
+    );
+    for kind in ["sockets", "threads", "fds", "memory"] {
+        assert!(
+            stdout.contains(&format!("\"type\":\"{kind}\"")),
+            "no {kind}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("\"name\":\"sleep\",\"threads\":1"),
+        "{stdout}"
+    );
+
+    // The default falls back, and says so; --mode ebpf refuses, naming the fix.
+    let output = as_nobody("-all", &args(&[]));
+    assert_proc_mode(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("run it with sudo") && stderr.contains("falling back to proc mode"),
+        "{stderr}"
+    );
+    assert_fails_with(
+        &as_nobody("-all", &args(&["--mode", "ebpf"])),
+        "run it with sudo",
+    );
+}
+
+#[test]
+fn proc_mode_on_another_users_process_needs_ptrace_and_dac_read_search() {
+    let target = sleeper();
+    let mut args = attach_args("2", target.pid);
+    args.extend(["--mode".to_owned(), "proc".to_owned()]);
+    assert_fails_with(
+        &as_nobody("-all", &args),
+        "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+    );
+    assert_proc_mode(&as_nobody("+sys_ptrace,+dac_read_search", &args));
 }
 
 #[test]

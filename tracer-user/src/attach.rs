@@ -26,8 +26,8 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
 /// Checks the machine, attaches to `target` and reports to stdout until the session ends.
 pub async fn watch(target: Target, watch: &WatchArgs, output: OutputArgs) -> anyhow::Result<End> {
     let options = watch.options()?;
-    let machine = procmode::machine(options.mode)?;
-    let session = Session::attach(target, machine.as_ref(), &options)?;
+    let source = procmode::source(options.mode)?;
+    let session = Session::attach(target, &source, &options)?;
     let mut sink = Output::for_stdout(output.json);
     match session.run(&mut sink, stop_signal(output.duration)).await {
         // The reader of stdout went away (`| head`): a normal way to stop.

@@ -25,9 +25,9 @@ use crate::{
     exhaustion::{self, Thresholds},
     fd::FdModel,
     memory::{MemoryModel, MemoryStatus},
-    preflight::{self, Machine},
+    preflight,
     probes::{self, Lost, ProbeError, Probes, Record},
-    procmode::{self, Mode, Sampler},
+    procmode::{self, Mode, Sampler, Source},
     scrub::Scrubber,
     target::Target,
     tcp::{self, Census, TcpModel, TcpThresholds, proc::ProcSockets},
@@ -113,8 +113,8 @@ pub struct Session {
     vma_events: Option<AsyncFd<RingBuf<MapData>>>,
     tcp_events: Option<AsyncFd<RingBuf<MapData>>>,
     task_events: Option<AsyncFd<RingBuf<MapData>>>,
-    /// What feeds the models in proc mode, and how often it samples.
-    sampler: Option<(Sampler, Duration)>,
+    /// What feeds the models in proc mode.
+    sampler: Option<Sampler>,
     vma: VmaModel,
     tcp: TcpModel,
     threads: ThreadModel,
@@ -136,39 +136,19 @@ pub struct Session {
 
 impl Session {
     /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
-    /// nothing that happens in between is missed. Without a `machine` (proc mode), or when
-    /// the probes cannot load and `--mode` is `auto`, the models are fed from /proc samples.
-    pub fn attach(
-        mut target: Target,
-        machine: Option<&Machine>,
-        options: &Options,
-    ) -> anyhow::Result<Self> {
+    /// nothing that happens in between is missed. In proc mode, also when the probes cannot
+    /// load and `--mode` is `auto`, the models are fed from /proc samples instead.
+    pub fn attach(mut target: Target, source: &Source, options: &Options) -> anyhow::Result<Self> {
         target.cmdline = options.scrub.command_line(&target.cmdline);
-        let mut probes = load_probes(&target, machine, options)?;
-        let (vma_events, tcp_events, task_events) = match &mut probes {
-            None => (None, None, None),
-            Some(probes) => {
-                let rings = probes
-                    .take_rings()
-                    .context("the ring buffers were already taken")?;
-                let poll = |ring, what: &str| {
-                    // SAFETY: each ring buffer owns its map fd, which stays open until it is
-                    // dropped with its AsyncFd.
-                    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                        .map(Some)
-                        .map_err(|e| anyhow!("polling the {what} ring buffer: {e}"))
-                };
-                (
-                    poll(rings.vma, "VMA")?,
-                    poll(rings.tcp, "TCP")?,
-                    poll(rings.task, "thread")?,
-                )
-            }
-        };
+        let (mut probes, fell_back) = load_probes(&target, source, options)?;
+        let [vma_events, tcp_events, task_events] = poll_rings(probes.as_mut())?;
 
         let unreadable = |what: &str, e: std::io::Error| {
+            let probes = fell_back.as_ref().map_or_else(String::new, |why| {
+                format!(" (nor could the eBPF probes load: {why})")
+            });
             anyhow!(
-                "reading /proc/{}/{what}: {e} - run tracer as root, or give it CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to watch another user's process",
+                "reading /proc/{}/{what}: {e} - run tracer as root, or give it CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to watch another user's process{probes}",
                 target.pid
             )
         };
@@ -203,13 +183,11 @@ impl Session {
             _ => anyhow!("reading the sockets of pid {}: {e}", target.pid),
         })?;
         tcp.seed(&sockets, monotonic());
-        let sampler = if probes.is_some() {
-            None
-        } else {
-            Some((
-                Sampler::start(target.pid, &sockets).context("starting the /proc sampler")?,
-                procmode::SAMPLE_INTERVAL,
-            ))
+        let sampler = match probes {
+            Some(_) => None,
+            None => {
+                Some(Sampler::start(target.pid, &sockets).context("starting the /proc sampler")?)
+            }
         };
 
         let mut threads = ThreadModel::new(target.pid, options.threads.clone(), monotonic());
@@ -222,14 +200,12 @@ impl Session {
             ts: now_ms(),
             pid: target.pid,
             cmdline: target.cmdline.clone(),
-            mode: if probes.is_some() {
-                Mode::Ebpf
-            } else {
-                Mode::Proc
-            }
-            .as_str(),
+            mode: Mode::of(probes.is_some()).as_str(),
         }];
         events.push(breakdown_event(target.pid, &breakdown));
+        if let Some(why) = &fell_back {
+            procmode::fall_back(why);
+        }
         Ok(Self {
             target,
             probes,
@@ -382,7 +358,7 @@ impl Session {
             fds: self.fds.status(),
             memory: self.memory.status(),
             lost,
-            sampled: self.sampler.as_ref().map(|&(_, every)| every),
+            sampled: self.sampler.as_ref().map(Sampler::period),
         })?;
         Ok(())
     }
@@ -422,7 +398,7 @@ impl Session {
     /// Proc mode: feeds the models the samples taken since the last report, as the probes'
     /// records and readings would be.
     fn apply_samples(&mut self) {
-        let Some((sampler, every)) = &mut self.sampler else {
+        let Some(sampler) = &mut self.sampler else {
             return;
         };
         let clocks = Clocks::now();
@@ -435,7 +411,6 @@ impl Session {
                 };
                 self.vma.register(&register, count);
             }
-            *every = sample.maps_period.max(procmode::SAMPLE_INTERVAL);
             for record in &sample.tcp {
                 self.tcp.record(record, clocks, &mut self.events);
             }
@@ -473,15 +448,40 @@ impl Session {
     }
 }
 
-/// Loads the probes for `target` when there is a `machine` to load them on; `None` for proc
-/// mode, also when they cannot load and `--mode` is `auto` (announced).
+/// Polls the probes' ring buffers (VMA, TCP, thread), when there are probes.
+fn poll_rings(
+    probes: Option<&mut Probes>,
+) -> anyhow::Result<[Option<AsyncFd<RingBuf<MapData>>>; 3]> {
+    let Some(probes) = probes else {
+        return Ok([None, None, None]);
+    };
+    let rings = probes
+        .take_rings()
+        .context("the ring buffers were already taken")?;
+    let poll = |ring, what: &str| {
+        // SAFETY: each ring buffer owns its map fd, which stays open until it is dropped with
+        // its AsyncFd.
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map(Some)
+            .map_err(|e| anyhow!("polling the {what} ring buffer: {e}"))
+    };
+    Ok([
+        poll(rings.vma, "VMA")?,
+        poll(rings.tcp, "TCP")?,
+        poll(rings.task, "thread")?,
+    ])
+}
+
+/// Loads the probes for `target` when the source is the probes; `None` for proc mode, also
+/// when they cannot load and `--mode` is `auto`, with the reason why not.
 fn load_probes(
     target: &Target,
-    machine: Option<&Machine>,
+    source: &Source,
     options: &Options,
-) -> anyhow::Result<Option<Probes>> {
-    let Some(machine) = machine else {
-        return Ok(None);
+) -> anyhow::Result<(Option<Probes>, Option<String>)> {
+    let machine = match source {
+        Source::Probes(machine) => machine,
+        Source::Proc { fell_back } => return Ok((None, fell_back.clone())),
     };
     match Probes::attach(
         target.pid,
@@ -489,12 +489,11 @@ fn load_probes(
         &machine.layout,
         options.max_sockets,
     ) {
-        Ok(probes) => Ok(Some(probes)),
+        Ok(probes) => Ok((Some(probes), None)),
         Err(e @ (ProbeError::Permission(_) | ProbeError::Rejected(_)))
             if options.mode == Mode::Auto =>
         {
-            procmode::fall_back(&e);
-            Ok(None)
+            Ok((None, Some(e.to_string())))
         }
         Err(e) => Err(match e {
             ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(

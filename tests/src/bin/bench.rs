@@ -2,7 +2,7 @@
 //! this machine, as ratios between runs interleaved round by round (noise on a shared VM hits
 //! every side alike), medians of the rounds. Needs root, bpftrace, bpftool.
 //!
-//! Usage: bench [--smoke] OUTPUT.md
+//! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone.
 
 use std::{
     fmt::Write as _,
@@ -252,14 +252,17 @@ impl Hits {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (smoke, output) = match (args.next(), args.next()) {
-        (Some(flag), Some(out)) if flag == "--smoke" => (true, PathBuf::from(out)),
-        (Some(out), None) => (false, PathBuf::from(out)),
+    let (flag, output) = match (args.next(), args.next()) {
+        (Some(flag), Some(out)) if flag == "--smoke" || flag == "--proc-mode" => {
+            (Some(flag), PathBuf::from(out))
+        }
+        (Some(out), None) => (None, PathBuf::from(out)),
         _ => {
-            eprintln!("usage: bench [--smoke] OUTPUT.md");
+            eprintln!("usage: bench [--smoke | --proc-mode] OUTPUT.md");
             std::process::exit(2);
         }
     };
+    let smoke = flag.as_deref() == Some("--smoke");
     tracer_bin();
     // bpftrace attaches tracepoints through tracefs, which a fresh machine has not mounted.
     if !Path::new("/sys/kernel/tracing/events").exists() {
@@ -274,6 +277,13 @@ fn main() {
         loops: compile_c("loops", dir.path()),
         plan: if smoke { &SMOKE } else { &FULL },
     };
+    if flag.as_deref() == Some("--proc-mode") {
+        let mut md = String::new();
+        proc_mode(&bench, &mut md);
+        std::fs::write(&output, md).unwrap_or_else(|e| panic!("writing {}: {e}", output.display()));
+        println!("wrote {}", output.display());
+        return;
+    }
     let started = Instant::now();
     let mut md = header(smoke);
     // (d) runs first, on a quiet machine, but is written in its place.
@@ -284,6 +294,7 @@ fn main() {
     let own = own_cost(&bench, &mut md);
     md.push_str(&run_time_md);
     let attach_ms = attach_time(&bench, &mut md);
+    proc_mode(&bench, &mut md);
     let results = Results {
         slowdown,
         bystanders,
@@ -629,6 +640,57 @@ fn attach_time(bench: &Bench, md: &mut String) -> f64 {
     let _ = writeln!(md, "| {attach_ms:.0} ms | {maps_ms:.1} ms |");
 
     attach_ms
+}
+
+/// (f) What proc mode costs a process near vm.max_map_count: its mm loop's rate unwatched,
+/// sampled by `tracer attach --mode proc`, and under the probes, interleaved round by round.
+fn proc_mode(bench: &Bench, md: &mut String) {
+    /// Unwatched, proc mode, eBPF: the `tracer attach` arguments.
+    const WATCHERS: [Option<&[&str]>; 3] = [None, Some(&["--mode", "proc"]), Some(&[])];
+    let seconds = bench.plan.seconds * 3.0;
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let (mut cpu, mut read_ms, mut mappings) = (Vec::new(), Vec::new(), 0);
+    for round in 0..bench.plan.rounds {
+        for offset in 0..WATCHERS.len() {
+            let index = (round + offset) % WATCHERS.len();
+            let mut workload =
+                Process::spawn(Command::new(&bench.loops).args(["mmfull", &seconds.to_string()]));
+            workload.expect_line("READY", Duration::from_secs(30));
+            mappings = tracer_tests::maps_count(workload.pid).expect("loop alive");
+            let tracer = WATCHERS[index].map(|args| Tracer::attach(workload.pid, args));
+            let cpu_before = tracer.as_ref().map(|t| cpu_seconds(t.process.pid));
+            workload.send("GO");
+            let (_, result) = workload.expect_line("RESULT", Duration::from_mins(2));
+            rates[index].push(rate_of(&result));
+            if let (Some(tracer), Some(before), 1) = (&tracer, cpu_before, index) {
+                cpu.push((cpu_seconds(tracer.process.pid) - before) / seconds * 100.0);
+                let breakdown = tracer.seen("vma_breakdown");
+                read_ms.push(breakdown[0].json["read_ms"].as_f64().expect("read_ms"));
+            }
+        }
+    }
+    let [unwatched, sampled, probed] = rates.map(|mut r| median(&mut r));
+    let _ = writeln!(md, "\n## (f) Proc mode at 65,000 mappings\n");
+    let _ = writeln!(
+        md,
+        "Iterations per second of the `mm` loop in a process that first takes {mappings} mappings (`loops mmfull`), \
+         {} interleaved rounds of {seconds} s, medians. Proc mode reads /proc/PID/maps (the target's mmap lock, held \
+         for reading while the kernel prints every mapping) once a second, or 50 times its cost apart when slower.\n",
+        bench.plan.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| unwatched | proc mode | eBPF | proc mode / unwatched | eBPF / unwatched | one read of /proc/PID/maps | proc mode's own CPU |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| {unwatched:.0}/s | {sampled:.0}/s | {probed:.0}/s | {:.3} | {:.3} | {:.1} ms | {:.1}% of a core |",
+        sampled / unwatched,
+        probed / unwatched,
+        median(&mut read_ms),
+        median(&mut cpu)
+    );
 }
 
 /// The issue's targets, met or not.

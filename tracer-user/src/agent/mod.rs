@@ -22,8 +22,7 @@ use crate::{
     attach::stop_signal,
     cli::AgentArgs,
     event::Event,
-    preflight::Machine,
-    procmode,
+    procmode::{self, Source},
     session::{End, Frame, Options, Session, Sink},
     target::{Target, stat_fields},
 };
@@ -116,16 +115,16 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let options = settings.watch.options()?;
     // Fail on a busy port or a bad address before anything is attached.
     let listener = http::bind(settings.listen, settings.allow_remote).await?;
-    let machine = procmode::machine(options.mode)?;
+    let source = procmode::source(options.mode)?;
     LocalSet::new()
-        .run_until(supervise(settings, options, machine, listener))
+        .run_until(supervise(settings, options, source, listener))
         .await
 }
 
 async fn supervise(
     settings: Settings,
     options: Options,
-    machine: Option<Machine>,
+    source: Source,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let metrics = Rc::new(Metrics::new());
@@ -169,14 +168,7 @@ async fn supervise(
     tokio::pin!(stop);
     loop {
         for found in finder.scan() {
-            match start_session(
-                &found,
-                machine.as_ref(),
-                &options,
-                &hub,
-                &stop_rx,
-                &ended_tx,
-            ) {
+            match start_session(&found, &source, &options, &hub, &stop_rx, &ended_tx) {
                 Ok(handle) => sessions.push((found.pid, handle)),
                 Err(e) => {
                     log::warn!("attaching to {} (pid {}): {e:#}", found.name, found.pid);
@@ -216,14 +208,14 @@ async fn supervise(
 /// Attaches to one process and runs its session on its own task.
 fn start_session(
     found: &Found,
-    machine: Option<&Machine>,
+    source: &Source,
     options: &Options,
     hub: &Rc<Hub>,
     stop: &watch::Receiver<bool>,
     ended: &mpsc::UnboundedSender<u32>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let target = Target::open(found.pid)?;
-    let session = Session::attach(target, machine, options)?;
+    let session = Session::attach(target, source, options)?;
     let mut sink = AgentSink {
         hub: Rc::clone(hub),
         labels: TargetLabels {

@@ -15,7 +15,6 @@ pub mod sockets;
 pub mod tasks;
 
 use std::{
-    fmt,
     sync::mpsc::{Receiver, SyncSender, sync_channel},
     time::{Duration, Instant},
 };
@@ -45,6 +44,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode a session runs in: with probes or without.
+    pub fn of(probes: bool) -> Self {
+        if probes { Self::Ebpf } else { Self::Proc }
+    }
+
     /// The name in `target_attached` and `tracer_mode` (a session runs `Ebpf` or `Proc`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,24 +62,32 @@ impl Mode {
 /// How often /proc is sampled (the VMA count less often when reading it costs more).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The machine check for `mode`: the probes' view of the machine for eBPF mode, `None` for
-/// proc mode. In `auto`, a failed check falls back to proc mode, announced.
-pub fn machine(mode: Mode) -> anyhow::Result<Option<Machine>> {
+/// What feeds a session's models, as the machine check for `--mode` found it.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The probes, loaded on this machine (in `auto`, proc mode still when they fail to load).
+    Probes(Machine),
+    /// Samples of /proc; `fell_back` says why not the probes when `--mode` was `auto`.
+    Proc { fell_back: Option<String> },
+}
+
+/// The machine check for `mode`. In `auto`, a failed check means proc mode (announced by the
+/// session once it has attached, so that a failure to read /proc is still one line).
+pub fn source(mode: Mode) -> anyhow::Result<Source> {
     match mode {
-        Mode::Proc => Ok(None),
-        Mode::Ebpf => preflight::check().map(Some),
-        Mode::Auto => match preflight::check() {
-            Ok(machine) => Ok(Some(machine)),
-            Err(e) => {
-                fall_back(&format_args!("{e:#}"));
-                Ok(None)
-            }
-        },
+        Mode::Proc => Ok(Source::Proc { fell_back: None }),
+        Mode::Ebpf => preflight::check().map(Source::Probes),
+        Mode::Auto => Ok(preflight::check().map_or_else(
+            |e| Source::Proc {
+                fell_back: Some(format!("{e:#}")),
+            },
+            Source::Probes,
+        )),
     }
 }
 
 /// Says why the probes are not used and what is used instead.
-pub fn fall_back(why: &dyn fmt::Display) {
+pub fn fall_back(why: &str) {
     log::warn!(
         "{why}; falling back to proc mode: sampled from /proc every {} s, not exact (--mode ebpf makes this an error, --mode proc silences it)",
         SAMPLE_INTERVAL.as_secs()
@@ -87,7 +99,8 @@ pub fn fall_back(why: &dyn fmt::Display) {
 pub struct Sample {
     /// The VMA count, when it was due to be read.
     pub map_count: Option<u32>,
-    /// The time between two reads of the VMA count.
+    /// The time between two reads of the VMA count: the sample interval or, when the read
+    /// costs more, [`maps::COST_FACTOR`] times its cost.
     pub maps_period: Duration,
     pub tcp: Vec<TcpEvent>,
     pub tasks: Vec<TaskEvent>,
@@ -99,6 +112,8 @@ pub struct Sample {
 /// sample.
 pub struct Sampler {
     samples: Receiver<Sample>,
+    /// How often the slowest of the samples (the VMA count) is taken.
+    period: Duration,
 }
 
 impl Sampler {
@@ -114,12 +129,22 @@ impl Sampler {
         std::thread::Builder::new()
             .name("tracer-proc".into())
             .spawn(move || state.run(&tx))?;
-        Ok(Self { samples })
+        Ok(Self {
+            samples,
+            period: SAMPLE_INTERVAL,
+        })
     }
 
     /// The next sample taken, if any is waiting.
-    pub fn try_next(&self) -> Option<Sample> {
-        self.samples.try_recv().ok()
+    pub fn try_next(&mut self) -> Option<Sample> {
+        let sample = self.samples.try_recv().ok()?;
+        self.period = sample.maps_period.max(SAMPLE_INTERVAL);
+        Some(sample)
+    }
+
+    /// How often the counts are sampled (the VMA count, the slowest of them).
+    pub fn period(&self) -> Duration {
+        self.period
     }
 }
 
