@@ -54,7 +54,14 @@ impl Clocks {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The probes are attached to `pid` and its state is seeded from /proc.
-    TargetAttached { ts: u64, pid: u32, cmdline: String },
+    TargetAttached {
+        ts: u64,
+        pid: u32,
+        cmdline: String,
+        /// Where the VMA count comes from on this kernel: `mmap_lock`, `syscall_fexit` or
+        /// `syscall_tracepoint` (README: what each can miss).
+        vma_source: &'static str,
+    },
     /// The VMA count, at least once per second.
     Vma {
         ts: u64,

@@ -70,6 +70,8 @@ pub enum End {
 /// What the live view shows, rebuilt every report interval.
 pub struct Frame<'a> {
     pub target: &'a Target,
+    /// Where the VMA count comes from.
+    pub vma_source: &'static str,
     pub attached: Instant,
     pub vma: VmaStatus,
     pub breakdown: Option<&'a BreakdownReport>,
@@ -124,12 +126,12 @@ impl Session {
     /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
     /// nothing that happens in between is missed.
     pub fn attach(target: Target, machine: &Machine, options: &Options) -> anyhow::Result<Self> {
-        let mut probes = Probes::attach(target.pid, &machine.pidns, &machine.layout, options.max_sockets).map_err(|e| match e {
+        let mut probes = Probes::attach(target.pid, &machine.pidns, &machine.layout, &machine.vma_sources, options.max_sockets).map_err(|e| match e {
             ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
                 "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
             ),
             ProbeError::Permission(e) => anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)"),
-            ProbeError::Rejected(e) => anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF"),
+            ProbeError::Rejected(e) => anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.8+ with BTF"),
             ProbeError::Other(e) => anyhow!(e),
         })?;
         let rings = probes
@@ -188,6 +190,7 @@ impl Session {
             ts: now_ms(),
             pid: target.pid,
             cmdline: target.cmdline.clone(),
+            vma_source: probes.vma_source().as_str(),
         }];
         events.push(breakdown_event(target.pid, &breakdown));
         Ok(Self {
@@ -321,6 +324,7 @@ impl Session {
         self.maybe_refresh_breakdown();
         sink.frame(&Frame {
             target: &self.target,
+            vma_source: self.probes.vma_source().as_str(),
             attached: self.attached,
             vma: self.vma.status(),
             breakdown: self.breakdown.as_ref(),

@@ -17,6 +17,7 @@ use crate::{
     alert::Severity,
     event::{AlertKind, Event, PROCESS_STATES},
     tcp::proc::state_name,
+    vma::source::VmaSource,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +53,13 @@ struct GroupLabels {
     target: String,
     pid: String,
     group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    target: String,
+    pid: String,
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +106,7 @@ const RINGS: [&str; 3] = ["vma", "tcp", "task"];
 pub struct Metrics {
     registry: Registry,
     vma_count: Family<TargetLabels, Gauge>,
+    vma_source: Family<SourceLabels, Gauge>,
     vma_limit: Family<TargetLabels, Gauge>,
     vma_growth: Family<TargetLabels, FloatGauge>,
     vma_eta: Family<TargetLabels, FloatGauge>,
@@ -135,6 +144,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut metrics = Self {
             vma_count: Family::default(),
+            vma_source: Family::default(),
             vma_limit: Family::default(),
             vma_growth: Family::default(),
             vma_eta: Family::default(),
@@ -182,6 +192,11 @@ impl Metrics {
             "tracer_vma_count",
             "Memory mappings of the target (mm->map_count)",
             self.vma_count.clone(),
+        );
+        r.register(
+            "tracer_vma_source",
+            "Where the VMA count comes from on this kernel (1 for the source in use): mmap_lock, syscall_fexit or syscall_tracepoint",
+            self.vma_source.clone(),
         );
         r.register(
             "tracer_vma_limit",
@@ -281,9 +296,12 @@ impl Metrics {
     /// Updates the series of `labels`' target from one event.
     pub fn observe(&self, labels: &TargetLabels, event: &Event) {
         match event {
-            Event::TargetAttached { .. } => {
+            Event::TargetAttached { vma_source, .. } => {
                 self.targets.inc();
                 self.attaches.inc();
+                self.vma_source
+                    .get_or_create(&source_labels(labels, vma_source))
+                    .set(1);
             }
             Event::Vma {
                 map_count,
@@ -363,6 +381,10 @@ impl Metrics {
     /// Removes every series of a target no longer watched.
     pub fn forget(&self, labels: &TargetLabels) {
         self.targets.dec();
+        for source in VmaSource::ALL {
+            self.vma_source
+                .remove(&source_labels(labels, source.as_str()));
+        }
         for family in [
             &self.vma_count,
             &self.vma_limit,
@@ -596,6 +618,14 @@ where
     }
 }
 
+fn source_labels(labels: &TargetLabels, source: &str) -> SourceLabels {
+    SourceLabels {
+        target: labels.target.clone(),
+        pid: labels.pid.clone(),
+        source: source.to_owned(),
+    }
+}
+
 fn group_labels(labels: &TargetLabels, group: &str) -> GroupLabels {
     GroupLabels {
         target: labels.target.clone(),
@@ -655,6 +685,7 @@ mod tests {
                 ts: 0,
                 pid: 42,
                 cmdline: "java kafka.Kafka".into(),
+                vma_source: "syscall_fexit",
             },
         );
         metrics.observe(
@@ -695,6 +726,10 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(r#"tracer_vma_count{target="kafka",pid="42"} 61000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tracer_vma_source{target="kafka",pid="42",source="syscall_fexit"} 1"#),
             "{text}"
         );
         assert!(

@@ -25,8 +25,17 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     for event in events {
         match event {
-            Event::TargetAttached { ts, pid, cmdline } => {
-                writeln!(out, "{} attached to {pid}: {cmdline}", clock(*ts))?;
+            Event::TargetAttached {
+                ts,
+                pid,
+                cmdline,
+                vma_source,
+            } => {
+                writeln!(
+                    out,
+                    "{} attached to {pid} (VMA count from {vma_source}): {cmdline}",
+                    clock(*ts)
+                )?;
             }
             Event::Alert {
                 ts,
