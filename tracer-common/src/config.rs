@@ -59,6 +59,9 @@ pub struct KernelLayout {
     pub sk_shutdown: u32,
     /// `task_struct.pid` (`pid_t`): a thread's id, as the kernel numbers it.
     pub task_pid: u32,
+    /// `task_struct.__state` (5.14+) or `.state` (before): the state of a task switched out,
+    /// read only where `sched_switch` does not pass it (before 5.18); [`ABSENT`] where it does.
+    pub task_state: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 16 * 4);
+const _: () = assert!(size_of::<KernelLayout>() == 17 * 4);

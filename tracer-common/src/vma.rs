@@ -1,5 +1,10 @@
 //! The target's VMA count (`mm->map_count`), as the kernel programs publish it.
 //!
+//! Where the kernel's `mmap_lock` tracepoints are cheap (6.18 passes a cgroup id; 6.1 and 6.12 build a
+//! memcg path string for every event), the
+//! count is read under the lock, as below; elsewhere at the exit of the target's syscalls that
+//! change its map (the agent picks, see `tracer-user/src/vma/source.rs`).
+//!
 //! Every change to a process's memory map happens under its `mmap_lock` held for writing, and
 //! the `mmap_lock:mmap_lock_released` tracepoint fires just before the lock is let go. Reading
 //! the count there, for the target's `mm`, gives its exact value after every change, in the

@@ -10,13 +10,70 @@ mod task;
 mod tcp;
 mod vma;
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{fexit, raw_tracepoint},
+    programs::{FExitContext, RawTracePointContext},
+};
 
-/// `mmap_lock:mmap_lock_released`: every release of a process's memory-map lock; for the
-/// target's, publishes its VMA count when it changed.
+/// `mmap_lock:mmap_lock_released` (VMA source `mmap_lock`): every release of a process's
+/// memory-map lock; for the target's, publishes its VMA count when it changed.
 #[raw_tracepoint(tracepoint = "mmap_lock_released")]
 pub fn tracer_mmaplock(ctx: RawTracePointContext) -> i32 {
     let _ = vma::on_lock_released(&ctx);
+    0
+}
+
+/// One fexit program per syscall that can change the number of VMAs (VMA source
+/// `syscall_fexit`), on its x86-64 entry function `__x64_sys_NAME`. The agent loads those the
+/// kernel's BTF has (`mseal` since 6.10) and derives the function from the program's name
+/// (`tracer_fx_NAME`).
+macro_rules! vma_syscalls {
+    ($($program:ident => $function:literal,)*) => {$(
+        #[doc = concat!("fexit of `", $function, "`: the target's VMA count after the syscall.")]
+        #[fexit(function = $function)]
+        pub fn $program(_ctx: FExitContext) -> i32 {
+            let _ = vma::on_syscall_exit();
+            0
+        }
+    )*};
+}
+
+vma_syscalls! {
+    tracer_fx_mmap => "__x64_sys_mmap",
+    tracer_fx_munmap => "__x64_sys_munmap",
+    tracer_fx_mremap => "__x64_sys_mremap",
+    tracer_fx_mprotect => "__x64_sys_mprotect",
+    tracer_fx_pkey_mprotect => "__x64_sys_pkey_mprotect",
+    tracer_fx_brk => "__x64_sys_brk",
+    tracer_fx_madvise => "__x64_sys_madvise",
+    tracer_fx_mlock => "__x64_sys_mlock",
+    tracer_fx_mlock2 => "__x64_sys_mlock2",
+    tracer_fx_munlock => "__x64_sys_munlock",
+    tracer_fx_mlockall => "__x64_sys_mlockall",
+    tracer_fx_munlockall => "__x64_sys_munlockall",
+    tracer_fx_mbind => "__x64_sys_mbind",
+    tracer_fx_shmat => "__x64_sys_shmat",
+    tracer_fx_shmdt => "__x64_sys_shmdt",
+    tracer_fx_remap_file_pages => "__x64_sys_remap_file_pages",
+    tracer_fx_mseal => "__x64_sys_mseal",
+    tracer_fx_prctl => "__x64_sys_prctl",
+    tracer_fx_execve => "__x64_sys_execve",
+    tracer_fx_execveat => "__x64_sys_execveat",
+}
+
+/// `raw_syscalls:sys_exit` (VMA source `syscall_tracepoint`, where neither of the above
+/// works): the exit of every syscall of every task; for the target's, its VMA count.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn tracer_sysexit(_ctx: RawTracePointContext) -> i32 {
+    let _ = vma::on_syscall_exit();
+    0
+}
+
+/// Not attached: the agent runs it on demand to put the target's current VMA count in the
+/// register (readings taken after the lock is dropped can arrive out of order).
+#[raw_tracepoint(tracepoint = "tracer_vmaheal")]
+pub fn tracer_vmaheal(_ctx: RawTracePointContext) -> i32 {
+    let _ = vma::heal();
     0
 }
 

@@ -33,6 +33,7 @@ pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     sk_socket: 0,
     sk_shutdown: 0,
     task_pid: 0,
+    task_state: 0,
 };
 
 /// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.

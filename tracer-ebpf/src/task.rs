@@ -9,6 +9,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
+    config::ABSENT,
     lost::{LOST_TASK, UNTRACKED_THREADS},
     task::{
         ASLEEP, MAX_THREADS, PREEMPTED, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME,
@@ -81,14 +82,18 @@ pub fn on_exit() -> Option<()> {
 }
 
 /// `sched:sched_switch` (`TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
-/// *next, unsigned int prev_state)`), on every context switch of the machine: the task leaving
-/// is the current one, checked as every program checks; the task arriving is a target thread
-/// when its `mm` is the target's (learned by the VMA probe). A switch between two other tasks
-/// costs two helper calls and two compares.
+/// *next, unsigned int prev_state)` since 5.18; before, without `prev_state`, which is then read
+/// from `prev` at `KernelLayout::task_state`), on every context switch of the machine: the task
+/// leaving is the current one, checked as every program checks; the task arriving is a target
+/// thread when its `mm` is the target's (learned by the VMA probes). A switch between two other
+/// tasks costs two helper calls and two compares.
 pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
-    let target_mm = vma::target_mm()?;
     // The task switched out is the current one.
     let prev = target::current_thread();
+    if prev.is_some() {
+        let _ = vma::learn_own();
+    }
+    let target_mm = vma::target_mm()?;
     let next: *const u8 = ctx.arg(2);
     let next_is_target = read::<u64>(next, layout!(task_mm))? == target_mm;
     if prev.is_none() && !next_is_target {
@@ -98,11 +103,14 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(tid) = prev {
         let preempt: u64 = ctx.arg(0);
-        let prev_state: u64 = ctx.arg(3);
-        if prev_state as u32 & TASK_DEAD != 0 {
+        let prev_state = match layout!(task_state) {
+            ABSENT => ctx.arg::<u64>(3) as u32,
+            offset => read::<u32>(ctx.arg::<*const u8>(1), offset).unwrap_or(0),
+        };
+        if prev_state & TASK_DEAD != 0 {
             // The exiting thread's last switch: its account goes with it.
             let _ = THREADS.remove(&tid);
-        } else if preempt & 1 != 0 || prev_state as u32 == 0 {
+        } else if preempt & 1 != 0 || prev_state == 0 {
             switch_out(tid, now, PREEMPTED);
         } else {
             switch_out(tid, now, ASLEEP);

@@ -1,5 +1,12 @@
-//! The target's VMA count, read under its `mmap_lock` at every release (see
-//! `tracer_common::vma` for why that is exact, and how changes are recorded).
+//! The target's VMA count (`mm->map_count`), read where the kernel changes it. Which programs
+//! feed it depends on the kernel (`tracer_common::vma::VmaSource`, chosen by the agent):
+//! - `mmap_lock`: at every release of the target's `mmap_lock` (see `tracer_common::vma` for
+//!   why that is exact);
+//! - `syscall_fexit`: at the exit of each syscall that changes memory maps (BPF trampolines);
+//! - `syscall_tracepoint`: at the exit of every syscall of the target (`raw_syscalls:sys_exit`).
+//!
+//! The syscall sources read after the lock is dropped, so two threads can publish their
+//! readings out of order; `heal` (run by the agent every report) puts the current count back.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
@@ -7,7 +14,6 @@ use aya_ebpf::{
     maps::{Array, RingBuf},
     programs::RawTracePointContext,
 };
-use aya_log_ebpf::error;
 use tracer_common::{
     lost::LOST_VMA,
     vma::{HIGH_WATER, RECORD_EVERY, REGISTER, VmaEvent, VmaRegister, WAKEUP_BYTES},
@@ -29,61 +35,72 @@ static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(2, 0);
 #[map]
 static VMA_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// `mmap_lock:mmap_lock_released` (`TP_PROTO(struct mm_struct *mm, bool write)`): every
-/// release of any process's mmap_lock, just before it is let go.
+/// `mmap_lock:mmap_lock_released` (5.10 has none; 5.11-6.x: `TP_PROTO(struct mm_struct *mm,
+/// [const char *memcg_path,] bool write)`, the path gone in 6.14+): every release of any
+/// process's mmap_lock, just before it is let go. Only `mm`, the first argument, is read.
 pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
     let mm: u64 = ctx.arg(0);
-    let register = VMA_STATE.get_ptr_mut(REGISTER)?;
-    // SAFETY: an entry of an array map, valid for the program's run; it is written only under
-    // the target's mmap_lock, so never by two CPUs at once.
-    let register = unsafe { &mut *register };
+    let register = register()?;
     if mm != register.mm {
         // Another process's lock, the common case: one compare. Until the target's mm is
         // known (after attach, after an exec), its own thread releasing its own mm tells.
-        if register.mm != 0 || !target::is_current() {
+        if register.mm != 0 || current_mm()? != mm {
             return None;
         }
-        let task = unsafe { bpf_get_current_task() } as *const u8;
-        if read::<u64>(task, layout!(task_mm))? != mm {
-            return None;
-        }
-        register.mm = mm;
-        register.valid = 0;
+        learn(register, mm);
     }
-    let count: i32 = match read(mm as *const u8, layout!(mm_map_count)) {
-        Some(count) => count,
-        None => {
-            error!(ctx, "reading mm->map_count failed: wrong BTF offsets?");
-            return None;
-        }
-    };
-    let count = u32::try_from(count).ok()?;
-    if register.valid != 0 && register.count == count {
+    publish(register, read_count(mm)?);
+    Some(())
+}
+
+/// The exit of a syscall (the `syscall_fexit` and `syscall_tracepoint` sources): when the
+/// current task is one of the target's, its count as the syscall left it.
+#[inline(always)]
+pub fn on_syscall_exit() -> Option<()> {
+    let mm = current_mm()?;
+    let register = register()?;
+    if mm != register.mm {
+        learn(register, mm);
+    }
+    publish(register, read_count(mm)?);
+    Some(())
+}
+
+/// Run on demand by the agent (BPF_PROG_TEST_RUN, in the agent's context): reads the count of
+/// the target's mm now, so a reading published out of order is replaced by the current one.
+pub fn heal() -> Option<()> {
+    let register = register()?;
+    if register.mm == 0 {
         return None;
     }
-    register.count = count;
-    register.valid = 1;
-    register.changes = register.changes.wrapping_add(1);
-    let high = VMA_STATE.get_ptr_mut(HIGH_WATER)?;
-    // SAFETY: as above; the agent may reset it meanwhile, and then a spike of that instant is
-    // only seen in the register.
-    let high = unsafe { &mut (*high).count };
-    let new_high = count > *high;
-    if new_high {
-        *high = count;
-    }
-    if new_high || register.changes % RECORD_EVERY == 0 {
-        emit(count);
+    let count = read_count(register.mm)?;
+    if register.valid == 0 || register.count != count {
+        register.count = count;
+        register.valid = 1;
     }
     Some(())
 }
 
-/// The target's `struct mm_struct *`, once its first lock release told it: every thread of
-/// the target shares it, so comparing a task's `mm` with it says whether the task is one.
+/// The target's `struct mm_struct *`, once a probe learned it: every thread of the target
+/// shares it, so comparing a task's `mm` with it says whether the task is one.
 #[inline(always)]
 pub fn target_mm() -> Option<u64> {
     let register = VMA_STATE.get(REGISTER)?;
     (register.mm != 0).then_some(register.mm)
+}
+
+/// Learns the target's mm from the current task, which the caller found to be one of the
+/// target's, when it is not known yet (so a target that never changes its memory map still
+/// gets its threads accounted, and has its count healed).
+#[inline(always)]
+pub fn learn_own() -> Option<()> {
+    let register = register()?;
+    if register.mm == 0 {
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        let mm = read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)?;
+        learn(register, mm);
+    }
+    Some(())
 }
 
 /// `sched:sched_process_exec`: a process replaced its program, and with it its memory map.
@@ -92,10 +109,67 @@ pub fn on_exec() -> Option<()> {
     if !target::is_current() {
         return None;
     }
-    let register = VMA_STATE.get_ptr_mut(REGISTER)?;
-    // SAFETY: as in `on_lock_released`; the exec'ing thread is the target's only one now.
-    unsafe { (*register).mm = 0 };
+    // The exec'ing thread is the target's only one now.
+    register()?.mm = 0;
     Some(())
+}
+
+#[inline(always)]
+fn register() -> Option<&'static mut VmaRegister> {
+    let register = VMA_STATE.get_ptr_mut(REGISTER)?;
+    // SAFETY: an entry of an array map, valid for the program's run. Its writers are the
+    // target's own threads and the agent's heal: a race among them leaves a stale count for
+    // at most one report, until the next heal.
+    Some(unsafe { &mut *register })
+}
+
+/// The current task's mm, when the current task is one of the target's.
+#[inline(always)]
+fn current_mm() -> Option<u64> {
+    if !target::is_current() {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)
+}
+
+#[inline(always)]
+fn learn(register: &mut VmaRegister, mm: u64) {
+    register.mm = mm;
+    register.valid = 0;
+}
+
+#[inline(always)]
+fn read_count(mm: u64) -> Option<u32> {
+    match read::<i32>(mm as *const u8, layout!(mm_map_count)) {
+        Some(count) => u32::try_from(count).ok(),
+        None => None,
+    }
+}
+
+/// Stores a reading in the register; records it when it is a new high or one in
+/// `RECORD_EVERY` changes.
+#[inline(always)]
+fn publish(register: &mut VmaRegister, count: u32) {
+    if register.valid != 0 && register.count == count {
+        return;
+    }
+    register.count = count;
+    register.valid = 1;
+    register.changes = register.changes.wrapping_add(1);
+    let Some(high) = VMA_STATE.get_ptr_mut(HIGH_WATER) else {
+        return;
+    };
+    // SAFETY: as in `register`; the agent may reset it meanwhile, and then a spike of that
+    // instant is only seen in the register.
+    let high = unsafe { &mut (*high).count };
+    let new_high = count > *high;
+    if new_high {
+        *high = count;
+    }
+    if new_high || register.changes % RECORD_EVERY == 0 {
+        emit(count);
+    }
 }
 
 #[inline(always)]

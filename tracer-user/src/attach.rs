@@ -26,7 +26,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
 /// Checks the machine, attaches to `target` and reports to stdout until the session ends.
 pub async fn watch(target: Target, watch: &WatchArgs, output: OutputArgs) -> anyhow::Result<End> {
     let options = watch.options()?;
-    let source = procmode::source(options.mode)?;
+    let source = procmode::source(options.mode, watch.btf.as_deref(), watch.vma_source)?;
     let session = Session::attach(target, &source, &options)?;
     let mut sink = Output::for_stdout(output.json);
     match session.run(&mut sink, stop_signal(output.duration)).await {

@@ -12,12 +12,15 @@ use std::{fmt, path::Path};
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// Why an offset could not be found; the caller decides whether that is fatal.
@@ -136,8 +139,16 @@ impl Btf {
                 1 | 14 | 17 => 4,
                 // array
                 3 => 12,
-                // enum, func_proto: 8 bytes per entry
-                6 | 13 => vlen * 8,
+                // func_proto: its parameters (name, type), kept as members at offset 0
+                KIND_FUNC_PROTO => {
+                    for m in 0..vlen {
+                        let base = at + m * 8;
+                        members.push((word(base)?, word(base + 4)?, 0));
+                    }
+                    vlen * 8
+                }
+                // enum: 8 bytes per entry
+                6 => vlen * 8,
                 // datasec, enum64: 12 bytes per entry
                 15 | 19 => vlen * 12,
                 // ptr, fwd, typedef, volatile, const, restrict, func, float, type_tag
@@ -155,6 +166,39 @@ impl Btf {
         Ok(Self { types, strings })
     }
 
+    /// Whether the kernel has a function of this name (one a BPF trampoline can attach to).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.find(KIND_FUNC, name).is_some()
+    }
+
+    /// Whether `struct ty` exists and has `member` (also inside anonymous members).
+    pub fn has_member(&self, ty: &str, member: &str) -> bool {
+        self.find(KIND_STRUCT, ty)
+            .is_some_and(|id| self.find_member(id, member, 0).is_some())
+    }
+
+    /// The number of `TP_PROTO` arguments of a raw tracepoint, from the kernel's typedef
+    /// `btf_trace_NAME` (a pointer to a function taking `void *__data` and then them); `None`
+    /// when the kernel has no such tracepoint.
+    pub fn tracepoint_arity(&self, tracepoint: &str) -> Option<usize> {
+        let typedef = self.find(KIND_TYPEDEF, &format!("btf_trace_{tracepoint}"))?;
+        let ptr = self.types.get(typedef - 1)?.size_or_ref as usize;
+        let ptr = self.types.get(ptr.checked_sub(1)?)?;
+        if ptr.kind != KIND_PTR {
+            return None;
+        }
+        let proto = self.types.get((ptr.size_or_ref as usize).checked_sub(1)?)?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| proto.members.len().saturating_sub(1))
+    }
+
+    /// The id of the type of this kind and name.
+    fn find(&self, kind: u32, name: &str) -> Option<usize> {
+        self.types
+            .iter()
+            .position(|t| t.kind == kind && self.name(t.name_off) == Some(name))
+            .map(|index| index + 1)
+    }
+
     /// Byte offset of `member` in `struct ty`, looking through anonymous struct and union
     /// members.
     pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
@@ -165,11 +209,8 @@ impl Btf {
     /// the offset of `skc_net.net`. Each step looks through anonymous members and typedefs.
     pub fn field_offset(&self, ty: &str, path: &[&str]) -> Result<u32, BtfError> {
         let mut id = self
-            .types
-            .iter()
-            .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == Some(ty))
-            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?
-            + 1;
+            .find(KIND_STRUCT, ty)
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
         let mut bits = 0;
         for member in path {
             let (offset, member_type) =
@@ -271,7 +312,14 @@ mod tests {
                 type_bytes.extend_from_slice(&32u32.to_le_bytes());
             }
             for &(m, ty, off) in members {
-                for w in [intern(m), ty, off] {
+                let words = [intern(m), ty, off];
+                // A func_proto's parameters have no offset.
+                let words = if kind == KIND_FUNC_PROTO {
+                    &words[..2]
+                } else {
+                    &words[..]
+                };
+                for w in words {
                     type_bytes.extend_from_slice(&w.to_le_bytes());
                 }
             }
@@ -381,6 +429,30 @@ mod tests {
             btf.member_offset("sock_common", "odd"),
             Err(BtfError::Bitfield { .. })
         ));
+    }
+
+    #[test]
+    fn tracepoint_arguments_and_functions() {
+        // 1: int; 2: func_proto (void *__data, int, int); 3: ptr -> 2;
+        // 4: typedef btf_trace_sched_switch -> 3; 5: func __x64_sys_mmap -> 2
+        let data = blob(&[
+            (1, "int", 4, false, &[]),
+            (
+                KIND_FUNC_PROTO,
+                "",
+                1,
+                false,
+                &[("__data", 1, 0), ("preempt", 1, 0), ("prev", 1, 0)],
+            ),
+            (KIND_PTR, "", 2, false, &[]),
+            (KIND_TYPEDEF, "btf_trace_sched_switch", 3, false, &[]),
+            (KIND_FUNC, "__x64_sys_mmap", 2, false, &[]),
+        ]);
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(btf.tracepoint_arity("sched_switch"), Some(2));
+        assert_eq!(btf.tracepoint_arity("mmap_lock_released"), None);
+        assert!(btf.has_function("__x64_sys_mmap"));
+        assert!(!btf.has_function("__x64_sys_mseal"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     exhaustion::Thresholds, procmode::Mode, scrub::Scrubber, session::Options, tcp::TcpThresholds,
-    threads::ThreadThresholds,
+    threads::ThreadThresholds, vma::source::VmaSource,
 };
 
 #[derive(Debug, Parser)]
@@ -207,6 +207,13 @@ pub struct WatchArgs {
     /// argument after `--NAME` are masked before any output.
     #[arg(long, value_delimiter = ',', value_name = "WORD")]
     pub scrub_words: Vec<String>,
+    /// The kernel's BTF (a vmlinux BTF file, e.g. from BTFHub), for kernels that publish none
+    /// at /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// Where the VMA count comes from [default: the cheapest exact source this kernel offers].
+    #[arg(long, value_parser = parse_vma_source)]
+    pub vma_source: Option<VmaSource>,
 }
 
 impl WatchArgs {
@@ -285,6 +292,19 @@ fn parse_pid(text: &str) -> Result<u32, String> {
             "'{text}' is not a process id; pass a number, e.g. --pid $(pgrep -f kafka.Kafka)"
         )),
     }
+}
+
+fn parse_vma_source(text: &str) -> Result<VmaSource, String> {
+    VmaSource::ALL
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| {
+            let names: Vec<_> = VmaSource::ALL.iter().map(|s| s.as_str()).collect();
+            format!(
+                "'{text}' is not a VMA source; use one of {}",
+                names.join(", ")
+            )
+        })
 }
 
 /// "90", "90s", "15m", "6h", "2d".

@@ -61,6 +61,9 @@ pub enum Event {
         cmdline: String,
         /// "ebpf" or "proc".
         mode: &'static str,
+        /// Where the VMA count comes from on this kernel: `mmap_lock`, `syscall_fexit` or
+        /// `syscall_tracepoint` (README: what each can miss).
+        vma_source: &'static str,
     },
     /// The VMA count, at least once per second.
     Vma {

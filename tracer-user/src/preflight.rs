@@ -1,7 +1,7 @@
 //! Checks of the machine and of our privileges, made before anything is loaded, so each
 //! problem ends in one line that names its fix.
 
-use std::{fs, os::unix::fs::MetadataExt as _};
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use anyhow::{Context as _, anyhow, bail};
 
@@ -10,6 +10,7 @@ use tracer_common::config::{KernelLayout, PidNamespace};
 use crate::{
     btf::{self, Btf},
     probes,
+    vma::source::{self, Features, VmaSource},
 };
 
 /// Capability bits (linux/capability.h).
@@ -17,40 +18,68 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// Oldest kernel with everything the programs use: BPF ring buffers (5.8), BPF_ATOMIC
-/// fetch-add and compare-and-swap (5.12).
-const MIN_KERNEL: (u32, u32) = (5, 12);
-
 /// What the probes need to know about this machine, found once at start.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Machine {
     /// Where the programs' kernel fields are, from the kernel's BTF.
     pub layout: KernelLayout,
     /// The pid namespace the agent's pids are in.
     pub pidns: PidNamespace,
+    /// Where the VMA count can come from here, best first.
+    pub vma_sources: Vec<VmaSource>,
 }
 
-/// Runs every check, raises the memlock limit, and reads what the probes need to know.
-pub fn check() -> anyhow::Result<Machine> {
+/// Runs every check, raises the memlock limit, and reads what the probes need to know: field
+/// offsets from the kernel's BTF, or from `btf_file` (a BTFHub file for this kernel) where the
+/// kernel publishes none. `vma_source` forces one source instead of the best available.
+pub fn check(btf_file: Option<&Path>, vma_source: Option<VmaSource>) -> anyhow::Result<Machine> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     check_privileges(&status)?;
     let release = kernel_release();
-    check_kernel(&release)?;
-    if !std::path::Path::new(btf::VMLINUX).exists() {
-        bail!(
-            "this kernel ({release}) publishes no BTF at {} - tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (distribution kernels since 5.4 have it)",
+    check_ring_buffer(&release)?;
+    let kernel_btf = Path::new(btf::VMLINUX).exists();
+    let btf = match btf_file {
+        Some(path) => Btf::from_file(path).with_context(|| {
+            format!("reading --btf {} - give the vmlinux BTF of this kernel ({release}), e.g. from BTFHub", path.display())
+        })?,
+        None if kernel_btf => {
+            Btf::from_kernel().with_context(|| format!("reading {}", btf::VMLINUX))?
+        }
+        None => bail!(
+            "this kernel ({release}) publishes no BTF at {} - give tracer this kernel's BTF with --btf FILE (BTFHub has files for most distribution kernels), or use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
             btf::VMLINUX
-        );
-    }
-    let btf = Btf::from_kernel().with_context(|| format!("reading {}", btf::VMLINUX))?;
+        ),
+    };
     let layout = probes::kernel_layout(&btf).map_err(|e| {
         anyhow!("{e} - this kernel ({release}) is laid out in a way tracer does not know yet, please report it")
     })?;
+    // Trampolines attach by the running kernel's own type ids: a BTFHub file cannot give them.
+    let features = Features::of(&btf, kernel_btf && btf_file.is_none());
+    let vma_sources = match vma_source {
+        Some(forced) => vec![forced],
+        None => source::candidates(features),
+    };
     raise_memlock_limit();
     Ok(Machine {
         layout,
         pidns: pid_namespace()?,
+        vma_sources,
     })
+}
+
+/// The programs publish through BPF ring buffers (Linux 5.8): the one hard requirement.
+fn check_ring_buffer(release: &str) -> anyhow::Result<()> {
+    match aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!(
+            "this kernel ({release}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF) - tracer needs Linux 5.8 or newer with BTF"
+        ),
+        // Probing needs the privilege checked above; let the load say what is wrong.
+        Err(e) => {
+            log::debug!("probing for BPF ring buffers: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Loading BPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which root has).
@@ -101,17 +130,6 @@ fn version(release: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.ok()?, parts.next()?.ok()?))
 }
 
-fn check_kernel(release: &str) -> anyhow::Result<()> {
-    if version(release).is_some_and(|v| v < MIN_KERNEL) {
-        bail!(
-            "kernel {release} is too old: tracer needs Linux {}.{} or newer (BPF ring buffers and atomics) - upgrade the kernel",
-            MIN_KERNEL.0,
-            MIN_KERNEL.1
-        );
-    }
-    Ok(())
-}
-
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it where we may. Newer kernels
 /// charge the memory cgroup instead and ignore it.
 fn raise_memlock_limit() {
@@ -160,15 +178,7 @@ mod tests {
 
     #[test]
     fn kernel_versions() {
-        assert!(check_kernel("6.18.44-fc-v595").is_ok());
-        assert!(check_kernel("5.12.0").is_ok());
-        assert!(
-            check_kernel("5.4.0-150-generic")
-                .unwrap_err()
-                .to_string()
-                .contains("5.12 or newer")
-        );
-        assert!(check_kernel("unknown").is_ok());
+        assert_eq!(version("6.18.44-fc-v595"), Some((6, 18)));
         assert_eq!(version("5.10.0-rc1"), Some((5, 10)));
         assert_eq!(version("unknown"), None);
     }

@@ -9,7 +9,7 @@ use std::fmt;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
+    programs::{FExit, RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
 use tracer_common::{
     config::{
@@ -22,7 +22,10 @@ use tracer_common::{
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
 
-use crate::btf::{Btf, BtfError};
+use crate::{
+    btf::{Btf, BtfError},
+    vma::source::VmaSource,
+};
 
 /// The eBPF object built by `build.rs`, embedded so `tracer` is one self-contained file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
@@ -66,6 +69,14 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             other => other?,
         },
         task_pid: btf.member_offset("task_struct", "pid")?,
+        // sched_switch passes prev_state since 5.18 (4 arguments); before, the programs read
+        // it from the task: `__state` since 5.14, `state` before.
+        task_state: if btf.tracepoint_arity("sched_switch") == Some(4) {
+            ABSENT
+        } else {
+            btf.member_offset("task_struct", "__state")
+                .or_else(|_| btf.member_offset("task_struct", "state"))?
+        },
     })
 }
 
@@ -131,11 +142,15 @@ pub struct Probes {
     tcp_seed: HashMap<MapData, TupleKey, u8>,
     tcp_seed_ports: HashMap<MapData, u32, u32>,
     lost: PerCpuArray<MapData, u64>,
+    /// Where the VMA count comes from on this kernel.
+    vma_source: VmaSource,
+    /// Whether the heal program runs here (BPF_PROG_TEST_RUN of raw tracepoints: 5.10+).
+    heal: bool,
 }
 
-/// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand.
-const PROGRAMS: [(&str, Option<&str>); 8] = [
-    ("tracer_mmaplock", Some("mmap_lock_released")),
+/// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand. The
+/// VMA source's programs are attached apart (see [`attach_vma_source`]).
+const PROGRAMS: [(&str, Option<&str>); 7] = [
     ("tracer_exec", Some("sched_process_exec")),
     ("tracer_tcpstate", Some("inet_sock_set_state")),
     ("tracer_newtask", Some("task_newtask")),
@@ -148,14 +163,21 @@ const PROGRAMS: [(&str, Option<&str>); 8] = [
 /// The program that tells which queued sockets have been accepted.
 const HELD_PROBE: &str = "tracer_tcpheld";
 
+/// The program that reads the target's current VMA count into the register, run on demand.
+const HEAL_PROBE: &str = "tracer_vmaheal";
+
+/// Prefix of the `syscall_fexit` programs: `tracer_fx_NAME` attaches to `__x64_sys_NAME`.
+const FEXIT_PREFIX: &str = "tracer_fx_";
+
 impl Probes {
-    /// Loads the embedded object for `tgid` (a pid in `pidns`) and attaches every program.
-    /// `max_sockets` bounds
-    /// the kernel's table of the target's sockets.
+    /// Loads the embedded object for `tgid` (a pid in `pidns`) and attaches every program,
+    /// with the first of `vma_sources` that loads and attaches. `max_sockets` bounds the
+    /// kernel's table of the target's sockets.
     pub fn attach(
         tgid: u32,
         pidns: &PidNamespace,
         layout: &KernelLayout,
+        vma_sources: &[VmaSource],
         max_sockets: u32,
     ) -> Result<Self, ProbeError> {
         let mut ebpf = EbpfLoader::new()
@@ -193,6 +215,16 @@ impl Probes {
                 })?;
             }
         }
+        let vma_source = attach_vma_source(&mut ebpf, vma_sources)?;
+        let heal = match heal(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!(
+                    "{e} - the VMA count is then only as fresh as the target's last change (running a program on demand needs Linux 5.10)"
+                );
+                false
+            }
+        };
 
         Ok(Self {
             vma_state: take(&mut ebpf, "VMA_STATE")?,
@@ -206,7 +238,14 @@ impl Probes {
             lost: take(&mut ebpf, "LOST")?,
             ebpf,
             logger,
+            vma_source,
+            heal,
         })
+    }
+
+    /// Where the VMA count comes from.
+    pub fn vma_source(&self) -> VmaSource {
+        self.vma_source
     }
 
     /// Asks the kernel which of `sockets` (pointers from earlier records) now have a file: the
@@ -256,7 +295,14 @@ impl Probes {
 
     /// The kernel's register of the newest VMA count reading, and the highest count since
     /// the previous call (whose mark this resets).
+    /// The count is first read anew from the target's mm, so a reading published out of order
+    /// (the syscall sources read after the lock is dropped) is healed within one report.
     pub fn vma_register(&mut self) -> Result<(VmaRegister, u32), aya::maps::MapError> {
+        if self.heal
+            && let Err(e) = heal(&mut self.ebpf)
+        {
+            log::debug!("{e}");
+        }
         let register = self.vma_state.get(&REGISTER, 0)?;
         let high = self.vma_state.get(&HIGH_WATER, 0)?.count;
         self.vma_state.set(HIGH_WATER, VmaRegister::default(), 0)?;
@@ -321,6 +367,103 @@ pub struct Rings {
     pub vma: RingBuf<MapData>,
     pub tcp: RingBuf<MapData>,
     pub task: RingBuf<MapData>,
+}
+
+/// Loads and attaches the programs of the first source of `sources` that works here; the
+/// reasons the others did not are logged, and all of them make the error when none works.
+fn attach_vma_source(ebpf: &mut Ebpf, sources: &[VmaSource]) -> Result<VmaSource, ProbeError> {
+    let mut failures = Vec::new();
+    for &source in sources {
+        match attach_source(ebpf, source) {
+            Ok(()) => return Ok(source),
+            Err(e) => {
+                log::info!("VMA source {}: {e}", source.as_str());
+                failures.push(format!("{}: {e}", source.as_str()));
+            }
+        }
+    }
+    Err(ProbeError::Other(format!(
+        "no way to read the VMA count works on this kernel ({})",
+        failures.join("; ")
+    )))
+}
+
+fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
+    let raw_tracepoint = |ebpf: &mut Ebpf, name: &str, tracepoint: &str| {
+        let program: &mut RawTracePoint = program(ebpf, name)?;
+        program
+            .load()
+            .map_err(|e| classify(&format!("loading {name}"), &e))?;
+        program.attach(tracepoint).map(drop).map_err(|e| {
+            classify(
+                &format!("attaching {name} to raw tracepoint {tracepoint}"),
+                &e,
+            )
+        })
+    };
+    match source {
+        VmaSource::MmapLock => raw_tracepoint(ebpf, "tracer_mmaplock", "mmap_lock_released"),
+        VmaSource::SyscallTracepoint => raw_tracepoint(ebpf, "tracer_sysexit", "sys_exit"),
+        VmaSource::SyscallFexit => {
+            let btf = aya::Btf::from_sys_fs()
+                .map_err(|e| classify("reading the kernel's BTF for trampolines", &e))?;
+            let names: Vec<String> = ebpf
+                .programs()
+                .filter_map(|(name, _)| name.strip_prefix(FEXIT_PREFIX).map(str::to_owned))
+                .collect();
+            let result = names.iter().try_for_each(|syscall| {
+                let function = format!("__x64_sys_{syscall}");
+                let name = format!("{FEXIT_PREFIX}{syscall}");
+                let program: &mut FExit = program(ebpf, &name)?;
+                match program.load(&function, &btf) {
+                    // A syscall this kernel does not have (mseal before 6.10).
+                    Err(aya::programs::ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
+                        ..
+                    })) => return Ok(()),
+                    other => other.map_err(|e| classify(&format!("loading {name}"), &e))?,
+                }
+                program
+                    .attach()
+                    .map(drop)
+                    .map_err(|e| classify(&format!("attaching {name} to fexit of {function}"), &e))
+            });
+            if result.is_err() {
+                // Detach what did attach: a source runs whole or not at all.
+                for syscall in &names {
+                    if let Ok(program) = program::<FExit>(ebpf, &format!("{FEXIT_PREFIX}{syscall}"))
+                    {
+                        let _ = program.unload();
+                    }
+                }
+            }
+            result
+        }
+    }
+}
+
+/// Runs the heal program once (see [`Probes::vma_register`]).
+fn heal(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let program: &mut RawTracePoint = program(ebpf, HEAL_PROBE)?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| classify(&format!("loading {HEAL_PROBE}"), &e))?;
+    }
+    program
+        .test_run(RawTracePointRunOptions::new())
+        .map(drop)
+        .map_err(|e| classify(&format!("running {HEAL_PROBE}"), &e))
+}
+
+/// The program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::Other(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(|e| classify(name, &e))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, ProbeError>

@@ -79,6 +79,8 @@ pub enum End {
 /// What the live view shows, rebuilt every report interval.
 pub struct Frame<'a> {
     pub target: &'a Target,
+    /// Where the VMA count comes from.
+    pub vma_source: &'static str,
     pub attached: Instant,
     pub vma: VmaStatus,
     pub breakdown: Option<&'a BreakdownReport>,
@@ -201,6 +203,9 @@ impl Session {
             pid: target.pid,
             cmdline: target.cmdline.clone(),
             mode: Mode::of(probes.is_some()).as_str(),
+            vma_source: probes
+                .as_ref()
+                .map_or(procmode::PROC_MAPS, |p| p.vma_source().as_str()),
         }];
         events.push(breakdown_event(target.pid, &breakdown));
         if let Some(why) = &fell_back {
@@ -350,6 +355,10 @@ impl Session {
         self.maybe_refresh_breakdown();
         sink.frame(&Frame {
             target: &self.target,
+            vma_source: self
+                .probes
+                .as_ref()
+                .map_or(procmode::PROC_MAPS, |p| p.vma_source().as_str()),
             attached: self.attached,
             vma: self.vma.status(),
             breakdown: self.breakdown.as_ref(),
@@ -487,6 +496,7 @@ fn load_probes(
         target.pid,
         &machine.pidns,
         &machine.layout,
+        &machine.vma_sources,
         options.max_sockets,
     ) {
         Ok(probes) => Ok((Some(probes), None)),
@@ -503,7 +513,7 @@ fn load_probes(
                 anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)")
             }
             ProbeError::Rejected(e) => {
-                anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.12+ with BTF")
+                anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.8+ with BTF")
             }
             ProbeError::Other(e) => anyhow!(e),
         }),

@@ -16,8 +16,9 @@ use prometheus_client::{
 use crate::{
     alert::Severity,
     event::{AlertKind, Event, PROCESS_STATES},
-    procmode::Mode,
+    procmode::{Mode, PROC_MAPS},
     tcp::proc::state_name,
+    vma::source::VmaSource,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +94,13 @@ struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    target: String,
+    pid: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -153,6 +161,7 @@ impl Dropped {
 pub struct Metrics {
     registry: Registry,
     vma_count: Family<TargetLabels, Gauge>,
+    vma_source: Family<SourceLabels, Gauge>,
     vma_limit: Family<TargetLabels, Gauge>,
     vma_growth: Family<TargetLabels, FloatGauge>,
     vma_eta: Family<TargetLabels, FloatGauge>,
@@ -198,6 +207,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut metrics = Self {
             vma_count: Family::default(),
+            vma_source: Family::default(),
             vma_limit: Family::default(),
             vma_growth: Family::default(),
             vma_eta: Family::default(),
@@ -258,6 +268,11 @@ impl Metrics {
             "tracer_vma_count",
             "Memory mappings of the target (mm->map_count)",
             self.vma_count.clone(),
+        );
+        r.register(
+            "tracer_vma_source",
+            "Where the VMA count comes from on this kernel (1 for the source in use): mmap_lock, syscall_fexit or syscall_tracepoint (eBPF), proc_maps (proc mode)",
+            self.vma_source.clone(),
         );
         r.register(
             "tracer_vma_limit",
@@ -378,10 +393,15 @@ impl Metrics {
     /// Updates the series of `labels`' target from one event.
     pub fn observe(&self, labels: &TargetLabels, event: &Event) {
         match event {
-            Event::TargetAttached { mode, .. } => {
+            Event::TargetAttached {
+                mode, vma_source, ..
+            } => {
                 self.mode.get_or_create(&mode_labels(labels, mode)).set(1);
                 self.targets.inc();
                 self.attaches.inc();
+                self.vma_source
+                    .get_or_create(&source_labels(labels, vma_source))
+                    .set(1);
                 // A new session counts from 0 again.
                 self.tallies
                     .lock()
@@ -518,6 +538,13 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|(key, _), _| key != labels);
+        for source in VmaSource::ALL
+            .map(VmaSource::as_str)
+            .into_iter()
+            .chain([PROC_MAPS])
+        {
+            self.vma_source.remove(&source_labels(labels, source));
+        }
         for family in [
             &self.vma_count,
             &self.vma_limit,
@@ -763,6 +790,14 @@ where
     }
 }
 
+fn source_labels(labels: &TargetLabels, source: &str) -> SourceLabels {
+    SourceLabels {
+        target: labels.target.clone(),
+        pid: labels.pid.clone(),
+        source: source.to_owned(),
+    }
+}
+
 fn group_labels(labels: &TargetLabels, group: &str) -> GroupLabels {
     GroupLabels {
         target: labels.target.clone(),
@@ -814,6 +849,7 @@ mod tests {
                 pid: 42,
                 cmdline: "java kafka.Kafka".into(),
                 mode: "proc",
+                vma_source: "proc_maps",
             },
         );
         metrics.observe(
@@ -854,6 +890,10 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(r#"tracer_vma_count{target="kafka",pid="42"} 61000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tracer_vma_source{target="kafka",pid="42",source="proc_maps"} 1"#),
             "{text}"
         );
         assert!(
@@ -907,6 +947,7 @@ mod tests {
             pid,
             cmdline: "java kafka.Kafka".into(),
             mode: "ebpf",
+            vma_source: "mmap_lock",
         }
     }
 

@@ -115,7 +115,11 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let options = settings.watch.options()?;
     // Fail on a busy port or a bad address before anything is attached.
     let listener = http::bind(settings.listen, settings.allow_remote).await?;
-    let source = procmode::source(options.mode)?;
+    let source = procmode::source(
+        options.mode,
+        settings.watch.btf.as_deref(),
+        settings.watch.vma_source,
+    )?;
     LocalSet::new()
         .run_until(supervise(settings, options, source, listener))
         .await

@@ -30,10 +30,11 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 pid,
                 cmdline,
                 mode,
+                vma_source,
             } => {
                 writeln!(
                     out,
-                    "{} attached to {pid} ({mode} mode): {cmdline}",
+                    "{} attached to {pid} ({mode} mode, VMA count from {vma_source}): {cmdline}",
                     clock(*ts)
                 )?;
             }

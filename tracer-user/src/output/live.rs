@@ -184,8 +184,9 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
         None => "-".to_owned(),
     };
     screen.line(&format!(
-        "      growth {growth}   time to limit {eta}   peak {} this second",
-        thousands(vma.peak.into())
+        "      growth {growth}   time to limit {eta}   peak {} this second   {DIM}from {}{RESET}",
+        thousands(vma.peak.into()),
+        frame.vma_source
     ));
     if let Some((change, secs, at)) = vma.last_step {
         screen.line(&format!(

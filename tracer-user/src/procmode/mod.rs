@@ -15,6 +15,7 @@ pub mod sockets;
 pub mod tasks;
 
 use std::{
+    path::Path,
     sync::mpsc::{Receiver, SyncSender, sync_channel},
     time::{Duration, Instant},
 };
@@ -26,6 +27,7 @@ use crate::{
     event::monotonic,
     preflight::{self, Machine},
     tcp::proc::ProcSockets,
+    vma::source::VmaSource,
 };
 use maps::CountReader;
 use sockets::SocketDiff;
@@ -71,13 +73,20 @@ pub enum Source {
     Proc { fell_back: Option<String> },
 }
 
+/// What `target_attached` names as the VMA count's source in proc mode.
+pub const PROC_MAPS: &str = "proc_maps";
+
 /// The machine check for `mode`. In `auto`, a failed check means proc mode (announced by the
 /// session once it has attached, so that a failure to read /proc is still one line).
-pub fn source(mode: Mode) -> anyhow::Result<Source> {
+pub fn source(
+    mode: Mode,
+    btf: Option<&Path>,
+    vma_source: Option<VmaSource>,
+) -> anyhow::Result<Source> {
     match mode {
         Mode::Proc => Ok(Source::Proc { fell_back: None }),
-        Mode::Ebpf => preflight::check().map(Source::Probes),
-        Mode::Auto => Ok(preflight::check().map_or_else(
+        Mode::Ebpf => preflight::check(btf, vma_source).map(Source::Probes),
+        Mode::Auto => Ok(preflight::check(btf, vma_source).map_or_else(
             |e| Source::Proc {
                 fell_back: Some(format!("{e:#}")),
             },

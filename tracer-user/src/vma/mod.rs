@@ -2,6 +2,7 @@
 //! exhaustion, and the `vma_exhaustion` alerts.
 
 pub mod maps;
+pub mod source;
 
 use std::collections::HashMap;
 
