@@ -878,3 +878,118 @@ fn memory_stays_flat_through_target_churn() {
             || metrics["tracer_targets"] <= 1.0
     );
 }
+
+/// Every line `process` prints within `wait` (and those already waiting), as JSON.
+fn lines_within(process: &Process, wait: Duration) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + wait;
+    let mut lines = Vec::new();
+    loop {
+        match process.try_line() {
+            // The blank line after each Server-Sent Event.
+            Some((_, line)) if line.is_empty() => {}
+            Some((_, line)) => lines.push(
+                serde_json::from_str(line.trim_start_matches("data: "))
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+            ),
+            None if Instant::now() >= deadline => return lines,
+            None => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn types(events: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().expect("type").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_firehose_is_a_choice() {
+    let dir = TempDir::new("agent-events");
+    let marker = format!("events-broker-{}", std::process::id());
+    let binary = marked_acceptor(&dir, &marker);
+    // A limit of 2 mappings: vma_exhaustion as soon as the target is attached.
+    let agent = Agent::start(&["--match", &marker, "--max-map-count", "2"]);
+    let url = format!("http://127.0.0.1:{}/events", agent.port);
+    let default = Process::spawn(Command::new("curl").args(["-sN", &url]));
+    let all = Process::spawn(Command::new("curl").args(["-sN", &format!("{url}?events=all")]));
+    let alerts = Process::spawn(Command::new("curl").args([
+        "-sN",
+        "-H",
+        "Accept: text/event-stream",
+        &format!("{url}?events=alerts"),
+    ]));
+    let bad = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}?events=tcp"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+    thread::sleep(Duration::from_millis(300));
+    let (_server, port) = start_acceptor(&binary);
+    agent.expect("target_attached", Duration::from_secs(10));
+    let clients: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let wait = Duration::from_secs(3);
+    let (all, default, alerts) = (
+        types(&lines_within(&all, wait)),
+        types(&lines_within(&default, Duration::ZERO)),
+        types(&lines_within(&alerts, Duration::ZERO)),
+    );
+    assert!(
+        all.contains("tcp_state") && all.contains("sockets") && all.contains("alert"),
+        "{all:?}"
+    );
+    assert!(
+        !default.contains("tcp_state") && default.contains("sockets") && default.contains("alert"),
+        "what on-call needs, no transitions: {default:?}"
+    );
+    assert_eq!(
+        alerts,
+        ["alert", "target_attached"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        "only alerts, attach and exit"
+    );
+    // The agent's stdout follows --events (summary by default).
+    let stdout = types(&lines_within(&agent.process, Duration::ZERO));
+    assert!(
+        !stdout.contains("tcp_state") && stdout.contains("sockets"),
+        "{stdout:?}"
+    );
+    drop(clients);
+}
+
+#[test]
+fn attach_json_keeps_every_transition_unless_told() {
+    let dir = TempDir::new("attach-events");
+    let (server, port) = start_acceptor(&compile_c("acceptor", dir.path()));
+    for (flags, transitions) in [(&[][..], true), (&["--events", "summary"][..], false)] {
+        let tracer =
+            tracer_tests::Tracer::attach(server.pid, &[&["--duration", "3"][..], flags].concat());
+        let clients: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let mut seen = Vec::new();
+        while let Some(event) = tracer.next(Duration::from_secs(10)) {
+            seen.push(event.json);
+        }
+        let seen = types(&seen);
+        assert_eq!(
+            seen.contains("tcp_state"),
+            transitions,
+            "{flags:?}: {seen:?}"
+        );
+        assert!(seen.contains("sockets"), "{flags:?}: {seen:?}");
+        drop(clients);
+    }
+}
