@@ -284,7 +284,11 @@ fn a_slow_client_does_not_slow_the_agent() {
     let agent = Agent::start(&["--pid", &server.pid.to_string(), "--events-idle", "3s"]);
     // A client that asks for the stream and never reads it.
     let mut stalled = TcpStream::connect(("127.0.0.1", agent.port)).expect("connect");
-    write!(stalled, "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    write!(
+        stalled,
+        "GET /events?events=all HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .expect("request");
     // About 75,000 tcp_state events (five per connection): more than the stalled client's
     // socket buffers and queue can hold.
     let churn = thread::spawn(move || {
@@ -440,21 +444,33 @@ impl Hook {
     }
 }
 
+/// An agent watching a process with a what-if limit just above its count (vma_exhaustion,
+/// warning then critical, at once), its alerts posted to `webhook`; extra flags after.
+fn alerting_agent(webhook: &str, extra: &[&str]) -> (Process, Agent) {
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
+    let pid = target.pid.to_string();
+    let flags = [
+        &[
+            "--pid",
+            &pid,
+            "--max-map-count",
+            &limit,
+            "--webhook",
+            webhook,
+        ][..],
+        extra,
+    ]
+    .concat();
+    let agent = Agent::start(&flags);
+    (target, agent)
+}
+
 #[test]
 fn alerts_reach_the_webhook_through_retries() {
     // The first delivery fails with 500, the next one succeeds.
     let hook = Hook::start(&["500 Internal Server Error", "200 OK"]);
-    let target = Process::spawn(Command::new("sleep").arg("60"));
-    // A what-if limit just above the count: vma_exhaustion at once.
-    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--max-map-count",
-        &limit,
-        "--webhook",
-        &hook.url(),
-    ]);
+    let (_target, agent) = alerting_agent(&hook.url(), &[]);
     agent.expect("alert", Duration::from_secs(5));
     let first = hook.next(Duration::from_secs(5));
     let second = hook.next(Duration::from_secs(5));
@@ -483,16 +499,7 @@ fn alerts_reach_the_webhook_through_retries() {
 fn refused_alerts_are_not_retried() {
     // 400: the webhook refuses the request; another try would be refused again.
     let hook = Hook::start(&["400 Bad Request", "200 OK"]);
-    let target = Process::spawn(Command::new("sleep").arg("60"));
-    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--max-map-count",
-        &limit,
-        "--webhook",
-        &hook.url(),
-    ]);
+    let (_target, agent) = alerting_agent(&hook.url(), &[]);
     let warning: serde_json::Value =
         serde_json::from_str(&hook.next(Duration::from_secs(5))).expect("JSON");
     let next: serde_json::Value =
@@ -623,22 +630,13 @@ httpd.serve_forever()
 fn a_webhook_behind_a_private_ca() {
     let dir = TempDir::new("agent-ca");
     let (hook, hook_port, ca) = https_hook(&dir);
-    let target = Process::spawn(Command::new("sleep").arg("60"));
-    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--max-map-count",
-        &limit,
-        "--webhook",
+    let (_target, _agent) = alerting_agent(
         &format!("https://127.0.0.1:{hook_port}/hook"),
-        "--webhook-ca",
-        ca.to_str().expect("utf-8"),
-    ]);
+        &["--webhook-ca", ca.to_str().expect("utf-8")],
+    );
     let (_, body) = hook.expect_line("BODY ", Duration::from_secs(10));
     let alert: serde_json::Value = serde_json::from_str(&body["BODY ".len()..]).expect("JSON");
     assert_eq!(alert["kind"], "vma_exhaustion", "{alert}");
-    drop(agent);
 }
 
 #[test]

@@ -97,22 +97,24 @@ fn the_demo_removes_its_files_however_it_ends() {
     ends_clean("demo-int-early", Some(libc::SIGINT), 0);
 }
 
-#[test]
-fn the_demo_removes_its_files_when_its_time_is_up() {
-    let temp = TempDir::new("demo-duration");
+/// Runs `tracer demo` for `seconds` with its temp dir in `temp`; checks that it leaves `temp`
+/// empty.
+fn runs_clean(temp: &TempDir, seconds: &str) {
     let status = Command::new(tracer_bin())
-        .args(["demo", "--json", "--duration", "2"])
+        .args(["demo", "--json", "--duration", seconds])
         .env("TMPDIR", temp.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .expect("run the demo");
     assert!(status.success());
-    assert!(
-        entries(temp.path()).is_empty(),
-        "{:?}",
-        entries(temp.path())
-    );
+    let left = entries(temp.path());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn the_demo_removes_its_files_when_its_time_is_up() {
+    runs_clean(&TempDir::new("demo-duration"), "2");
 }
 
 #[test]
@@ -126,17 +128,5 @@ fn a_killed_demos_files_go_with_the_next_demo() {
         [0; 64],
     )
     .expect("write");
-    let status = Command::new(tracer_bin())
-        .args(["demo", "--json", "--duration", "1"])
-        .env("TMPDIR", temp.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run the demo");
-    assert!(status.success());
-    assert!(
-        entries(temp.path()).is_empty(),
-        "{:?}",
-        entries(temp.path())
-    );
+    runs_clean(&temp, "1");
 }
