@@ -284,7 +284,11 @@ fn a_slow_client_does_not_slow_the_agent() {
     let agent = Agent::start(&["--pid", &server.pid.to_string(), "--events-idle", "3s"]);
     // A client that asks for the stream and never reads it.
     let mut stalled = TcpStream::connect(("127.0.0.1", agent.port)).expect("connect");
-    write!(stalled, "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    write!(
+        stalled,
+        "GET /events?events=all HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .expect("request");
     // About 75,000 tcp_state events (five per connection): more than the stalled client's
     // socket buffers and queue can hold.
     let churn = thread::spawn(move || {
@@ -440,21 +444,33 @@ impl Hook {
     }
 }
 
+/// An agent watching a process with a what-if limit just above its count (vma_exhaustion,
+/// warning then critical, at once), its alerts posted to `webhook`; extra flags after.
+fn alerting_agent(webhook: &str, extra: &[&str]) -> (Process, Agent) {
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
+    let pid = target.pid.to_string();
+    let flags = [
+        &[
+            "--pid",
+            &pid,
+            "--max-map-count",
+            &limit,
+            "--webhook",
+            webhook,
+        ][..],
+        extra,
+    ]
+    .concat();
+    let agent = Agent::start(&flags);
+    (target, agent)
+}
+
 #[test]
 fn alerts_reach_the_webhook_through_retries() {
     // The first delivery fails with 500, the next one succeeds.
     let hook = Hook::start(&["500 Internal Server Error", "200 OK"]);
-    let target = Process::spawn(Command::new("sleep").arg("60"));
-    // A what-if limit just above the count: vma_exhaustion at once.
-    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--max-map-count",
-        &limit,
-        "--webhook",
-        &hook.url(),
-    ]);
+    let (_target, agent) = alerting_agent(&hook.url(), &[]);
     agent.expect("alert", Duration::from_secs(5));
     let first = hook.next(Duration::from_secs(5));
     let second = hook.next(Duration::from_secs(5));
@@ -483,16 +499,7 @@ fn alerts_reach_the_webhook_through_retries() {
 fn refused_alerts_are_not_retried() {
     // 400: the webhook refuses the request; another try would be refused again.
     let hook = Hook::start(&["400 Bad Request", "200 OK"]);
-    let target = Process::spawn(Command::new("sleep").arg("60"));
-    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--max-map-count",
-        &limit,
-        "--webhook",
-        &hook.url(),
-    ]);
+    let (_target, agent) = alerting_agent(&hook.url(), &[]);
     let warning: serde_json::Value =
         serde_json::from_str(&hook.next(Duration::from_secs(5))).expect("JSON");
     let next: serde_json::Value =
@@ -623,22 +630,13 @@ httpd.serve_forever()
 fn a_webhook_behind_a_private_ca() {
     let dir = TempDir::new("agent-ca");
     let (hook, hook_port, ca) = https_hook(&dir);
-    let target = Process::spawn(Command::new("sleep").arg("60"));
-    let limit = (maps_count(target.pid).expect("alive") + 1).to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &target.pid.to_string(),
-        "--max-map-count",
-        &limit,
-        "--webhook",
+    let (_target, _agent) = alerting_agent(
         &format!("https://127.0.0.1:{hook_port}/hook"),
-        "--webhook-ca",
-        ca.to_str().expect("utf-8"),
-    ]);
+        &["--webhook-ca", ca.to_str().expect("utf-8")],
+    );
     let (_, body) = hook.expect_line("BODY ", Duration::from_secs(10));
     let alert: serde_json::Value = serde_json::from_str(&body["BODY ".len()..]).expect("JSON");
     assert_eq!(alert["kind"], "vma_exhaustion", "{alert}");
-    drop(agent);
 }
 
 #[test]
@@ -877,4 +875,119 @@ fn memory_stays_flat_through_target_churn() {
         !metrics.keys().any(|k| k.starts_with("tracer_vma_count{"))
             || metrics["tracer_targets"] <= 1.0
     );
+}
+
+/// Every line `process` prints within `wait` (and those already waiting), as JSON.
+fn lines_within(process: &Process, wait: Duration) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + wait;
+    let mut lines = Vec::new();
+    loop {
+        match process.try_line() {
+            // The blank line after each Server-Sent Event.
+            Some((_, line)) if line.is_empty() => {}
+            Some((_, line)) => lines.push(
+                serde_json::from_str(line.trim_start_matches("data: "))
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+            ),
+            None if Instant::now() >= deadline => return lines,
+            None => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn types(events: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().expect("type").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_firehose_is_a_choice() {
+    let dir = TempDir::new("agent-events");
+    let marker = format!("events-broker-{}", std::process::id());
+    let binary = marked_acceptor(&dir, &marker);
+    // A limit of 2 mappings: vma_exhaustion as soon as the target is attached.
+    let agent = Agent::start(&["--match", &marker, "--max-map-count", "2"]);
+    let url = format!("http://127.0.0.1:{}/events", agent.port);
+    let default = Process::spawn(Command::new("curl").args(["-sN", &url]));
+    let all = Process::spawn(Command::new("curl").args(["-sN", &format!("{url}?events=all")]));
+    let alerts = Process::spawn(Command::new("curl").args([
+        "-sN",
+        "-H",
+        "Accept: text/event-stream",
+        &format!("{url}?events=alerts"),
+    ]));
+    let bad = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}?events=tcp"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+    thread::sleep(Duration::from_millis(300));
+    let (_server, port) = start_acceptor(&binary);
+    agent.expect("target_attached", Duration::from_secs(10));
+    let clients: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let wait = Duration::from_secs(3);
+    let (all, default, alerts) = (
+        types(&lines_within(&all, wait)),
+        types(&lines_within(&default, Duration::ZERO)),
+        types(&lines_within(&alerts, Duration::ZERO)),
+    );
+    assert!(
+        all.contains("tcp_state") && all.contains("sockets") && all.contains("alert"),
+        "{all:?}"
+    );
+    assert!(
+        !default.contains("tcp_state") && default.contains("sockets") && default.contains("alert"),
+        "what on-call needs, no transitions: {default:?}"
+    );
+    assert_eq!(
+        alerts,
+        ["alert", "target_attached"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        "only alerts, attach and exit"
+    );
+    // The agent's stdout follows --events (summary by default).
+    let stdout = types(&lines_within(&agent.process, Duration::ZERO));
+    assert!(
+        !stdout.contains("tcp_state") && stdout.contains("sockets"),
+        "{stdout:?}"
+    );
+    drop(clients);
+}
+
+#[test]
+fn attach_json_keeps_every_transition_unless_told() {
+    let dir = TempDir::new("attach-events");
+    let (server, port) = start_acceptor(&compile_c("acceptor", dir.path()));
+    for (flags, transitions) in [(&[][..], true), (&["--events", "summary"][..], false)] {
+        let tracer =
+            tracer_tests::Tracer::attach(server.pid, &[&["--duration", "3"][..], flags].concat());
+        let clients: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let mut seen = Vec::new();
+        while let Some(event) = tracer.next(Duration::from_secs(10)) {
+            seen.push(event.json);
+        }
+        let seen = types(&seen);
+        assert_eq!(
+            seen.contains("tcp_state"),
+            transitions,
+            "{flags:?}: {seen:?}"
+        );
+        assert!(seen.contains("sockets"), "{flags:?}: {seen:?}");
+        drop(clients);
+    }
 }

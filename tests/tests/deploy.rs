@@ -164,6 +164,18 @@ fn unit_capabilities() -> String {
         .join(",")
 }
 
+/// `tracer` as user nobody with only the capabilities `caps` (setpriv's `+bpf,...`).
+fn tracer_as_nobody(caps: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer_bin())
+        .stdin(Stdio::null());
+    command
+}
+
 /// Runs `tracer ARGS` as systemd runs the unit's service, as far as the tracer can tell:
 /// user nobody (as `DynamicUser=`) with only the unit's capabilities, `NoNewPrivileges=`, and
 /// `RestrictAddressFamilies=` as systemd implements it, a seccomp filter that fails
@@ -212,15 +224,8 @@ fn run_as_unit(families: &[String], args: &[&str]) -> Output {
         libc::SECCOMP_RET_ERRNO | u32::try_from(libc::EAFNOSUPPORT).expect("errno")
     ));
     filter.push(ret(libc::SECCOMP_RET_ALLOW));
-    let caps = unit_capabilities();
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(tracer_bin())
-        .args(args)
-        .stdin(Stdio::null());
+    let mut command = tracer_as_nobody(&unit_capabilities());
+    command.args(args);
     // SAFETY: only prctl between fork and exec; the filter lives in the closure, which the
     // child owns.
     unsafe {
@@ -355,11 +360,7 @@ fn the_documented_capabilities_reach_a_broker_in_another_network_namespace() {
         client.expect_line("CONNECTED", Duration::from_secs(5));
     }
     server.expect_line("ACCEPTED 3", Duration::from_secs(5));
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(tracer_bin())
+    let output = tracer_as_nobody(&caps)
         .args([
             "attach",
             "--json",
@@ -368,7 +369,6 @@ fn the_documented_capabilities_reach_a_broker_in_another_network_namespace() {
             "--pid",
             &server.pid.to_string(),
         ])
-        .stdin(Stdio::null())
         .output()
         .expect("run tracer");
     let stderr = String::from_utf8_lossy(&output.stderr);

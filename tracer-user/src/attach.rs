@@ -28,7 +28,7 @@ pub async fn watch(target: Target, watch: &WatchArgs, output: OutputArgs) -> any
     let options = watch.options()?;
     let source = procmode::source(options.mode, watch.btf.as_deref(), watch.vma_source)?;
     let session = Session::attach(target, &source, &options)?;
-    let mut sink = Output::for_stdout(output.json);
+    let mut sink = Output::for_stdout(output);
     match session.run(&mut sink, stop_signal(output.duration)).await {
         // The reader of stdout went away (`| head`): a normal way to stop.
         Err(e) if is_broken_pipe(&e) => Ok(End::Stopped),

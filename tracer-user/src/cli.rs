@@ -5,8 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    exhaustion::Thresholds, procmode::Mode, scrub::Scrubber, session::Options, tcp::TcpThresholds,
-    threads::ThreadThresholds, vma::source::VmaSource,
+    exhaustion::Thresholds, output::filter::Events, procmode::Mode, scrub::Scrubber,
+    session::Options, tcp::TcpThresholds, threads::ThreadThresholds, vma::source::VmaSource,
 };
 
 #[derive(Debug, Parser)]
@@ -55,6 +55,10 @@ pub struct OutputArgs {
     /// Write NDJSON events to stdout instead of the live view (schema in the README).
     #[arg(long)]
     pub json: bool,
+    /// Which events --json writes: all, summary (no per-transition tcp_state lines) or alerts
+    /// (alerts, resolutions, attach and exit).
+    #[arg(long, value_enum, default_value_t = Events::All)]
+    pub events: Events,
     /// Stop after this long (e.g. 90s, 10m, 2h; a bare number is seconds).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -99,6 +103,10 @@ pub struct AgentArgs {
     /// Do not copy the event stream to stdout.
     #[arg(long)]
     pub quiet: bool,
+    /// Which events stdout and /events carry: all, summary (no per-transition tcp_state lines:
+    /// what on-call needs) or alerts; a client of /events may ask with ?events=.
+    #[arg(long, value_enum, default_value_t = Events::Summary)]
+    pub events: Events,
     /// Stop after this long (for tests and soak runs; normally until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,

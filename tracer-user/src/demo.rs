@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     attach,
@@ -25,12 +26,17 @@ const INDEX_BYTES: usize = 64 * 1024;
 const PARTITIONS: u32 = 24;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Before any file exists: from here on Ctrl-C, SIGTERM and SIGHUP end the demo through
+    // the removal of its files, even while the probes are still loading.
+    let mut signals = Signals::install()?;
     let limit = match args.watch.max_map_count {
         Some(limit) => limit,
         None => vma::read_max_map_count().context("reading vm.max_map_count")?,
     };
     let stop_at = args.stop_at.unwrap_or(limit / 100 * 45);
-    let dir = std::env::temp_dir().join(format!("tracer-demo-{}", std::process::id()));
+    let temp = std::env::temp_dir();
+    remove_orphans(&temp);
+    let dir = temp.join(format!("{DIR_PREFIX}{}", std::process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _cleanup = RemoveOnDrop(dir.clone());
 
@@ -59,16 +65,74 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         });
     }
     let mut child = command.spawn().context("starting the demo workload")?;
-    let target = Target::open(child.id()).context("watching the demo workload");
-    let result = match target {
-        Ok(target) => attach::watch(target, &args.watch, args.output)
+    let watched = async {
+        let target = Target::open(child.id()).context("watching the demo workload")?;
+        attach::watch(target, &args.watch, args.output)
             .await
-            .map(|_| ()),
-        Err(e) => Err(e),
+            .map(|_| ())
+    };
+    // The session stops itself on SIGINT and SIGTERM; a signal that came while it was
+    // attaching, or a SIGHUP, ends it here (dropping it detaches the probes).
+    let result = tokio::select! {
+        result = watched => result,
+        () = signals.any() => Ok(()),
     };
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// The demo's directory in the temp dir: this prefix and the tracer's pid.
+const DIR_PREFIX: &str = "tracer-demo-";
+
+/// The signals that end the demo, caught from the start.
+struct Signals(Vec<Signal>);
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .into_iter()
+        .map(|kind| signal(kind).context("installing the demo's signal handlers"))
+        .collect::<anyhow::Result<_>>()
+        .map(Self)
+    }
+
+    /// Resolves when any of them arrives.
+    async fn any(&mut self) {
+        let [int, term, hup] = &mut self.0[..] else {
+            unreachable!("three signals")
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    }
+}
+
+/// Removes the directories of earlier demos whose tracer is gone (killed with SIGKILL, which
+/// nothing can catch).
+fn remove_orphans(temp: &Path) {
+    let Ok(entries) = fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The workload: maps two index files per "segment" at a steady rate until `stop_at`

@@ -13,7 +13,10 @@ use clap::{ArgMatches, parser::ValueSource};
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
 
-use crate::cli::{AgentArgs, WatchArgs, parse_duration, parse_percent};
+use crate::{
+    cli::{AgentArgs, WatchArgs, parse_duration, parse_percent},
+    output::filter::Events,
+};
 
 /// What the agent watches.
 #[derive(Clone, Debug)]
@@ -34,6 +37,8 @@ pub struct Settings {
     /// Clients of GET /events at most, and how long one may take nothing before it is cut.
     pub events_clients: usize,
     pub events_idle: Duration,
+    /// What stdout carries, and /events by default.
+    pub events: Events,
     pub quiet: bool,
     pub duration: Option<Duration>,
     pub watch: WatchArgs,
@@ -203,6 +208,7 @@ impl Settings {
             webhook_ca: args.webhook_ca.clone().or(file.webhook_ca),
             events_clients: args.events_clients as usize,
             events_idle: args.events_idle,
+            events: args.events,
             quiet: args.quiet,
             duration: args.duration,
             watch,

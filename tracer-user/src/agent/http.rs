@@ -39,7 +39,7 @@ use super::{
     Hub,
     metrics::{Dropped, Metrics, Refused},
 };
-use crate::event::now_ms;
+use crate::{event::now_ms, output::filter::Events};
 
 /// Lines a client may be behind before it misses some.
 const CLIENT_QUEUE: usize = 4096;
@@ -142,6 +142,18 @@ fn events(request: &Request<Incoming>, hub: &Rc<Hub>, cut: &Rc<Notify>) -> Respo
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
         return response;
     }
+    // ?events=all|summary|alerts picks the stream; the agent's --events otherwise.
+    let chosen = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("events="))
+        .map_or(Ok(hub.events), Events::parse);
+    let events = match chosen {
+        Ok(events) => events,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    };
     let sse = request
         .headers()
         .get(header::ACCEPT)
@@ -150,6 +162,7 @@ fn events(request: &Request<Incoming>, hub: &Rc<Hub>, cut: &Rc<Notify>) -> Respo
     let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_QUEUE);
     subscribers.push(Subscriber {
         tx,
+        events,
         sse,
         missed: 0,
         stuck_since: None,
@@ -177,6 +190,8 @@ fn events(request: &Request<Incoming>, hub: &Rc<Hub>, cut: &Rc<Notify>) -> Respo
 /// One client of GET /events.
 pub struct Subscriber {
     tx: mpsc::Sender<Bytes>,
+    /// The events it asked for.
+    pub events: Events,
     /// Server-Sent Events (`data: ...` and a blank line) instead of NDJSON.
     sse: bool,
     /// Lines dropped since the client last had room: announced when it has room again.

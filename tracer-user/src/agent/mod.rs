@@ -22,6 +22,7 @@ use crate::{
     attach::stop_signal,
     cli::AgentArgs,
     event::Event,
+    output::filter::Events,
     procmode::{self, Source},
     session::{End, Frame, Options, Session, Sink},
     target::{Target, stat_fields},
@@ -49,6 +50,8 @@ pub struct Hub {
     /// Clients of GET /events at most, and how long one may take nothing while lines wait.
     max_subscribers: usize,
     idle: Duration,
+    /// What stdout carries, and /events unless its client asks otherwise.
+    events: Events,
 }
 
 impl Hub {
@@ -56,11 +59,16 @@ impl Hub {
         for event in events {
             self.metrics.observe(labels, event);
             let alert = matches!(event, Event::Alert { .. } | Event::AlertResolved { .. });
+            let to_stdout = self.stdout.is_some() && self.events.admits(event);
             // The line is only written when someone will read it.
-            if self.stdout.is_none()
-                && self.subscribers.borrow().is_empty()
-                && !(alert && self.webhook.is_some())
-            {
+            let wanted = to_stdout
+                || (alert && self.webhook.is_some())
+                || self
+                    .subscribers
+                    .borrow()
+                    .iter()
+                    .any(|s| s.events.admits(event));
+            if !wanted {
                 continue;
             }
             let line = {
@@ -74,12 +82,19 @@ impl Hub {
             };
             let mut subscribers = self.subscribers.borrow_mut();
             let before = subscribers.len();
-            subscribers.retain_mut(|subscriber| subscriber.offer(&line, self.idle, &self.metrics));
+            subscribers.retain_mut(|subscriber| {
+                if subscriber.events.admits(event) {
+                    subscriber.offer(&line, self.idle, &self.metrics)
+                } else {
+                    true
+                }
+            });
             if subscribers.len() != before {
                 self.metrics.clients(subscribers.len());
             }
             drop(subscribers);
             if let Some(stdout) = &self.stdout
+                && to_stdout
                 && stdout.try_send(line.clone()).is_err()
             {
                 self.metrics.dropped(Dropped::Stdout, 1);
@@ -150,6 +165,7 @@ async fn supervise(
         line: RefCell::new(BytesMut::with_capacity(4096)),
         max_subscribers: settings.events_clients,
         idle: settings.events_idle,
+        events: settings.events,
     });
     let server = tokio::task::spawn_local(http::serve(listener, Rc::clone(&hub)));
     let usage = tokio::task::spawn_local(agent_usage(Rc::clone(&metrics)));
@@ -312,6 +328,7 @@ mod tests {
             line: RefCell::new(BytesMut::new()),
             max_subscribers: 1,
             idle: Duration::from_secs(1),
+            events: Events::All,
         };
         let labels = TargetLabels {
             target: "t".into(),

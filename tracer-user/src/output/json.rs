@@ -5,18 +5,22 @@ use std::io::Write;
 
 use bytes::{BufMut as _, BytesMut};
 
+use super::filter::Events;
 use crate::event::Event;
 
 pub struct JsonLines<W: Write> {
     out: W,
+    /// The events written; the others are left out.
+    events: Events,
     /// Reused for every batch: no allocation per event once warmed up.
     buf: BytesMut,
 }
 
 impl<W: Write> JsonLines<W> {
-    pub fn new(out: W) -> Self {
+    pub fn new(out: W, events: Events) -> Self {
         Self {
             out,
+            events,
             buf: BytesMut::with_capacity(4096),
         }
     }
@@ -24,9 +28,12 @@ impl<W: Write> JsonLines<W> {
     pub fn events(&mut self, events: &[Event]) -> std::io::Result<()> {
         self.buf.clear();
         let mut writer = (&mut self.buf).writer();
-        for event in events {
+        for event in events.iter().filter(|e| self.events.admits(e)) {
             serde_json::to_writer(&mut writer, event)?;
             writer.write_all(b"\n")?;
+        }
+        if self.buf.is_empty() {
+            return Ok(());
         }
         self.out.write_all(&self.buf)?;
         self.out.flush()
@@ -39,7 +46,7 @@ mod tests {
 
     #[test]
     fn one_object_per_line() {
-        let mut out = JsonLines::new(Vec::new());
+        let mut out = JsonLines::new(Vec::new(), Events::All);
         out.events(&[
             Event::TargetExit { ts: 1, pid: 2 },
             Event::TargetExit { ts: 3, pid: 2 },

@@ -1,6 +1,7 @@
 //! Where a session's reports go: NDJSON for machines, a live view for a person at a terminal,
 //! plain lines for a pipe or a log.
 
+pub mod filter;
 pub mod json;
 pub mod lines;
 pub mod live;
@@ -8,6 +9,7 @@ pub mod live;
 use std::io::IsTerminal as _;
 
 use crate::{
+    cli::OutputArgs,
     event::Event,
     session::{Frame, Sink},
 };
@@ -20,10 +22,11 @@ pub enum Output {
 }
 
 impl Output {
-    /// NDJSON when asked, the live view on a terminal, plain lines otherwise.
-    pub fn for_stdout(json: bool) -> Self {
-        if json {
-            Self::Json(json::JsonLines::new(std::io::stdout()))
+    /// NDJSON when asked (the `--events` chosen), the live view on a terminal, plain lines
+    /// otherwise.
+    pub fn for_stdout(output: OutputArgs) -> Self {
+        if output.json {
+            Self::Json(json::JsonLines::new(std::io::stdout(), output.events))
         } else if std::io::stdout().is_terminal() {
             Self::Live(live::LiveView::new())
         } else {
