@@ -126,6 +126,46 @@ pub struct TupleKey {
 
 const _: () = assert!(size_of::<TupleKey>() == 44);
 
+/// Key of `TCP_LISTENERS`: one of the target's listening addresses. Connections are its when
+/// their local address is one it listens on, in its network namespace: another process may
+/// listen on the same port at another address (or in another namespace), and one process may
+/// listen on a port with IPv4 and IPv6 sockets, or with several (`SO_REUSEPORT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u16,
+    /// The bound address; all zero for the wildcard (which, for IPv6, also serves IPv4
+    /// clients, whose sockets are then IPv6 ones with v4-mapped addresses).
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<ListenKey>() == 24);
+
+/// Value of `TCP_PORTS`, per local port: how many of the target's listening sockets and of the
+/// sockets left to adopt from /proc (`TCP_SEED`) use it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortUse {
+    pub listeners: u32,
+    pub seeds: u32,
+}
+
+const _: () = assert!(size_of::<PortUse>() == 8);
+
+impl ListenKey {
+    /// The same port and family, any address.
+    #[must_use]
+    pub const fn wildcard(self) -> Self {
+        Self {
+            addr: [0; 16],
+            ..self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

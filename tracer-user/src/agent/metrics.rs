@@ -48,6 +48,13 @@ struct RingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    target: String,
+    pid: String,
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     target: String,
     pid: String,
@@ -94,6 +101,8 @@ impl Dropped {
 
 const SEVERITIES: [Severity; 2] = [Severity::Warning, Severity::Critical];
 const RINGS: [&str; 3] = ["vma", "tcp", "task"];
+/// The tables a resync rebuilds (`Event::Resynced`'s `table`).
+const TABLES: [&str; 2] = ["sockets", "threads"];
 
 pub struct Metrics {
     registry: Registry,
@@ -107,6 +116,8 @@ pub struct Metrics {
     close_wait_oldest: Family<TargetLabels, FloatGauge>,
     new_connections: Family<TargetLabels, FloatGauge>,
     events_lost: Family<RingLabels, Gauge>,
+    resyncs: Family<TableLabels, Counter>,
+    resync_corrections: Family<TableLabels, Counter>,
     untracked: Family<TargetLabels, Gauge>,
     alerts: Family<AlertLabels, Gauge>,
     fds: Family<TargetLabels, Gauge>,
@@ -144,6 +155,8 @@ impl Metrics {
             close_wait_oldest: Family::default(),
             new_connections: Family::default(),
             events_lost: Family::default(),
+            resyncs: Family::default(),
+            resync_corrections: Family::default(),
             untracked: Family::default(),
             alerts: Family::default(),
             fds: Family::default(),
@@ -269,6 +282,26 @@ impl Metrics {
             self.agent_rss.clone(),
         );
         self.register_resources();
+        self.register_resyncs();
+    }
+
+    /// Names and describes the counters of resyncs.
+    fn register_resyncs(&mut self) {
+        let r = &mut self.registry;
+        for (name, help, family) in [
+            (
+                "tracer_resyncs",
+                "Rebuilds of a table from the kernel's view (after lost records, or by the audit)",
+                &self.resyncs,
+            ),
+            (
+                "tracer_resync_corrections",
+                "Entries a resync had to add, remove or change",
+                &self.resync_corrections,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
     }
 
     /// The Prometheus text exposition of every series.
@@ -355,6 +388,15 @@ impl Metrics {
             Event::Fds { .. } | Event::Memory { .. } | Event::Threads { .. } => {
                 self.observe_resources(labels, event);
             }
+            Event::Resynced {
+                table, corrected, ..
+            } => {
+                let table = table_labels(labels, table);
+                self.resyncs.get_or_create(&table).inc();
+                self.resync_corrections
+                    .get_or_create(&table)
+                    .inc_by(u64::from(*corrected));
+            }
             Event::TargetExit { .. } => self.forget(labels),
             Event::VmaBreakdown { .. } | Event::TcpState { .. } => {}
         }
@@ -404,6 +446,10 @@ impl Metrics {
         }
         for name in RINGS {
             self.events_lost.remove(&ring(labels, name));
+        }
+        for table in TABLES {
+            self.resyncs.remove(&table_labels(labels, table));
+            self.resync_corrections.remove(&table_labels(labels, table));
         }
         for kind in AlertKind::ALL {
             for severity in SEVERITIES {
@@ -616,6 +662,14 @@ fn ring(labels: &TargetLabels, ring: &str) -> RingLabels {
     }
 }
 
+fn table_labels(labels: &TargetLabels, table: &str) -> TableLabels {
+    TableLabels {
+        target: labels.target.clone(),
+        pid: labels.pid.clone(),
+        table: table.to_owned(),
+    }
+}
+
 fn state_labels(labels: &TargetLabels, state: &str) -> StateLabels {
     StateLabels {
         target: labels.target.clone(),
@@ -692,7 +746,31 @@ mod tests {
                 untracked: 0,
             },
         );
+        for corrected in [250, 0] {
+            metrics.observe(
+                &kafka,
+                &Event::Resynced {
+                    ts: 0,
+                    pid: 42,
+                    table: "sockets",
+                    reason: "records_lost",
+                    corrected,
+                    before: std::collections::BTreeMap::new(),
+                    after: std::collections::BTreeMap::new(),
+                },
+            );
+        }
         let text = metrics.encode();
+        assert!(
+            text.contains(r#"tracer_resyncs_total{target="kafka",pid="42",table="sockets"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tracer_resync_corrections_total{target="kafka",pid="42",table="sockets"} 250"#
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(r#"tracer_vma_count{target="kafka",pid="42"} 61000"#),
             "{text}"

@@ -57,6 +57,9 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 )?;
             }
             Event::TargetExit { ts, pid } => writeln!(out, "{} {pid} exited", clock(*ts))?,
+            Event::Resynced { ts, pid, .. } => {
+                writeln!(out, "{} {pid} {}", clock(*ts), event.resync_line())?;
+            }
             Event::Vma { .. }
             | Event::VmaBreakdown { .. }
             | Event::TcpState { .. }
