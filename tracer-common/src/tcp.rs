@@ -18,6 +18,7 @@ pub const AF_INET6: u16 = 10;
 /// Kernel TCP states (`include/net/tcp_states.h`).
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_FIN_WAIT1: u8 = 4;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
@@ -27,6 +28,14 @@ pub const TCP_LISTEN: u8 = 10;
 /// `sk_shutdown` when both directions are shut: what `close()` sets before the socket loses
 /// its file.
 pub const SHUTDOWN_MASK: u8 = 3;
+
+/// Whether a transition is a new connection's socket being cloned from its listener. Before
+/// 6.13 or so the kernel reports it before it gives the clone its own addresses: the record
+/// then carries the listener's (no remote port), so it is recognised by the transition alone.
+#[inline]
+pub const fn is_child_of_listener(old: u8, new: u8) -> bool {
+    old == TCP_LISTEN && new == TCP_SYN_RECV
+}
 
 /// Whether a transition only ever runs in the socket owner's own process context (listen,
 /// connect, close, shutdown), so that `current` there is the owner.
@@ -181,5 +190,12 @@ mod tests {
         assert!(!is_owner_transition(TCP_SYN_SENT, TCP_ESTABLISHED));
         assert!(!is_owner_transition(TCP_LISTEN, 3));
         assert!(!is_owner_transition(TCP_LAST_ACK, TCP_CLOSE));
+    }
+
+    #[test]
+    fn only_the_clone_of_a_listener_is_its_child() {
+        assert!(is_child_of_listener(TCP_LISTEN, TCP_SYN_RECV));
+        assert!(!is_child_of_listener(TCP_LISTEN, TCP_CLOSE));
+        assert!(!is_child_of_listener(TCP_SYN_RECV, TCP_ESTABLISHED));
     }
 }

@@ -14,7 +14,8 @@ use tracer_common::{
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
         AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, ListenKey, PortUse, SHUTDOWN_MASK,
-        SOCK_COMMON_BYTES, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_owner_transition,
+        SOCK_COMMON_BYTES, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_child_of_listener,
+        is_owner_transition,
     },
     vma::WAKEUP_BYTES,
 };
@@ -236,7 +237,9 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
     }
     let mut tuple = TupleKey::default();
     key_of(sk, &mut tuple)?;
-    if listeners != 0 && tuple.dport != 0 {
+    // A connection on a listening address, not the listener itself (which has no remote port).
+    let child = is_child_of_listener(old, new);
+    if listeners != 0 && (child || tuple.dport != 0) {
         let key = ListenKey {
             netns: tuple.netns,
             port: sport,
@@ -248,7 +251,8 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
             return Some(Adopted::OnListenPort);
         }
     }
-    if seeds == 0 {
+    // A new child may still carry its listener's addresses: never a seed.
+    if seeds == 0 || child {
         return None;
     }
     let left = TCP_SEED.get_ptr_mut(&tuple)?;

@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
+use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent, is_child_of_listener};
 
 use crate::{
     alert::{self, Check, Latch, Severity},
@@ -329,7 +329,11 @@ impl TcpModel {
             touched.insert(tuple);
         }
         // A socket known from /proc is the same socket whichever way the kernel adopted it.
-        let seeded = if self.seeded.is_empty() || self.socks.contains_key(&e.sk) {
+        // A new child of a listener is no socket from before, whatever addresses it shows yet.
+        let seeded = if self.seeded.is_empty()
+            || self.socks.contains_key(&e.sk)
+            || is_child_of_listener(e.old, e.new)
+        {
             None
         } else {
             self.take_seeded(&tuple)
@@ -1092,6 +1096,42 @@ mod tests {
         model.tick(1.5, 0, &Lost::default(), &mut out);
         assert_eq!(model.census().orphaned.get(FIN_WAIT2), 1);
         assert_eq!(model.census().held.get(TCP_LISTEN), 2);
+    }
+
+    #[test]
+    fn a_new_child_showing_its_listeners_addresses_does_not_take_over_the_listener() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let listener = found(0, 0, TCP_LISTEN, true);
+        let listener = ProcSocket {
+            tuple: Tuple {
+                dport: 0,
+                daddr: [0; 16],
+                ..listener.tuple
+            },
+            ..listener
+        };
+        model.seed(
+            &ProcSockets {
+                netns: 1,
+                sockets: vec![listener],
+                listen_ports: vec![9092],
+                unowned: Vec::new(),
+            },
+            0.0,
+        );
+        let mut out = Vec::new();
+        // 6.1 reports the clone before it has addresses of its own.
+        let mut syn = event(1, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, 1.0, 0);
+        syn.daddr = [0; 16];
+        syn.dport = 0;
+        syn.held = 0;
+        model.record(&syn, Clocks::now(), &mut out);
+        let mut est = event(1, SYN_RECV, ESTABLISHED, Adopted::Known, 1.0, 1);
+        est.held = 0;
+        model.record(&est, Clocks::now(), &mut out);
+        model.tick(2.0, 0, &Lost::default(), &mut out);
+        assert_eq!(model.census().held.get(TCP_LISTEN), 1);
+        assert_eq!(model.census().accept_queue.get(ESTABLISHED), 1);
     }
 
     #[test]
