@@ -513,3 +513,116 @@ fn a_surge_of_new_connections_against_the_baseline() {
     let resolved = tracer.after("alert_resolved", surge_at);
     assert_eq!(resolved.json["kind"], "connection_surge");
 }
+
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid");
+    // SAFETY: kill(2) on a process of the test's own.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+}
+
+#[test]
+fn counts_heal_within_seconds_after_the_ring_overflows() {
+    // The scenario: a server accepting on two ports, one closing on EOF, one never
+    // closing; the tracer stopped while 20,000 connections churn, far more records than
+    // the ring buffer holds, then 200 left open and 50 closed on the never-closing port.
+    const CHURN: usize = 20_000;
+    let dir = TempDir::new("resync");
+    let binary = compile_c("twoports", dir.path());
+    let server = Process::spawn(&mut Command::new(&binary));
+    let (_, ready) = server.expect_line("READY", Duration::from_secs(5));
+    let port = port_of(&ready);
+    let keep: u16 = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("keep="))
+        .and_then(|p| p.parse().ok())
+        .expect("keep port");
+    let tracer = Tracer::attach(server.pid, &[]);
+    tracer.after("sockets", Instant::now());
+    signal(tracer.process.pid, libc::SIGSTOP);
+    for _ in 0..CHURN {
+        drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    server.expect_line(&format!("CLOSED {CHURN}"), Duration::from_mins(1));
+    let mut kept = connect("127.0.0.1", keep, 250);
+    kept.truncate(200);
+    server.expect_line("KEPT 250", Duration::from_secs(10));
+    let resumed = Instant::now();
+    signal(tracer.process.pid, libc::SIGCONT);
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("CLOSE_WAIT", 50), ("ESTABLISHED", 200), ("LISTEN", 2)]
+            .into_iter()
+            .map(|(s, n)| (s.to_owned(), n))
+            .collect();
+    let report = loop {
+        let report = tracer.after("sockets", Instant::now());
+        let ss = ss_states(server.pid, None);
+        assert_eq!(ss, expected, "ss itself");
+        if report.states() == expected {
+            break report;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(10),
+            "10 s after resuming: tracer {:?}, ss {ss:?}",
+            report.states()
+        );
+    };
+    assert!(
+        report.u64("events_lost") > 0,
+        "the ring overflowed: {}",
+        report.json
+    );
+    let resyncs = tracer.seen("resynced");
+    let resync = resyncs
+        .iter()
+        .find(|e| e.json["table"] == "sockets" && e.json["reason"] == "records_lost")
+        .unwrap_or_else(|| panic!("no resynced event: {resyncs:?}"));
+    assert!(resync.u64("corrected") > 0, "{}", resync.json);
+    assert_eq!(resync.json["after"]["CLOSE_WAIT"], 50, "{}", resync.json);
+    drop(kept);
+}
+
+#[test]
+fn listeners_sharing_a_port_and_a_stranger_beside_them() {
+    // The target listens on one port with two IPv4 sockets (SO_REUSEPORT) and an IPv6 one;
+    // the test itself, a stranger, listens on the same port at another address.
+    let dir = TempDir::new("listeners");
+    let binary = compile_c("listeners", dir.path());
+    let mut server = Process::spawn(&mut Command::new(&binary));
+    let (_, ready) = server.expect_line("READY", Duration::from_secs(5));
+    let port = port_of(&ready);
+    let stranger = TcpListener::bind(("127.0.0.2", port)).expect("bind the stranger");
+    let tracer = Tracer::attach(server.pid, &[]);
+    let theirs = connect("127.0.0.2", port, 7);
+    let held: Vec<TcpStream> = (0..7)
+        .map(|_| stranger.accept().expect("accept").0)
+        .collect();
+    let mut ours = connect("127.0.0.1", port, 10);
+    ours.extend(connect("::1", port, 10));
+    server.expect_line("ACCEPTED 20", Duration::from_secs(10));
+    assert_states(
+        &tracer,
+        server.pid,
+        None,
+        &[("ESTABLISHED", 20), ("LISTEN", 3)],
+    );
+    // One of the twins closes; the other keeps the port, and what arrives is still its.
+    server.send("CLOSE");
+    server.expect_line("CLOSED", Duration::from_secs(5));
+    ours.extend(connect("127.0.0.1", port, 10));
+    server.expect_line("ACCEPTED 30", Duration::from_secs(10));
+    assert_states(
+        &tracer,
+        server.pid,
+        None,
+        &[("ESTABLISHED", 30), ("LISTEN", 2)],
+    );
+    let report = tracer.after("sockets", Instant::now());
+    assert_eq!(
+        report.json["accept_queue"],
+        serde_json::json!({}),
+        "{}",
+        report.json
+    );
+    drop((theirs, held, ours));
+}

@@ -19,5 +19,7 @@ mod pod {
     unsafe impl aya::Pod for crate::config::PidNamespace {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
     unsafe impl aya::Pod for crate::tcp::TupleKey {}
+    unsafe impl aya::Pod for crate::tcp::ListenKey {}
+    unsafe impl aya::Pod for crate::tcp::PortUse {}
     unsafe impl aya::Pod for crate::task::ThreadSched {}
 }

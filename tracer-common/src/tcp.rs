@@ -18,6 +18,7 @@ pub const AF_INET6: u16 = 10;
 /// Kernel TCP states (`include/net/tcp_states.h`).
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_FIN_WAIT1: u8 = 4;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
@@ -27,6 +28,14 @@ pub const TCP_LISTEN: u8 = 10;
 /// `sk_shutdown` when both directions are shut: what `close()` sets before the socket loses
 /// its file.
 pub const SHUTDOWN_MASK: u8 = 3;
+
+/// Whether a transition is a new connection's socket being cloned from its listener. Before
+/// 6.13 or so the kernel reports it before it gives the clone its own addresses: the record
+/// then carries the listener's (no remote port), so it is recognised by the transition alone.
+#[inline]
+pub const fn is_child_of_listener(old: u8, new: u8) -> bool {
+    old == TCP_LISTEN && new == TCP_SYN_RECV
+}
 
 /// Whether a transition only ever runs in the socket owner's own process context (listen,
 /// connect, close, shutdown), so that `current` there is the owner.
@@ -126,6 +135,46 @@ pub struct TupleKey {
 
 const _: () = assert!(size_of::<TupleKey>() == 44);
 
+/// Key of `TCP_LISTENERS`: one of the target's listening addresses. Connections are its when
+/// their local address is one it listens on, in its network namespace: another process may
+/// listen on the same port at another address (or in another namespace), and one process may
+/// listen on a port with IPv4 and IPv6 sockets, or with several (`SO_REUSEPORT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u16,
+    /// The bound address; all zero for the wildcard (which, for IPv6, also serves IPv4
+    /// clients, whose sockets are then IPv6 ones with v4-mapped addresses).
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<ListenKey>() == 24);
+
+/// Value of `TCP_PORTS`, per local port: how many of the target's listening sockets and of the
+/// sockets left to adopt from /proc (`TCP_SEED`) use it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortUse {
+    pub listeners: u32,
+    pub seeds: u32,
+}
+
+const _: () = assert!(size_of::<PortUse>() == 8);
+
+impl ListenKey {
+    /// The same port and family, any address.
+    #[must_use]
+    pub const fn wildcard(self) -> Self {
+        Self {
+            addr: [0; 16],
+            ..self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +190,12 @@ mod tests {
         assert!(!is_owner_transition(TCP_SYN_SENT, TCP_ESTABLISHED));
         assert!(!is_owner_transition(TCP_LISTEN, 3));
         assert!(!is_owner_transition(TCP_LAST_ACK, TCP_CLOSE));
+    }
+
+    #[test]
+    fn only_the_clone_of_a_listener_is_its_child() {
+        assert!(is_child_of_listener(TCP_LISTEN, TCP_SYN_RECV));
+        assert!(!is_child_of_listener(TCP_LISTEN, TCP_CLOSE));
+        assert!(!is_child_of_listener(TCP_SYN_RECV, TCP_ESTABLISHED));
     }
 }

@@ -6,15 +6,16 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     helpers::bpf_probe_read_kernel_buf,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::RawTracePointContext,
 };
 use tracer_common::{
     config::ABSENT,
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
-        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, SHUTDOWN_MASK, SOCK_COMMON_BYTES,
-        TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_owner_transition,
+        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, ListenKey, PortUse, SHUTDOWN_MASK,
+        SOCK_COMMON_BYTES, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_child_of_listener,
+        is_owner_transition,
     },
     vma::WAKEUP_BYTES,
 };
@@ -28,28 +29,29 @@ use crate::{
 /// Default capacity of the socket maps; the agent sets it at load (`--max-sockets`).
 const MAX_SOCKETS: u32 = 131_072;
 
-/// The target's sockets, by `struct sock *`. Entries go at TCP_CLOSE. Not preallocated:
-/// memory follows the number of sockets, up to the capacity; a full map counts the socket in
-/// `UNTRACKED_TCP`.
+/// The target's sockets, by `struct sock *`, each with its local port while it listens (the
+/// kernel zeroes the port before it reports the listener's close). Entries go at TCP_CLOSE.
+/// Not preallocated: memory follows the number of sockets, up to the capacity; a full map
+/// counts the socket in `UNTRACKED_TCP`.
 #[map]
-static TCP_SOCKETS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+static TCP_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
-/// The target's listening ports (key: the port), each with the inode of its network namespace:
-/// connections arriving on them are its. Keyed by port alone so that most other sockets'
-/// transitions are dismissed after reading one field.
+/// Per local port, how many listeners and seeds of the target use it ([`PortUse`]): one array
+/// lookup (the verifier inlines it) dismisses a transition on any other port.
 #[map]
-static TCP_LISTENERS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+static TCP_PORTS: Array<PortUse> = Array::with_max_entries(65_536, 0);
 
-/// Sockets the agent found in /proc at attach, by addresses, until their first transition
-/// adopts them.
+/// The target's listening addresses ([`ListenKey`]: namespace, port, family, address), each
+/// with how many of its sockets listen there (`SO_REUSEPORT`): a connection is its when it
+/// arrives at one of them. Updated by the target's own listen and close calls (process
+/// context, rarely two at once: the counts are not atomic).
 #[map]
-static TCP_SEED: HashMap<TupleKey, u8> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+static TCP_LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Local ports of the entries left in `TCP_SEED`, with how many: a transition on another port
-/// cannot be a seed's, and skips reading the addresses.
+/// Sockets the agent found in /proc at attach, by addresses, with how many have them (more
+/// than one only for listeners sharing an address), until their transitions adopt them.
 #[map]
-static TCP_SEED_PORTS: HashMap<u32, u32> =
-    HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+static TCP_SEED: HashMap<TupleKey, u32> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
 /// Transitions of the target's sockets, one `TcpEvent` each. 1 MiB holds 14,000 records.
 #[map]
@@ -72,34 +74,23 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
     let adopted = track(sk, || adopt(sk, old, new))?;
-    let key = sk as u64;
-    if new == TCP_CLOSE {
-        let _ = TCP_SOCKETS.remove(&key);
-    }
     // A child socket starts as a clone of its listener: LISTEN -> SYN_RECV is not the
     // listener closing.
-    let listens = new == TCP_LISTEN;
-    let unlistens = old == TCP_LISTEN && new == TCP_CLOSE;
+    if new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE) {
+        let _ = listener_changed(sk, new == TCP_LISTEN);
+    }
+    if new == TCP_CLOSE {
+        let _ = TCP_SOCKETS.remove(&(sk as u64));
+    }
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         lost::count(LOST_TCP);
-        if listens || unlistens {
-            let port = u32::from(read::<u16>(sk, layout!(skc_num))?);
-            update_listeners(port, listens, netns(sk)?);
-        }
         return None;
     };
-    if describe(sk, Kind::Transition, (old, new), adopted, &mut entry).is_none() {
+    if describe(sk, Kind::Transition, (old, new), adopted, &mut entry).is_some() {
+        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
+    } else {
         entry.discard(0);
-        return None;
     }
-    if listens || unlistens {
-        update_listeners(
-            u32::from(entry_ref(&entry).sport),
-            listens,
-            entry_ref(&entry).netns,
-        );
-    }
-    entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
     Some(())
 }
 
@@ -110,14 +101,46 @@ fn entry_ref(entry: &RingBufEntry<TcpEvent>) -> &TcpEvent {
     unsafe { entry.assume_init_ref() }
 }
 
-/// Enters or removes a listening port of the target.
-#[inline(always)]
-fn update_listeners(port: u32, listens: bool, netns: u32) {
-    if listens {
-        let _ = TCP_LISTENERS.insert(&port, &netns, 0);
-    } else {
-        let _ = TCP_LISTENERS.remove(&port);
+/// One of the target's sockets started (`listens`) or stopped listening: its address enters
+/// or leaves [`TCP_LISTENERS`] and its port [`TCP_PORTS`]. A call of its own, like [`fill`].
+#[inline(never)]
+fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
+    let mut tuple = TupleKey::default();
+    key_of(sk, &mut tuple)?;
+    let known = TCP_SOCKETS.get_ptr_mut(&(sk as u64))?;
+    // SAFETY: a value of a hash map, used at once.
+    unsafe {
+        if listens {
+            *known = u32::from(tuple.sport);
+        } else if tuple.sport == 0 {
+            tuple.sport = *known as u16;
+        }
     }
+    let key = ListenKey {
+        netns: tuple.netns,
+        port: tuple.sport,
+        family: tuple.family,
+        addr: tuple.saddr,
+    };
+    let ports = TCP_PORTS.get_ptr_mut(u32::from(tuple.sport))?;
+    // SAFETY: values of maps, used at once (see TCP_LISTENERS on why not atomically).
+    unsafe {
+        match TCP_LISTENERS.get_ptr_mut(&key) {
+            Some(count) if listens => *count += 1,
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                let _ = TCP_LISTENERS.remove(&key);
+            }
+            None if listens => TCP_LISTENERS.insert(&key, &1, 0).ok()?,
+            None => return None,
+        }
+        (*ports).listeners = if listens {
+            (*ports).listeners + 1
+        } else {
+            (*ports).listeners.saturating_sub(1)
+        };
+    }
+    Some(())
 }
 
 /// Run by the agent (`BPF_PROG_TEST_RUN`, never attached) with up to [`HELD_PROBE_BATCH`]
@@ -198,7 +221,7 @@ fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopt
 }
 
 /// Whether an unknown socket is the target's, and why. Most sockets on a host are not, and
-/// are dismissed after one field read and two lookups.
+/// are dismissed after one field read and one array lookup.
 #[inline(always)]
 fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
     // The pure check first: the helper call only for owner transitions.
@@ -206,37 +229,42 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
         return Some(Adopted::ByOwner);
     }
     let sport = read::<u16>(sk, layout!(skc_num))?;
-    let port = u32::from(sport);
-    // SAFETY: a value of a hash map, read at once. (Kept apart from the other lookup: the
-    // verifier refuses arithmetic that mixes two maybe-null pointers.)
-    let listener = TCP_LISTENERS.get_ptr(&port).map(|ns| unsafe { *ns });
-    if listener.is_none() && TCP_SEED_PORTS.get_ptr(&port).is_none() {
+    let ports = TCP_PORTS.get_ptr_mut(u32::from(sport))?;
+    // SAFETY: an entry of an array map, valid for the program's run.
+    let PortUse { listeners, seeds } = unsafe { *ports };
+    if listeners == 0 && seeds == 0 {
         return None;
     }
-    let netns = netns(sk)?;
-    let dport = u16::from_be(read::<u16>(sk, layout!(skc_dport))?);
-    if dport != 0 && listener == Some(netns) {
-        return Some(Adopted::OnListenPort);
-    }
-    let seeds = TCP_SEED_PORTS.get_ptr_mut(&port)?;
-    let mut tuple = TupleKey {
-        netns,
-        family: 0,
-        sport,
-        dport,
-        pad: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
-    addresses(sk, &mut tuple)?;
-    TCP_SEED.get_ptr(&tuple)?;
-    let _ = TCP_SEED.remove(&tuple);
-    // SAFETY: as above. A racing update only makes a later lookup happen needlessly.
-    unsafe {
-        *seeds = (*seeds).saturating_sub(1);
-        if *seeds == 0 {
-            let _ = TCP_SEED_PORTS.remove(&port);
+    let mut tuple = TupleKey::default();
+    key_of(sk, &mut tuple)?;
+    // A connection on a listening address, not the listener itself (which has no remote port).
+    let child = is_child_of_listener(old, new);
+    if listeners != 0 && (child || tuple.dport != 0) {
+        let key = ListenKey {
+            netns: tuple.netns,
+            port: sport,
+            family: tuple.family,
+            addr: tuple.saddr,
+        };
+        if TCP_LISTENERS.get_ptr(&key).is_some() || TCP_LISTENERS.get_ptr(&key.wildcard()).is_some()
+        {
+            return Some(Adopted::OnListenPort);
         }
+    }
+    // A new child may still carry its listener's addresses: never a seed.
+    if seeds == 0 || child {
+        return None;
+    }
+    let left = TCP_SEED.get_ptr_mut(&tuple)?;
+    // SAFETY: values of maps, used at once. A racing update only makes a later lookup happen
+    // needlessly.
+    unsafe {
+        if *left > 1 {
+            *left -= 1;
+        } else {
+            let _ = TCP_SEED.remove(&tuple);
+        }
+        (*ports).seeds = seeds.saturating_sub(1);
     }
     Some(Adopted::FromProc)
 }
@@ -322,12 +350,17 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     copy_addresses(common, family, &mut event.saddr, &mut event.daddr)
 }
 
-/// The family and addresses of `sk`, for a seed's key. A call of its own, like [`fill`].
+/// The namespace, family, ports and addresses of `sk`, as a seed's key. A call of its own,
+/// like [`fill`].
 #[inline(never)]
-fn addresses(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
+fn key_of(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
     let common = Common::read(sk)?;
     let family = common.u16(layout!(skc_family))?;
+    let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
+    tuple.netns = read(net, layout!(net_ns_inum))?;
     tuple.family = if family == AF_INET6 { 6 } else { 4 };
+    tuple.sport = common.u16(layout!(skc_num))?;
+    tuple.dport = u16::from_be(common.u16(layout!(skc_dport))?);
     copy_addresses(common, family, &mut tuple.saddr, &mut tuple.daddr)
 }
 
@@ -347,11 +380,4 @@ fn copy_addresses(
         daddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_daddr))?);
     }
     Some(())
-}
-
-/// Inode of the socket's network namespace: `sk->__sk_common.skc_net.net->ns.inum`.
-#[inline(always)]
-fn netns(sk: *const u8) -> Option<u32> {
-    let net: *const u8 = read(sk, layout!(skc_net))?;
-    read(net, layout!(net_ns_inum))
 }

@@ -1,7 +1,7 @@
 //! The event schema: every record `attach --json` writes, one JSON object per line. The
 //! README documents it; fields are only ever added, never renamed or removed.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
@@ -218,8 +218,66 @@ pub enum Event {
         /// Threads whose time is not accounted because the kernel's table was full.
         untracked: u64,
     },
+    /// A table rebuilt from the kernel's own view: after a ring buffer dropped records (the
+    /// counts would stay wrong otherwise), or when the periodic audit of the socket counts
+    /// against sock_diag found a difference.
+    Resynced {
+        ts: u64,
+        pid: u32,
+        /// `sockets` (from sock_diag and /proc/PID/fd) or `threads` (from /proc/PID/task).
+        table: &'static str,
+        /// `records_lost` or `audit`.
+        reason: &'static str,
+        /// Entries added, removed or changed.
+        corrected: u32,
+        /// The counts before and after: for sockets the held ones per state (as `states`
+        /// of `sockets`) and `accept_queue`; for threads `threads`.
+        before: BTreeMap<&'static str, u32>,
+        after: BTreeMap<&'static str, u32>,
+    },
     /// The target exited; `attach` ends after this.
     TargetExit { ts: u64, pid: u32 },
+}
+
+impl Event {
+    /// "resynced sockets after lost records: 12 corrected (ESTABLISHED 0 -> 200, ...)" for a
+    /// [`Event::Resynced`]; empty for any other event.
+    pub fn resync_line(&self) -> String {
+        let Self::Resynced {
+            table,
+            reason,
+            corrected,
+            before,
+            after,
+            ..
+        } = self
+        else {
+            return String::new();
+        };
+        let why = if *reason == "audit" {
+            "by the audit"
+        } else {
+            "after lost records"
+        };
+        let changes: Vec<String> = before
+            .keys()
+            .chain(after.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|key| {
+                let (was, is) = (before.get(key).copied(), after.get(key).copied());
+                (was != is).then(|| format!("{key} {} -> {}", was.unwrap_or(0), is.unwrap_or(0)))
+            })
+            .collect();
+        format!(
+            "resynced {table} {why}: {corrected} corrected{}",
+            if changes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", changes.join(", "))
+            }
+        )
+    }
 }
 
 /// Threads of one name (less its number) in a [`Event::Threads`].

@@ -18,7 +18,7 @@ use tracer_common::{
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
     task::{TaskEvent, ThreadSched},
-    tcp::{HELD_PROBE_BATCH, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
+    tcp::{HELD_PROBE_BATCH, ListenKey, PortUse, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
 
@@ -138,9 +138,9 @@ pub struct Probes {
     tcp_events: Option<RingBuf<MapData>>,
     task_events: Option<RingBuf<MapData>>,
     threads: HashMap<MapData, u32, ThreadSched>,
-    tcp_listeners: HashMap<MapData, u32, u32>,
-    tcp_seed: HashMap<MapData, TupleKey, u8>,
-    tcp_seed_ports: HashMap<MapData, u32, u32>,
+    tcp_listeners: HashMap<MapData, ListenKey, u32>,
+    tcp_seed: HashMap<MapData, TupleKey, u32>,
+    tcp_ports: Array<MapData, PortUse>,
     lost: PerCpuArray<MapData, u64>,
     /// Where the VMA count comes from on this kernel.
     vma_source: VmaSource,
@@ -234,7 +234,7 @@ impl Probes {
             threads: take(&mut ebpf, "THREADS")?,
             tcp_listeners: take(&mut ebpf, "TCP_LISTENERS")?,
             tcp_seed: take(&mut ebpf, "TCP_SEED")?,
-            tcp_seed_ports: take(&mut ebpf, "TCP_SEED_PORTS")?,
+            tcp_ports: take(&mut ebpf, "TCP_PORTS")?,
             lost: take(&mut ebpf, "LOST")?,
             ebpf,
             logger,
@@ -268,29 +268,41 @@ impl Probes {
         Ok(())
     }
 
-    /// Hands the kernel the target's sockets found at attach: its listening ports (with their
-    /// network namespace), and the sockets to adopt at their first transition. Returns how
-    /// many of those did not fit.
+    /// Hands the kernel the target's sockets found at attach: its listening addresses (one
+    /// entry per listening socket), and the sockets to adopt at their first transition.
+    /// Returns how many of those did not fit.
     pub fn seed_tcp(
         &mut self,
-        netns: u32,
-        listen_ports: &[u16],
+        listeners: &[ListenKey],
         sockets: &[TupleKey],
     ) -> Result<u64, aya::maps::MapError> {
-        for &port in listen_ports {
-            self.tcp_listeners.insert(u32::from(port), netns, 0)?;
+        let mut per_address: std::collections::HashMap<ListenKey, u32> =
+            std::collections::HashMap::new();
+        let mut per_port: std::collections::HashMap<u16, PortUse> =
+            std::collections::HashMap::new();
+        for &key in listeners {
+            *per_address.entry(key).or_default() += 1;
+            per_port.entry(key.port).or_default().listeners += 1;
         }
-        let mut per_port: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        for key in sockets {
-            if self.tcp_seed.insert(key, 0, 0).is_ok() {
-                *per_port.entry(u32::from(key.sport)).or_default() += 1;
+        for (key, count) in per_address {
+            self.tcp_listeners.insert(key, count, 0)?;
+        }
+        let mut per_tuple: std::collections::HashMap<TupleKey, u32> =
+            std::collections::HashMap::new();
+        for &key in sockets {
+            *per_tuple.entry(key).or_default() += 1;
+        }
+        let mut seeded = 0;
+        for (key, count) in per_tuple {
+            if self.tcp_seed.insert(key, count, 0).is_ok() {
+                per_port.entry(key.sport).or_default().seeds += count;
+                seeded += u64::from(count);
             }
         }
-        let seeded: u32 = per_port.values().sum();
-        for (port, count) in per_port {
-            self.tcp_seed_ports.insert(port, count, 0)?;
+        for (port, uses) in per_port {
+            self.tcp_ports.set(u32::from(port), uses, 0)?;
         }
-        Ok(sockets.len() as u64 - u64::from(seeded))
+        Ok(sockets.len() as u64 - seeded)
     }
 
     /// The kernel's register of the newest VMA count reading, and the highest count since

@@ -18,7 +18,11 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use tracer_common::{task::ThreadSched, tcp::TupleKey, vma::VmaRegister};
+use tracer_common::{
+    task::ThreadSched,
+    tcp::{ListenKey, TCP_LISTEN, TupleKey},
+    vma::VmaRegister,
+};
 
 use crate::{
     event::{Clocks, Event, MappingGroup, monotonic, now_ms},
@@ -51,6 +55,14 @@ const BREAKDOWN_MOVE: f64 = 0.01;
 const BREAKDOWN_MOVE_MIN: u32 = 64;
 /// ...but no sooner than this after the previous read, nor than 50 times its cost.
 const BREAKDOWN_MIN_GAP: Duration = Duration::from_secs(10);
+/// How often the socket counts are audited against sock_diag (a dump filtered by state in
+/// the kernel and a scan of /proc/PID/fd, off the drain loop: tens of milliseconds at
+/// 100,000 sockets).
+const AUDIT_INTERVAL: Duration = Duration::from_mins(1);
+/// The least time between two resyncs: while records keep being lost (a burst longer than
+/// the ring buffer holds), one snapshot every few seconds heals the counts without the
+/// snapshots themselves taking the CPU the drain needs.
+const RESYNC_MIN_GAP: Duration = Duration::from_secs(3);
 
 /// What a session is told at start.
 #[derive(Clone, Debug)]
@@ -126,6 +138,14 @@ pub struct Session {
     accounts: Vec<(u32, ThreadSched)>,
     /// Thread records lost as of the last report: more means the counts are re-read.
     task_lost: u64,
+    /// Socket records lost as of the last resync: more means the table is rebuilt.
+    tcp_lost: u64,
+    /// A snapshot of the target's sockets being taken on the blocking pool, and why.
+    resync: Option<(JoinHandle<std::io::Result<ProcSockets>>, &'static str)>,
+    /// When the socket table was last checked against the kernel.
+    audited: Instant,
+    /// When the last resync of the sockets started.
+    resynced: Option<Instant>,
     limit_override: Option<u32>,
     breakdown: Option<BreakdownReport>,
     /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
@@ -225,6 +245,10 @@ impl Session {
             memory,
             accounts: Vec::new(),
             task_lost: 0,
+            tcp_lost: 0,
+            resync: None,
+            audited: Instant::now(),
+            resynced: None,
             limit_override: options.max_map_count,
             breakdown: Some(breakdown),
             refresh: None,
@@ -267,6 +291,13 @@ impl Session {
                     guard.clear_ready();
                 }
                 _ = drain.tick() => self.drain(),
+                done = async { (&mut self.resync.as_mut().expect("guarded").0).await }, if self.resync.is_some() => {
+                    let (_, reason) = self.resync.take().expect("guarded");
+                    match done.context("the socket snapshot panicked")? {
+                        Ok(found) => self.finish_resync(&found, reason),
+                        Err(e) => log::warn!("reading the sockets of {} for a resync: {e}", self.target.pid),
+                    }
+                }
                 done = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
                     self.refresh = None;
                     let (reader, result) = done.context("the /proc/PID/maps reader panicked")?;
@@ -345,6 +376,7 @@ impl Session {
         let (now, ts) = (monotonic(), now_ms());
         self.vma.tick(now, ts, lost.vma_records, &mut self.events);
         self.tcp.tick(now, ts, &lost, &mut self.events);
+        self.maybe_resync_sockets(&lost);
         self.threads_tick(now, ts, &lost);
         self.fds.tick(now, ts, &mut self.events);
         let arenas = self.breakdown.as_ref().map_or(0, |b| b.breakdown.arenas);
@@ -372,13 +404,70 @@ impl Session {
         Ok(())
     }
 
+    /// Starts rebuilding the socket table from the kernel's view when records were lost, or
+    /// when the audit is due. The snapshot is taken off the drain loop; records applied
+    /// meanwhile win over it.
+    fn maybe_resync_sockets(&mut self, lost: &Lost) {
+        // In proc mode every sample is a resync already.
+        if self.probes.is_none()
+            || self.resync.is_some()
+            || self.resynced.is_some_and(|t| t.elapsed() < RESYNC_MIN_GAP)
+        {
+            return;
+        }
+        let reason = if lost.tcp_records > self.tcp_lost {
+            "records_lost"
+        } else if self.audited.elapsed() >= AUDIT_INTERVAL {
+            "audit"
+        } else {
+            return;
+        };
+        self.tcp_lost = lost.tcp_records;
+        self.audited = Instant::now();
+        self.resynced = Some(Instant::now());
+        self.tcp.begin_resync(monotonic());
+        let pid = self.target.pid;
+        let snapshot = tokio::task::spawn_blocking(move || tcp::proc::read(pid));
+        self.resync = Some((snapshot, reason));
+    }
+
+    /// Applies a snapshot: the records that arrived while it was taken first.
+    fn finish_resync(&mut self, found: &ProcSockets, reason: &'static str) {
+        if let Some(ring) = self.tcp_events.as_mut() {
+            drain_tcp(ring.get_mut(), &mut self.tcp, &mut self.events);
+        }
+        let resync = self.tcp.resync(found, monotonic());
+        if reason == "audit" && resync.corrected == 0 {
+            return;
+        }
+        self.events.push(Event::Resynced {
+            ts: now_ms(),
+            pid: self.target.pid,
+            table: "sockets",
+            reason,
+            corrected: resync.corrected,
+            before: resync.before,
+            after: resync.after,
+        });
+    }
+
     /// Folds the kernel's thread accounts into the thread model, with the traffic a stall is
     /// judged against; re-reads the threads from /proc when records were lost.
     fn threads_tick(&mut self, now: f64, ts: u64, lost: &Lost) {
         if lost.task_records > self.task_lost {
             self.task_lost = lost.task_records;
-            if let Err(e) = self.threads.seed() {
-                log::debug!("re-reading /proc/{}/task: {e}", self.target.pid);
+            let before = self.threads.count();
+            match self.threads.seed() {
+                Ok(()) => self.events.push(Event::Resynced {
+                    ts,
+                    pid: self.target.pid,
+                    table: "threads",
+                    reason: "records_lost",
+                    corrected: before.abs_diff(self.threads.count()),
+                    before: [("threads", before)].into(),
+                    after: [("threads", self.threads.count())].into(),
+                }),
+                Err(e) => log::debug!("re-reading /proc/{}/task: {e}", self.target.pid),
             }
         }
         if let Some(probes) = &self.probes {
@@ -538,8 +627,19 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
             daddr: s.tuple.daddr,
         })
         .collect();
+    let listeners: Vec<ListenKey> = before
+        .sockets
+        .iter()
+        .filter(|s| s.state == TCP_LISTEN && s.held)
+        .map(|s| ListenKey {
+            netns: before.netns,
+            port: s.tuple.sport,
+            family: u16::from(s.tuple.family),
+            addr: s.tuple.saddr,
+        })
+        .collect();
     let unseeded = probes
-        .seed_tcp(before.netns, &before.listen_ports, &tuples)
+        .seed_tcp(&listeners, &tuples)
         .map_err(std::io::Error::other)?;
     if unseeded > 0 {
         log::warn!("{unseeded} existing sockets did not fit in the kernel's table (--max-sockets)");

@@ -87,6 +87,13 @@ enum Tally {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    target: String,
+    pid: String,
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     target: String,
     pid: String,
@@ -158,6 +165,9 @@ impl Dropped {
     }
 }
 
+/// The tables a resync rebuilds (`Event::Resynced`'s `table`).
+const TABLES: [&str; 2] = ["sockets", "threads"];
+
 pub struct Metrics {
     registry: Registry,
     vma_count: Family<TargetLabels, Gauge>,
@@ -175,6 +185,8 @@ pub struct Metrics {
     /// Each process's totals as its session last reported them (sessions count from attach),
     /// so that the counters above grow by the difference.
     tallies: Mutex<HashMap<(TargetLabels, Tally), u64>>,
+    resyncs: Family<TableLabels, Counter>,
+    resync_corrections: Family<TableLabels, Counter>,
     alerts: Family<AlertLabels, Gauge>,
     /// The alert series of each target, removed with it.
     alert_series: Mutex<HashMap<TargetLabels, Vec<AlertLabels>>>,
@@ -217,6 +229,8 @@ impl Metrics {
             close_wait_oldest: Family::default(),
             new_connections: Family::default(),
             events_lost: Family::default(),
+            resyncs: Family::default(),
+            resync_corrections: Family::default(),
             untracked: Family::default(),
             tallies: Mutex::default(),
             alerts: Family::default(),
@@ -356,6 +370,7 @@ impl Metrics {
         );
         self.register_resources();
         self.register_delivery();
+        self.register_resyncs();
     }
 
     /// Names and describes the metrics of the delivery of events: clients, drops, webhook.
@@ -381,6 +396,25 @@ impl Metrics {
             "Alerts delivered to the webhook",
             self.webhook_sent.clone(),
         );
+    }
+
+    /// Names and describes the counters of resyncs.
+    fn register_resyncs(&mut self) {
+        let r = &mut self.registry;
+        for (name, help, family) in [
+            (
+                "tracer_resyncs",
+                "Rebuilds of a table from the kernel's view (after lost records, or by the audit)",
+                &self.resyncs,
+            ),
+            (
+                "tracer_resync_corrections",
+                "Entries a resync had to add, remove or change",
+                &self.resync_corrections,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
     }
 
     /// The Prometheus text exposition of every series.
@@ -473,6 +507,15 @@ impl Metrics {
             } => self.alert(labels, *kind, *severity, group.as_deref(), 0),
             Event::Fds { .. } | Event::Memory { .. } | Event::Threads { .. } => {
                 self.observe_resources(labels, event);
+            }
+            Event::Resynced {
+                table, corrected, ..
+            } => {
+                let table = table_labels(labels, table);
+                self.resyncs.get_or_create(&table).inc();
+                self.resync_corrections
+                    .get_or_create(&table)
+                    .inc_by(u64::from(*corrected));
             }
             Event::TargetExit { .. } => self.forget(labels),
             Event::VmaBreakdown { .. } | Event::VmaStep { .. } | Event::TcpState { .. } => {}
@@ -582,6 +625,10 @@ impl Metrics {
         for state in PROCESS_STATES {
             self.tcp_sockets
                 .remove(&state_labels(labels, state_name(state)));
+        }
+        for table in TABLES {
+            self.resyncs.remove(&table_labels(labels, table));
+            self.resync_corrections.remove(&table_labels(labels, table));
         }
         let alerts = self
             .alert_series
@@ -810,6 +857,14 @@ fn saturate(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+fn table_labels(labels: &TargetLabels, table: &str) -> TableLabels {
+    TableLabels {
+        target: labels.target.clone(),
+        pid: labels.pid.clone(),
+        table: table.to_owned(),
+    }
+}
+
 fn state_labels(labels: &TargetLabels, state: &str) -> StateLabels {
     StateLabels {
         target: labels.target.clone(),
@@ -887,7 +942,31 @@ mod tests {
                 untracked: 0,
             },
         );
+        for corrected in [250, 0] {
+            metrics.observe(
+                &kafka,
+                &Event::Resynced {
+                    ts: 0,
+                    pid: 42,
+                    table: "sockets",
+                    reason: "records_lost",
+                    corrected,
+                    before: std::collections::BTreeMap::new(),
+                    after: std::collections::BTreeMap::new(),
+                },
+            );
+        }
         let text = metrics.encode();
+        assert!(
+            text.contains(r#"tracer_resyncs_total{target="kafka",pid="42",table="sockets"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tracer_resync_corrections_total{target="kafka",pid="42",table="sockets"} 250"#
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(r#"tracer_vma_count{target="kafka",pid="42"} 61000"#),
             "{text}"

@@ -80,6 +80,9 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 "{} {pid} step {change:+} mappings in {seconds:.0} s, to {to} (a jump, not a trend)",
                 clock(*ts)
             )?,
+            Event::Resynced { ts, pid, .. } => {
+                writeln!(out, "{} {pid} {}", clock(*ts), event.resync_line())?;
+            }
             Event::Vma { .. }
             | Event::VmaBreakdown { .. }
             | Event::TcpState { .. }

@@ -83,6 +83,9 @@ impl LiveView {
                 Event::TargetExit { ts, pid } => {
                     format!("{} {BOLD}process {pid} exited{RESET}", clock(*ts))
                 }
+                Event::Resynced { ts, .. } => {
+                    format!("{} {DIM}{}{RESET}", clock(*ts), event.resync_line())
+                }
                 _ => continue,
             };
             if self.alerts.len() == ALERT_LINES {

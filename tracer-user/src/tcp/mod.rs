@@ -7,19 +7,19 @@ pub mod proc;
 mod procnet;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
 
-use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
+use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent, is_child_of_listener};
 
 use crate::{
     alert::{self, Check, Latch, Severity},
-    event::{AlertDetail, AlertKind, Clocks, Event, PeerCount, StateCounts},
+    event::{AlertDetail, AlertKind, Clocks, Event, PROCESS_STATES, PeerCount, StateCounts},
     probes::Lost,
     vma::{duration, maps::thousands},
 };
-use proc::{ProcSockets, Tuple, state_name};
+use proc::{ProcSocket, ProcSockets, Tuple, state_name};
 
 const ESTABLISHED: u8 = 1;
 const SYN_RECV: u8 = 3;
@@ -141,6 +141,15 @@ impl Sock {
     }
 }
 
+/// What a resync corrected: sockets added, removed or changed, and the counts before and
+/// after (held sockets per state, and the accept queue).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resync {
+    pub corrected: u32,
+    pub before: BTreeMap<&'static str, u32>,
+    pub after: BTreeMap<&'static str, u32>,
+}
+
 /// The counts of one moment, for the `sockets` event and the live view.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Census {
@@ -160,8 +169,13 @@ pub struct TcpModel {
     pid: u32,
     thresholds: TcpThresholds,
     socks: HashMap<u64, Sock, BuildPointerHasher>,
-    /// Sockets found in /proc at attach, by addresses, until the kernel reports them.
-    seeded: HashMap<Tuple, Sock>,
+    /// Sockets found in /proc (at attach, at a resync), by addresses, until the kernel
+    /// reports them. More than one only for listeners sharing an address (SO_REUSEPORT).
+    seeded: HashMap<Tuple, Vec<Sock>>,
+    /// While a resync's snapshot is being taken: when it started, and the addresses of
+    /// sockets that records from then on changed, which the table knows better than the
+    /// snapshot. (Older records still in the ring buffer are what the snapshot supersedes.)
+    touched: Option<(f64, HashSet<Tuple>)>,
     /// New connections on the listening ports per report interval, newest last.
     new_per_tick: VecDeque<u32>,
     new_this_tick: u32,
@@ -180,6 +194,7 @@ impl TcpModel {
             thresholds,
             socks: HashMap::default(),
             seeded: HashMap::new(),
+            touched: None,
             new_per_tick: VecDeque::new(),
             new_this_tick: 0,
             recent: VecDeque::new(),
@@ -193,20 +208,102 @@ impl TcpModel {
     /// Takes the sockets found in /proc at attach; their age counts from `now`.
     pub fn seed(&mut self, found: &ProcSockets, now: f64) {
         for s in &found.sockets {
-            self.seeded.insert(
-                s.tuple,
-                Sock {
-                    tuple: s.tuple,
-                    state: s.state,
-                    since: now,
-                    held: s.held,
-                    was_held: s.held,
-                    server: found.listen_ports.contains(&s.tuple.sport),
-                    probe_at: now,
-                    probe_every: PROBE_FIRST,
-                },
-            );
+            self.seed_one(s, &found.listen_ports, now);
         }
+    }
+
+    fn seed_one(&mut self, s: &ProcSocket, listen_ports: &[u16], now: f64) {
+        self.seeded.entry(s.tuple).or_default().push(Sock {
+            tuple: s.tuple,
+            state: s.state,
+            since: now,
+            held: s.held,
+            was_held: s.held,
+            server: listen_ports.contains(&s.tuple.sport),
+            probe_at: now,
+            probe_every: PROBE_FIRST,
+        });
+    }
+
+    /// Starts a resync at `now` (monotonic seconds): from then until [`Self::resync`],
+    /// sockets that records change are remembered, so that a snapshot taken meanwhile does
+    /// not undo what they say.
+    pub fn begin_resync(&mut self, now: f64) {
+        self.touched = Some((now, HashSet::new()));
+    }
+
+    /// Rebuilds the table from `found`, the kernel's view (sock_diag and /proc/PID/fd) taken
+    /// since [`Self::begin_resync`]: sockets the kernel no longer has go, states and fds are
+    /// corrected, sockets the table missed are seeded (the kernel still follows them, and
+    /// their next record is matched by addresses). Returns what it had to correct.
+    pub fn resync(&mut self, found: &ProcSockets, now: f64) -> Resync {
+        let (_, touched) = self.touched.take().unwrap_or_default();
+        let before = self.counts(now);
+        let mut kernel: HashMap<Tuple, Vec<&ProcSocket>> = HashMap::new();
+        for s in &found.sockets {
+            kernel.entry(s.tuple).or_default().push(s);
+        }
+        let unowned: HashMap<Tuple, u8> = found.unowned.iter().copied().collect();
+        let mut corrected = 0;
+        let mut check = |sock: &mut Sock| -> bool {
+            if touched.contains(&sock.tuple) {
+                kernel.remove(&sock.tuple);
+                return true;
+            }
+            let seen = kernel.get_mut(&sock.tuple).and_then(Vec::pop);
+            let (state, held) = match seen {
+                Some(s) => (s.state, s.held),
+                // A socket the target closed, still finishing.
+                None => match unowned.get(&sock.tuple) {
+                    Some(&state) if sock.was_held => (state, false),
+                    _ => {
+                        corrected += 1;
+                        return false;
+                    }
+                },
+            };
+            if (state, held) != (sock.state, sock.held) {
+                corrected += 1;
+                if state != sock.state {
+                    sock.state = state;
+                    sock.since = now;
+                }
+                sock.held = held;
+                sock.was_held |= held;
+            }
+            true
+        };
+        self.socks.retain(|_, sock| check(sock));
+        for socks in self.seeded.values_mut() {
+            socks.retain_mut(|sock| check(sock));
+        }
+        self.seeded.retain(|_, socks| !socks.is_empty());
+        for (tuple, missed) in kernel {
+            if touched.contains(&tuple) {
+                continue;
+            }
+            for s in missed {
+                corrected += 1;
+                self.seed_one(s, &found.listen_ports, now);
+            }
+        }
+        Resync {
+            corrected,
+            before,
+            after: self.counts(now),
+        }
+    }
+
+    /// The counts a resync reports: held sockets per state, and the accept queue.
+    fn counts(&self, now: f64) -> BTreeMap<&'static str, u32> {
+        let census = self.count(now);
+        let mut counts: BTreeMap<&'static str, u32> = PROCESS_STATES
+            .iter()
+            .map(|&state| (state_name(state), census.held.get(state)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        counts.insert("accept_queue", census.accept_queue.total());
+        counts
     }
 
     /// Applies one kernel record; a transition also becomes a `tcp_state` event.
@@ -227,11 +324,20 @@ impl TcpModel {
         }
         let at = e.ts_ns as f64 / 1e9;
         let held = e.held != 0;
+        if let Some((since, touched)) = &mut self.touched
+            && at >= *since
+        {
+            touched.insert(tuple);
+        }
         // A socket known from /proc is the same socket whichever way the kernel adopted it.
-        let seeded = if self.seeded.is_empty() || self.socks.contains_key(&e.sk) {
+        // A new child of a listener is no socket from before, whatever addresses it shows yet.
+        let seeded = if self.seeded.is_empty()
+            || self.socks.contains_key(&e.sk)
+            || is_child_of_listener(e.old, e.new)
+        {
             None
         } else {
-            self.seeded.remove(&tuple)
+            self.take_seeded(&tuple)
         };
         let sock = self.socks.entry(e.sk).or_insert_with(|| {
             seeded.unwrap_or(Sock {
@@ -245,6 +351,11 @@ impl TcpModel {
                 probe_every: PROBE_FIRST,
             })
         });
+        if let Some((since, touched)) = &mut self.touched
+            && at >= *since
+        {
+            touched.insert(sock.tuple);
+        }
         sock.tuple = tuple;
         sock.held = held;
         sock.was_held |= held;
@@ -337,7 +448,17 @@ impl TcpModel {
     }
 
     fn all(&self) -> impl Iterator<Item = &Sock> {
-        self.socks.values().chain(self.seeded.values())
+        self.socks.values().chain(self.seeded.values().flatten())
+    }
+
+    /// The seeded socket with these addresses, if any, now known by its pointer.
+    fn take_seeded(&mut self, tuple: &Tuple) -> Option<Sock> {
+        let socks = self.seeded.get_mut(tuple)?;
+        let sock = socks.pop();
+        if socks.is_empty() {
+            self.seeded.remove(tuple);
+        }
+        sock
     }
 
     fn count(&self, now: f64) -> Census {
@@ -853,6 +974,165 @@ mod tests {
                 ("resolved", AlertKind::ConnectionSurge)
             ]
         );
+    }
+
+    /// What sock_diag would say of the socket `event` builds for `sk` with `peer`.
+    fn found(sk: u64, peer: u8, state: u8, held: bool) -> ProcSocket {
+        let e = event(sk, state, state, Adopted::Known, 0.0, peer);
+        ProcSocket {
+            tuple: Tuple {
+                family: 4,
+                saddr: e.saddr,
+                sport: e.sport,
+                daddr: e.daddr,
+                dport: e.dport,
+            },
+            state,
+            inode: if held { sk } else { 0 },
+            held,
+            rx_queue: 0,
+        }
+    }
+
+    #[test]
+    fn a_resync_rebuilds_what_lost_records_left_wrong() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let mut out = Vec::new();
+        // Four accepted connections; then records were lost: 1 and 2 moved to CLOSE_WAIT,
+        // 3 closed, and 5 arrived and was accepted, all unseen.
+        for sk in 1..=4 {
+            accept_then_peer_close(&mut model, sk, 1, 0.0, 0.5, &mut out);
+            model.record(
+                &event(sk, CLOSE_WAIT, ESTABLISHED, Adopted::Known, 0.6, 1),
+                Clocks::now(),
+                &mut out,
+            );
+        }
+        model.begin_resync(0.9);
+        // While the snapshot is taken, 4 is reported closing: the record wins over the
+        // snapshot, which still has it ESTABLISHED.
+        model.record(
+            &event(4, ESTABLISHED, CLOSE_WAIT, Adopted::Known, 1.0, 1),
+            Clocks::now(),
+            &mut out,
+        );
+        let snapshot = ProcSockets {
+            netns: 1,
+            sockets: vec![
+                found(1, 1, CLOSE_WAIT, true),
+                found(2, 1, CLOSE_WAIT, true),
+                found(4, 1, ESTABLISHED, true),
+                found(5, 1, ESTABLISHED, true),
+            ],
+            listen_ports: vec![9092],
+            unowned: Vec::new(),
+        };
+        let resync = model.resync(&snapshot, 2.0);
+        assert_eq!(resync.corrected, 4, "1 and 2 changed, 3 gone, 5 added");
+        assert_eq!(resync.before["ESTABLISHED"], 3);
+        assert_eq!(resync.before["CLOSE_WAIT"], 1);
+        assert_eq!(resync.after["CLOSE_WAIT"], 3);
+        assert_eq!(resync.after["ESTABLISHED"], 1);
+        // 5's next record finds it by its addresses: moved, not duplicated.
+        model.record(
+            &event(5, ESTABLISHED, CLOSE_WAIT, Adopted::Known, 3.0, 1),
+            Clocks::now(),
+            &mut out,
+        );
+        model.tick(3.5, 0, &Lost::default(), &mut out);
+        assert_eq!(model.census().held.get(CLOSE_WAIT), 4);
+        assert_eq!(model.census().held.total(), 4);
+        // Nothing left to correct.
+        model.begin_resync(0.9);
+        let mut again = snapshot.clone();
+        for s in &mut again.sockets {
+            s.state = CLOSE_WAIT;
+        }
+        assert_eq!(model.resync(&again, 4.0).corrected, 0);
+    }
+
+    #[test]
+    fn a_resync_keeps_closed_sockets_finishing_and_both_reuseport_listeners() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let listener = found(0, 0, TCP_LISTEN, true);
+        let mut listener = ProcSocket {
+            tuple: Tuple {
+                dport: 0,
+                daddr: [0; 16],
+                ..listener.tuple
+            },
+            ..listener
+        };
+        let mut other = listener;
+        other.inode = 99;
+        listener.inode = 98;
+        let mut snapshot = ProcSockets {
+            netns: 1,
+            sockets: vec![listener, other],
+            listen_ports: vec![9092],
+            unowned: Vec::new(),
+        };
+        model.seed(&snapshot, 0.0);
+        let mut out = Vec::new();
+        // The target connects out and closes: orphaned in FIN_WAIT2.
+        model.record(
+            &event(2, TCP_CLOSE, 2, Adopted::ByOwner, 0.0, 2),
+            Clocks::now(),
+            &mut out,
+        );
+        model.record(
+            &event(2, 2, TCP_ESTABLISHED, Adopted::Known, 0.1, 2),
+            Clocks::now(),
+            &mut out,
+        );
+        let mut fin = event(2, TCP_ESTABLISHED, 4, Adopted::Known, 0.2, 2);
+        fin.held = 0;
+        model.record(&fin, Clocks::now(), &mut out);
+        let client = found(2, 2, FIN_WAIT2, false);
+        snapshot.unowned.push((client.tuple, FIN_WAIT2));
+        model.begin_resync(0.9);
+        let resync = model.resync(&snapshot, 1.0);
+        assert_eq!(resync.corrected, 1, "FIN_WAIT1 -> FIN_WAIT2, nothing else");
+        assert_eq!(resync.after["LISTEN"], 2);
+        model.tick(1.5, 0, &Lost::default(), &mut out);
+        assert_eq!(model.census().orphaned.get(FIN_WAIT2), 1);
+        assert_eq!(model.census().held.get(TCP_LISTEN), 2);
+    }
+
+    #[test]
+    fn a_new_child_showing_its_listeners_addresses_does_not_take_over_the_listener() {
+        let mut model = TcpModel::new(7, TcpThresholds::default());
+        let listener = found(0, 0, TCP_LISTEN, true);
+        let listener = ProcSocket {
+            tuple: Tuple {
+                dport: 0,
+                daddr: [0; 16],
+                ..listener.tuple
+            },
+            ..listener
+        };
+        model.seed(
+            &ProcSockets {
+                netns: 1,
+                sockets: vec![listener],
+                listen_ports: vec![9092],
+                unowned: Vec::new(),
+            },
+            0.0,
+        );
+        let mut out = Vec::new();
+        // 6.1 reports the clone before it has addresses of its own.
+        let mut syn = event(1, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, 1.0, 0);
+        syn.daddr = [0; 16];
+        syn.dport = 0;
+        syn.held = 0;
+        model.record(&syn, Clocks::now(), &mut out);
+        let mut est = event(1, SYN_RECV, ESTABLISHED, Adopted::Known, 1.0, 1);
+        est.held = 0;
+        model.record(&est, Clocks::now(), &mut out);
+        model.tick(2.0, 0, &Lost::default(), &mut out);
+        assert_eq!(model.census().held.get(TCP_LISTEN), 1);
+        assert_eq!(model.census().accept_queue.get(ESTABLISHED), 1);
     }
 
     #[test]
