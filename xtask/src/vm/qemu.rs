@@ -23,6 +23,8 @@ pub enum Cpu {
     /// never runs stale code, lets two guests run at once on two cores, and runs the churn
     /// no slower.
     Fast,
+    /// One vCPU, guest time counting instructions: cost ratios repeat to 0.1%.
+    Counted,
 }
 
 pub struct Boot<'a> {
@@ -50,6 +52,16 @@ pub struct Console {
 pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Console> {
     let accel: &[&str] = match boot.cpu {
         Cpu::Fast => &["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2"],
+        Cpu::Counted => &[
+            "-accel",
+            "tcg,thread=single",
+            "-icount",
+            "shift=1,sleep=on",
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+        ],
     };
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
