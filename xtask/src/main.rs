@@ -80,6 +80,9 @@ enum Task {
     /// Only the kernel matrix's part of the benchmarks (`bench` includes it): a table per
     /// kernel under qemu -icount, printed as markdown.
     VmBench {
+        /// Only these kernel series (repeatable; default: all of the matrix).
+        #[arg(long)]
+        kernel: Vec<String>,
         /// Measure this tracer binary instead of building one.
         #[arg(long)]
         tracer: Option<PathBuf>,
@@ -134,12 +137,17 @@ fn main() -> anyhow::Result<()> {
             };
             vm_test(&root, &tracer, &kernel, jobs, !no_host)
         }
-        Task::VmBench { tracer, smoke } => {
+        Task::VmBench {
+            kernel,
+            tracer,
+            smoke,
+        } => {
             let tracer = match tracer {
                 Some(tracer) => tracer,
                 None => build(&root)?,
             };
-            let tables = vm::bench(&root, &tracer, &test_binary(&root, "vm-bench")?, smoke)?;
+            let bencher = test_binary(&root, "vm-bench")?;
+            let tables = vm::bench(&root, &tracer, &bencher, &kernel, smoke)?;
             print!("{tables}");
             Ok(())
         }
@@ -197,7 +205,7 @@ fn run_bench(root: &Path, tracer: &Path, smoke: bool, out: &Path) -> anyhow::Res
     }
     command.arg(&out).env("TRACER_BIN", tracer);
     check(&mut as_root_command(command))?;
-    let tables = vm::bench(root, tracer, &test_binary(root, "vm-bench")?, smoke)?;
+    let tables = vm::bench(root, tracer, &test_binary(root, "vm-bench")?, &[], smoke)?;
     let mut report =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     report.push_str(&tables);

@@ -8,12 +8,20 @@ use super::{Guest, boot, kernels, qemu};
 
 const PREFIX: &str = "vm-bench ";
 
-/// Markdown: a table per kernel of the matrix. `smoke` runs one short round on one kernel.
-pub fn run(root: &Path, tracer: &Path, bencher: &Path, smoke: bool) -> anyhow::Result<String> {
-    let (seconds, rounds, series): (&str, usize, &[(&str, &str)]) = if smoke {
-        ("0.2", 1, &kernels::MATRIX[1..2])
-    } else {
-        ("2", 3, kernels::MATRIX)
+/// Markdown: a table per kernel of the matrix (or of `only`). `smoke` runs one short round,
+/// on one kernel unless `only` names others.
+pub fn run(
+    root: &Path,
+    tracer: &Path,
+    bencher: &Path,
+    only: &[String],
+    smoke: bool,
+) -> anyhow::Result<String> {
+    let (seconds, rounds) = if smoke { ("0.2", 1) } else { ("1", 3) };
+    let series: Vec<&str> = match (only, smoke) {
+        ([], true) => vec![kernels::MATRIX[1].0],
+        ([], false) => kernels::MATRIX.iter().map(|(s, _)| *s).collect(),
+        (only, _) => only.iter().map(String::as_str).collect(),
     };
     let logs = root.join("target/vm/logs");
     std::fs::create_dir_all(&logs)?;
@@ -29,7 +37,7 @@ pub fn run(root: &Path, tracer: &Path, bencher: &Path, smoke: bool) -> anyhow::R
          `page faults`: one fault per iteration; `mm`: mmap, mprotect, munmap; `getppid`: the cheapest syscall. \
          Medians of {rounds} runs of {seconds} s of guest time (`cargo xtask bench`; consoles in target/vm/logs).\n"
     );
-    for (s, _) in series {
+    for s in series {
         let kernel = kernels::fetch(s)?;
         let log = logs.join(format!("bench-{}.log", kernel.package));
         eprintln!(

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -64,7 +65,15 @@ pub fn boot(boot: &Boot<'_>) -> anyhow::Result<Console> {
         ],
     };
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut command = Command::new("qemu-system-x86_64");
+    // SAFETY: prctl is async-signal-safe; the guest dies with us (Ctrl-C, a killed run).
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(accel)
         .args(["-m", &boot.memory_mib.to_string()])
         .args([
