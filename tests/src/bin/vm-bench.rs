@@ -10,7 +10,8 @@
 //! Usage: `vm-bench WORKLOADS SECONDS ROUNDS` with `TRACER_BIN` naming the tracer. Loops
 //! (tests/native/loops.c): `mm` and `tcp` watched by tracer themselves; `fault`, `mm` and
 //! `null` in an unrelated process placed in a cgroup as deep as a Kubernetes pod's
-//! container, while tracer watches another process. Medians of ROUNDS runs of SECONDS.
+//! container, while tracer watches another process. Medians of ROUNDS runs of SECONDS per
+//! side, the sides taking turns after a warm-up run of each.
 
 use std::{
     path::{Path, PathBuf},
@@ -45,8 +46,7 @@ fn main() {
         ("others' mm (pod cgroup)", "mm", false),
         ("others' getppid (pod cgroup)", "null", false),
     ] {
-        let untraced = bench.median(mode, watched, false);
-        let traced = bench.median(mode, watched, true);
+        let (untraced, traced) = bench.medians(mode, watched);
         let text = |rate: Result<f64, String>| rate.map_or_else(|why| why, |r| format!("{r:.0}"));
         println!("vm-bench {name} | {} | {}", text(untraced), text(traced));
     }
@@ -61,14 +61,26 @@ struct Bench {
 }
 
 impl Bench {
-    /// The median rate of `mode`; with `traced`, tracer watches the loop itself (`watched`)
-    /// or an idle process beside it.
-    fn median(&self, mode: &str, watched: bool, traced: bool) -> Result<f64, String> {
-        let mut rates = (0..self.rounds)
-            .map(|_| self.once(mode, watched, traced))
-            .collect::<Result<Vec<f64>, String>>()?;
-        rates.sort_by(f64::total_cmp);
-        Ok(rates[rates.len() / 2])
+    /// The median rates of `mode` without and with tracer, which watches the loop itself
+    /// (`watched`) or an idle process beside it. The sides take turns, after one discarded
+    /// run of each, so that what the guest kernel warms up over time (caches, the maple
+    /// tree's nodes) favours neither.
+    fn medians(&self, mode: &str, watched: bool) -> (Result<f64, String>, Result<f64, String>) {
+        let mut without = Vec::new();
+        let mut with = Vec::new();
+        for round in 0..=self.rounds {
+            let bare = self.once(mode, watched, false);
+            let traced = self.once(mode, watched, true);
+            let failed = traced.is_err();
+            if round > 0 || failed {
+                without.push(bare);
+                with.push(traced);
+            }
+            if failed {
+                break;
+            }
+        }
+        (median(without), median(with))
     }
 
     fn once(&self, mode: &str, watched: bool, traced: bool) -> Result<f64, String> {
@@ -97,6 +109,12 @@ impl Bench {
             .and_then(|rate| rate.parse().ok())
             .ok_or_else(|| format!("no rate in {result:?}"))
     }
+}
+
+fn median(rates: Vec<Result<f64, String>>) -> Result<f64, String> {
+    let mut rates = rates.into_iter().collect::<Result<Vec<f64>, String>>()?;
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 /// tracer attached to `pid`, or tracer's failure as text.

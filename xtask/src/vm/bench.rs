@@ -35,7 +35,7 @@ pub fn run(
          pod's container (`kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-1.scope`, \
          memory controller on), while tracer watches an idle process (`loops idle`). \
          `page faults`: one fault per iteration; `mm`: mmap, mprotect, munmap; `getppid`: the cheapest syscall. \
-         Medians of {rounds} runs of {seconds} s of guest time (`cargo xtask bench`; consoles in target/vm/logs).\n"
+         Medians of {rounds} runs of {seconds} s of guest time per side, the sides taking turns after a warm-up run of each (`cargo xtask bench`; consoles in target/vm/logs).\n"
     );
     for s in series {
         let kernel = kernels::fetch(s)?;
