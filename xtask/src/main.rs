@@ -131,10 +131,7 @@ fn main() -> anyhow::Result<()> {
             jobs,
             no_host,
         } => {
-            let tracer = match tracer {
-                Some(tracer) => tracer,
-                None => build(&root)?,
-            };
+            let tracer = given_or_built(&root, tracer)?;
             vm_test(&root, &tracer, &kernel, jobs, !no_host)
         }
         Task::VmBench {
@@ -142,10 +139,7 @@ fn main() -> anyhow::Result<()> {
             tracer,
             smoke,
         } => {
-            let tracer = match tracer {
-                Some(tracer) => tracer,
-                None => build(&root)?,
-            };
+            let tracer = given_or_built(&root, tracer)?;
             let bencher = test_binary(&root, "vm-bench")?;
             let tables = vm::bench(&root, &tracer, &bencher, &kernel, smoke)?;
             print!("{tables}");
@@ -210,6 +204,11 @@ fn run_bench(root: &Path, tracer: &Path, smoke: bool, out: &Path) -> anyhow::Res
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     report.push_str(&tables);
     std::fs::write(&out, report).with_context(|| format!("writing {}", out.display()))
+}
+
+/// `tracer` when given, else the release binary built now.
+fn given_or_built(root: &Path, tracer: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    tracer.map_or_else(|| build(root), Ok)
 }
 
 /// Sets up, then builds the release binary; returns its path.
