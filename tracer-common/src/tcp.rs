@@ -89,7 +89,8 @@ pub struct TcpEvent {
     pub ts_ns: u64,
     /// The `struct sock *`: the socket's identity while it lives.
     pub sk: u64,
-    /// Inode of the socket's network namespace.
+    /// Inode of the socket's network namespace, in the record that adopted it (0 in later
+    /// ones: it does not change, and reading it costs a helper call per record).
     pub netns: u32,
     /// Explicit padding; always zero. (No task id: transitions often run in softirq, in
     /// whatever task was on the CPU, so it would say nothing.)
