@@ -4,6 +4,7 @@
 
 use std::{
     future::Future,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,6 +30,7 @@ use crate::{
     threads::{ThreadModel, ThreadStatus, ThreadThresholds, Traffic},
     vma::{
         self, VmaModel, VmaStatus,
+        kafka::{LogConfig, SteadyState},
         maps::{Breakdown, MapsReader},
     },
 };
@@ -46,6 +48,10 @@ const BREAKDOWN_MOVE: f64 = 0.01;
 const BREAKDOWN_MOVE_MIN: u32 = 64;
 /// ...but no sooner than this after the previous read, nor than 50 times its cost.
 const BREAKDOWN_MIN_GAP: Duration = Duration::from_secs(10);
+
+/// A read of /proc/PID/maps under way: the reader back, its breakdown, and the steady state
+/// projected from it (a Kafka broker's).
+type Refresh = JoinHandle<(MapsReader, std::io::Result<Breakdown>, Option<SteadyState>)>;
 
 /// What a session is told at start.
 #[derive(Clone, Debug)]
@@ -114,7 +120,9 @@ pub struct Session {
     breakdown: Option<BreakdownReport>,
     /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
     /// its buffer is reused.
-    refresh: Option<JoinHandle<(MapsReader, std::io::Result<Breakdown>)>>,
+    refresh: Option<Refresh>,
+    /// A Kafka broker's log settings, when the target is one.
+    kafka: Option<Arc<LogConfig>>,
     reader: Option<MapsReader>,
     attached: Instant,
     events: Vec<Event>,
@@ -164,13 +172,29 @@ impl Session {
             None => vma::read_max_map_count()
                 .with_context(|| format!("reading {}", vma::MAX_MAP_COUNT))?,
         };
-        let vma = VmaModel::new(
+        let mut vma = VmaModel::new(
             target.pid,
             breakdown.breakdown.map_count(),
             limit,
             options.thresholds,
             options.rate_window.as_secs_f64(),
         );
+        let kafka = match LogConfig::discover(target.pid) {
+            None => None,
+            Some(Ok(config)) => Some(Arc::new(config)),
+            Some(Err(e)) => {
+                log::warn!("Kafka broker settings: {e} - its steady state is not projected");
+                None
+            }
+        };
+        if let Some(config) = &kafka {
+            vma.set_steady_state(vma::kafka::steady_state(
+                target.pid,
+                config,
+                reader.text(),
+                breakdown.breakdown.map_count(),
+            ));
+        }
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
         tcp.seed(
@@ -206,6 +230,7 @@ impl Session {
             limit_override: options.max_map_count,
             breakdown: Some(breakdown),
             refresh: None,
+            kafka,
             reader: Some(reader),
             attached: Instant::now(),
             events,
@@ -247,8 +272,11 @@ impl Session {
                 _ = drain.tick() => self.drain(),
                 done = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
                     self.refresh = None;
-                    let (reader, result) = done.context("the /proc/PID/maps reader panicked")?;
+                    let (reader, result, steady) = done.context("the /proc/PID/maps reader panicked")?;
                     self.reader = Some(reader);
+                    if self.kafka.is_some() && result.is_ok() {
+                        self.vma.set_steady_state(steady);
+                    }
                     if let Some(report) = self.breakdown.as_mut()
                         && let Ok(breakdown) = result
                     {
@@ -381,9 +409,16 @@ impl Session {
         if let Some(report) = self.breakdown.as_mut() {
             report.read_at = Instant::now();
         }
+        let kafka = self.kafka.clone();
         self.refresh = Some(tokio::task::spawn_blocking(move || {
             let result = reader.read(pid);
-            (reader, result)
+            let steady = match (&kafka, &result) {
+                (Some(config), Ok(breakdown)) => {
+                    vma::kafka::steady_state(pid, config, reader.text(), breakdown.map_count())
+                }
+                _ => None,
+            };
+            (reader, result, steady)
         }));
     }
 }
