@@ -4,6 +4,7 @@
 
 use std::{
     future::Future,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,6 +20,7 @@ use tokio::{
 use tracer_common::{task::ThreadSched, tcp::TupleKey};
 
 use crate::{
+    agent::state,
     event::{Clocks, Event, MappingGroup, monotonic, now_ms},
     exhaustion::{self, Thresholds},
     fd::FdModel,
@@ -64,7 +66,12 @@ pub struct Options {
     /// Capacity of the kernel's table of the target's sockets.
     pub max_sockets: u32,
     pub threads: ThreadThresholds,
+    /// The file keeping this target's long trends across restarts (agent `--state-dir`).
+    pub state_file: Option<PathBuf>,
 }
+
+/// How often the state file is written.
+const STATE_INTERVAL: Duration = Duration::from_mins(1);
 
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +130,8 @@ pub struct Session {
     refresh: Option<Refresh>,
     /// A Kafka broker's log settings, when the target is one.
     kafka: Option<Arc<LogConfig>>,
+    state_file: Option<PathBuf>,
+    state_saved: Instant,
     reader: Option<MapsReader>,
     attached: Instant,
     events: Vec<Event>,
@@ -179,22 +188,7 @@ impl Session {
             options.thresholds,
             options.rate_window.as_secs_f64(),
         );
-        let kafka = match LogConfig::discover(target.pid) {
-            None => None,
-            Some(Ok(config)) => Some(Arc::new(config)),
-            Some(Err(e)) => {
-                log::warn!("Kafka broker settings: {e} - its steady state is not projected");
-                None
-            }
-        };
-        if let Some(config) = &kafka {
-            vma.set_steady_state(vma::kafka::steady_state(
-                target.pid,
-                config,
-                reader.text(),
-                breakdown.breakdown.map_count(),
-            ));
-        }
+        let kafka = restore_and_project(&mut vma, target.pid, options, &reader);
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
         tcp.seed(
@@ -231,6 +225,8 @@ impl Session {
             breakdown: Some(breakdown),
             refresh: None,
             kafka,
+            state_file: options.state_file.clone(),
+            state_saved: Instant::now(),
             reader: Some(reader),
             attached: Instant::now(),
             events,
@@ -302,6 +298,7 @@ impl Session {
         };
 
         // Whatever the target did last is in the ring buffers and the register: report it.
+        self.save_state();
         self.drain();
         if let Ok((register, high)) = self.probes.vma_register() {
             self.vma.register(&register, high);
@@ -347,6 +344,9 @@ impl Session {
         self.memory.tick(now, ts, arenas, &mut self.events);
         self.probes.flush_log();
         self.maybe_refresh_breakdown();
+        if self.state_saved.elapsed() >= STATE_INTERVAL {
+            self.save_state();
+        }
         sink.frame(&Frame {
             target: &self.target,
             attached: self.attached,
@@ -389,6 +389,23 @@ impl Session {
         }
     }
 
+    /// Writes the long trends to the state file, if there is one.
+    fn save_state(&mut self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        self.state_saved = Instant::now();
+        let (now, ms) = (monotonic(), now_ms());
+        let saved = state::State {
+            version: state::VERSION,
+            saved_ms: ms,
+            vma: self.vma.history(now, ms),
+        };
+        if let Err(e) = state::save(path, &saved) {
+            log::warn!("writing the state file {}: {e}", path.display());
+        }
+    }
+
     /// Starts a new read of /proc/PID/maps when the count moved enough and the last read is
     /// old enough: at 65k mappings a read takes tens of milliseconds and holds the target's
     /// mmap lock for reading, so it is never done on a timer alone.
@@ -421,6 +438,40 @@ impl Session {
             (reader, result, steady)
         }));
     }
+}
+
+/// Gives a fresh VMA model what is known beyond its count: the long trends of the state file,
+/// and, for a Kafka broker, its steady state. Returns the broker's settings.
+fn restore_and_project(
+    vma: &mut VmaModel,
+    pid: u32,
+    options: &Options,
+    reader: &MapsReader,
+) -> Option<Arc<LogConfig>> {
+    if let Some(path) = &options.state_file {
+        match state::load(path) {
+            Ok(Some(saved)) => vma.restore(&saved.vma, monotonic(), now_ms()),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e} - ignored; the next save replaces it"),
+        }
+    }
+    let kafka = match LogConfig::discover(pid) {
+        None => None,
+        Some(Ok(config)) => Some(Arc::new(config)),
+        Some(Err(e)) => {
+            log::warn!("Kafka broker settings: {e} - its steady state is not projected");
+            None
+        }
+    };
+    if let Some(config) = &kafka {
+        vma.set_steady_state(vma::kafka::steady_state(
+            pid,
+            config,
+            reader.text(),
+            vma.count(),
+        ));
+    }
+    kafka
 }
 
 /// Hands the kernel the target's sockets that existed before attach (it adopts them at their

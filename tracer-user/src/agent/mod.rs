@@ -5,6 +5,7 @@
 mod config;
 mod http;
 mod metrics;
+pub mod state;
 mod targets;
 mod webhook;
 
@@ -110,14 +111,16 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     // Fail on a busy port or a bad address before anything is attached.
     let listener = http::bind(settings.listen, settings.allow_remote).await?;
     let machine = preflight::check()?;
+    let state_dir = args.state_dir.clone();
     LocalSet::new()
-        .run_until(supervise(settings, options, machine, listener))
+        .run_until(supervise(settings, options, state_dir, machine, listener))
         .await
 }
 
 async fn supervise(
     settings: Settings,
     options: Options,
+    state_dir: Option<std::path::PathBuf>,
     machine: Machine,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
@@ -160,6 +163,13 @@ async fn supervise(
     tokio::pin!(stop);
     loop {
         for found in finder.scan() {
+            // Each target keeps its long trends in its own state file.
+            let options = Options {
+                state_file: state_dir
+                    .as_deref()
+                    .map(|dir| state::path(dir, &found.name)),
+                ..options.clone()
+            };
             match start_session(&found, &machine, &options, &hub, &stop_rx, &ended_tx) {
                 Ok(handle) => sessions.push((found.pid, handle)),
                 Err(e) => {

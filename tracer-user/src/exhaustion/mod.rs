@@ -138,6 +138,33 @@ impl Exhaustion {
         }
     }
 
+    /// The samples of the long trends, stamped with Unix ms (`now` and `now_ms` are one moment
+    /// on both clocks): what a restart must not lose.
+    pub fn history(&self, now: f64, now_ms: u64) -> Vec<Vec<(u64, f64)>> {
+        self.long
+            .iter()
+            .map(|long| {
+                long.window
+                    .samples()
+                    .map(|(t, y)| (now_ms.saturating_sub(((now - t) * 1000.0) as u64), y))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Restores samples saved by [`Exhaustion::history`] (those beyond their window drop out
+    /// at the next sample).
+    pub fn restore(&mut self, history: &[Vec<(u64, f64)>], now: f64, now_ms: u64) {
+        for (long, samples) in self.long.iter_mut().zip(history) {
+            for &(ms, y) in samples.iter().filter(|s| s.0 <= now_ms) {
+                let t = now - (now_ms - ms) as f64 / 1000.0;
+                long.window.push(t, y);
+                long.next = t + long.every;
+            }
+            long.trend = long.window.trend();
+        }
+    }
+
     /// Sets (or clears) where the count is projected to hold.
     pub fn set_hold(&mut self, hold: Option<Hold>) {
         self.hold = hold;
@@ -398,6 +425,26 @@ mod tests {
             "{eta} vs {true_eta}"
         );
         assert!(reading.long[1].is_some(), "7 d: 12 samples of an hour");
+    }
+
+    #[test]
+    fn the_long_trends_survive_a_restart() {
+        let limit = Some(65_530.0);
+        let mut before = Exhaustion::new(Thresholds::default(), 600.0);
+        for s in (0..12 * 3600).step_by(60) {
+            before.tick(f64::from(s), 40_000.0 + f64::from(s) * 0.1, limit);
+        }
+        // Saved at monotonic 43,200 s = Unix 1,800,000,000,000 ms; restored 2 minutes later
+        // by a process whose monotonic clock reads 50.
+        let saved = before.history(43_200.0, 1_800_000_000_000);
+        let mut after = Exhaustion::new(Thresholds::default(), 600.0);
+        after.restore(&saved, 50.0, 1_800_000_120_000);
+        let reading = after.reading(44_320.0, limit);
+        assert_eq!(reading.trend, None, "the short trend starts again");
+        let six_hours = reading.long[0].expect("6 h of history restored");
+        assert!((six_hours.per_sec - 0.1).abs() < 1e-9, "{six_hours:?}");
+        assert!(reading.eta_secs.is_some());
+        assert_eq!(saved[0].len(), 73, "6 h of 5-minute samples, both ends");
     }
 
     #[test]

@@ -109,6 +109,11 @@ impl RateWindow {
         }
     }
 
+    /// The samples, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.samples.iter().copied()
+    }
+
     /// A window whose trend keeps its steps: over hours and days Kafka's segment rolls are
     /// steps, and they are the growth.
     pub fn keeping_steps(window_secs: f64) -> Self {

@@ -97,6 +97,16 @@ impl VmaModel {
         self.limit = limit;
     }
 
+    /// The samples of the long trends, for the state file.
+    pub fn history(&self, now: f64, now_ms: u64) -> Vec<Vec<(u64, f64)>> {
+        self.exhaustion.history(now, now_ms)
+    }
+
+    /// Restores the samples of a state file.
+    pub fn restore(&mut self, history: &[Vec<(u64, f64)>], now: f64, now_ms: u64) {
+        self.exhaustion.restore(history, now, now_ms);
+    }
+
     /// Sets (or clears) the projected steady state of a Kafka broker.
     pub fn set_steady_state(&mut self, steady_state: Option<SteadyState>) {
         self.steady_state = steady_state;
