@@ -306,7 +306,7 @@ impl VmaModel {
             .filter(|s| s.mappings > self.limit)
         {
             let when = self.crossing_secs().map_or_else(String::new, |secs| {
-                format!(", crossed in ~{}", duration(secs))
+                format!(", the count crosses it in ~{}", duration(secs))
             });
             let _ = write!(
                 message,
@@ -530,7 +530,7 @@ mod tests {
         assert!(
             message.contains(
                 "Kafka steady state 80,220 = 4,940 partitions x 8 segments x 2 + 1,180 is over \
-                 the limit, crossed in ~5d 12h"
+                 the limit, the count crosses it in ~5d 12h"
             ),
             "{message}"
         );
