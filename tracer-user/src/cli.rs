@@ -110,6 +110,10 @@ pub struct AgentArgs {
     /// Stop after this long (for tests and soak runs; normally until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Keep each target's long trends (6 h, 7 d) in DIR/NAME.json, so a restart of the agent
+    /// or of the broker keeps days of history (e.g. /var/lib/tracer).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -279,6 +283,7 @@ impl WatchArgs {
                 surge_min: self.surge_min,
             },
             max_sockets: self.max_sockets,
+            state_file: None,
             threads: ThreadThresholds {
                 leak_min: self.thread_leak_min,
                 leak_window_secs: self.thread_leak_window.as_secs_f64(),

@@ -83,6 +83,17 @@ pub enum Event {
         eta_seconds: Option<u64>,
         /// Ring-buffer records dropped since attach (the count itself stays exact).
         events_lost: u64,
+        /// Where the count will hold: a Kafka broker's steady state from its retention, roll
+        /// cadence and partitions; null when unknown (not a broker, unlimited retention).
+        steady_state: Option<u32>,
+        /// Seconds until the count crosses `max_map_count` on its way to the steady state;
+        /// null when the steady state is under the limit or unknown.
+        steady_state_crossing_seconds: Option<u64>,
+        /// The trend over 6 hours (a sample every 5 minutes), mappings per hour; null for its
+        /// first 20 minutes.
+        growth_per_hour_6h: Option<f64>,
+        /// The trend over 7 days (a sample an hour), mappings per day; null for its first 4 hours.
+        growth_per_day_7d: Option<f64>,
     },
     /// A one-time jump of the VMA count (flat before and after, the change within two
     /// seconds): reported as what it is rather than as a trend; the growth after it is the
@@ -472,10 +483,14 @@ mod tests {
             growth_per_min: Some(12.5),
             eta_seconds: None,
             events_lost: 0,
+            steady_state: Some(70_340),
+            steady_state_crossing_seconds: None,
+            growth_per_hour_6h: Some(410.0),
+            growth_per_day_7d: None,
         };
         assert_eq!(
             serde_json::to_string(&event).unwrap(),
-            r#"{"type":"vma","ts":1700000000000,"pid":42,"map_count":1000,"peak":1002,"max_map_count":65530,"usage":0.015,"growth_per_min":12.5,"eta_seconds":null,"events_lost":0}"#
+            r#"{"type":"vma","ts":1700000000000,"pid":42,"map_count":1000,"peak":1002,"max_map_count":65530,"usage":0.015,"growth_per_min":12.5,"eta_seconds":null,"events_lost":0,"steady_state":70340,"steady_state_crossing_seconds":null,"growth_per_hour_6h":410.0,"growth_per_day_7d":null}"#
         );
     }
 

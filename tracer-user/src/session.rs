@@ -4,6 +4,8 @@
 
 use std::{
     future::Future,
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,6 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
+    agent::state,
     event::{Clocks, Event, MappingGroup, monotonic, now_ms},
     exhaustion::{self, Thresholds},
     fd::FdModel,
@@ -38,6 +41,7 @@ use crate::{
     threads::{ThreadModel, ThreadStatus, ThreadThresholds, Traffic},
     vma::{
         self, VmaModel, VmaStatus,
+        kafka::{LogConfig, SteadyState},
         maps::{Breakdown, MapsReader},
     },
 };
@@ -64,6 +68,10 @@ const AUDIT_INTERVAL: Duration = Duration::from_mins(1);
 /// snapshots themselves taking the CPU the drain needs.
 const RESYNC_MIN_GAP: Duration = Duration::from_secs(3);
 
+/// A read of /proc/PID/maps under way: the reader back, its breakdown, and the steady state
+/// projected from it (a Kafka broker's).
+type Refresh = JoinHandle<(MapsReader, std::io::Result<Breakdown>, Option<SteadyState>)>;
+
 /// What a session is told at start.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -79,7 +87,12 @@ pub struct Options {
     pub scrub: Scrubber,
     /// `--mode`.
     pub mode: Mode,
+    /// The file keeping this target's long trends across restarts (agent `--state-dir`).
+    pub state_file: Option<PathBuf>,
 }
+
+/// How often the state file is written.
+const STATE_INTERVAL: Duration = Duration::from_mins(1);
 
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,7 +163,11 @@ pub struct Session {
     breakdown: Option<BreakdownReport>,
     /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
     /// its buffer is reused.
-    refresh: Option<JoinHandle<(MapsReader, std::io::Result<Breakdown>)>>,
+    refresh: Option<Refresh>,
+    /// A Kafka broker's log settings, when the target is one.
+    kafka: Option<Arc<LogConfig>>,
+    state_file: Option<PathBuf>,
+    state_saved: Instant,
     reader: Option<MapsReader>,
     attached: Instant,
     events: Vec<Event>,
@@ -187,13 +204,14 @@ impl Session {
             None => vma::read_max_map_count()
                 .with_context(|| format!("reading {}", vma::MAX_MAP_COUNT))?,
         };
-        let vma = VmaModel::new(
+        let mut vma = VmaModel::new(
             target.pid,
             breakdown.breakdown.map_count(),
             limit,
             options.thresholds,
             options.rate_window.as_secs_f64(),
         );
+        let kafka = restore_and_project(&mut vma, target.pid, options, &reader);
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
         let sockets = match &mut probes {
@@ -252,6 +270,9 @@ impl Session {
             limit_override: options.max_map_count,
             breakdown: Some(breakdown),
             refresh: None,
+            kafka,
+            state_file: options.state_file.clone(),
+            state_saved: Instant::now(),
             reader: Some(reader),
             attached: Instant::now(),
             events,
@@ -300,8 +321,11 @@ impl Session {
                 }
                 done = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
                     self.refresh = None;
-                    let (reader, result) = done.context("the /proc/PID/maps reader panicked")?;
+                    let (reader, result, steady) = done.context("the /proc/PID/maps reader panicked")?;
                     self.reader = Some(reader);
+                    if self.kafka.is_some() && result.is_ok() {
+                        self.vma.set_steady_state(steady);
+                    }
                     if let Some(report) = self.breakdown.as_mut()
                         && let Ok(breakdown) = result
                     {
@@ -327,6 +351,7 @@ impl Session {
         };
 
         // Whatever the target did last is in the ring buffers and the register: report it.
+        self.save_state();
         self.drain();
         if let Some(Ok((register, high))) = self.probes.as_mut().map(Probes::vma_register) {
             self.vma.register(&register, high);
@@ -385,6 +410,9 @@ impl Session {
             probes.flush_log();
         }
         self.maybe_refresh_breakdown();
+        if self.state_saved.elapsed() >= STATE_INTERVAL {
+            self.save_state();
+        }
         sink.frame(&Frame {
             target: &self.target,
             vma_source: self
@@ -519,6 +547,23 @@ impl Session {
         }
     }
 
+    /// Writes the long trends to the state file, if there is one.
+    fn save_state(&mut self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        self.state_saved = Instant::now();
+        let (now, ms) = (monotonic(), now_ms());
+        let saved = state::State {
+            version: state::VERSION,
+            saved_ms: ms,
+            vma: self.vma.history(now, ms),
+        };
+        if let Err(e) = state::save(path, &saved) {
+            log::warn!("writing the state file {}: {e}", path.display());
+        }
+    }
+
     /// Starts a new read of /proc/PID/maps when the count moved enough and the last read is
     /// old enough: at 65k mappings a read takes tens of milliseconds and holds the target's
     /// mmap lock for reading, so it is never done on a timer alone.
@@ -539,9 +584,16 @@ impl Session {
         if let Some(report) = self.breakdown.as_mut() {
             report.read_at = Instant::now();
         }
+        let kafka = self.kafka.clone();
         self.refresh = Some(tokio::task::spawn_blocking(move || {
             let result = reader.read(pid);
-            (reader, result)
+            let steady = match (&kafka, &result) {
+                (Some(config), Ok(breakdown)) => {
+                    vma::kafka::steady_state(pid, config, reader.text(), breakdown.map_count())
+                }
+                _ => None,
+            };
+            (reader, result, steady)
         }));
     }
 }
@@ -607,6 +659,40 @@ fn load_probes(
             ProbeError::Other(e) => anyhow!(e),
         }),
     }
+}
+
+/// Gives a fresh VMA model what is known beyond its count: the long trends of the state file,
+/// and, for a Kafka broker, its steady state. Returns the broker's settings.
+fn restore_and_project(
+    vma: &mut VmaModel,
+    pid: u32,
+    options: &Options,
+    reader: &MapsReader,
+) -> Option<Arc<LogConfig>> {
+    if let Some(path) = &options.state_file {
+        match state::load(path) {
+            Ok(Some(saved)) => vma.restore(&saved.vma, monotonic(), now_ms()),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e} - ignored; the next save replaces it"),
+        }
+    }
+    let kafka = match LogConfig::discover(pid) {
+        None => None,
+        Some(Ok(config)) => Some(Arc::new(config)),
+        Some(Err(e)) => {
+            log::warn!("Kafka broker settings: {e} - its steady state is not projected");
+            None
+        }
+    };
+    if let Some(config) = &kafka {
+        vma.set_steady_state(vma::kafka::steady_state(
+            pid,
+            config,
+            reader.text(),
+            vma.count(),
+        ));
+    }
+    kafka
 }
 
 /// Hands the kernel the target's sockets that existed before attach (it adopts them at their

@@ -175,6 +175,7 @@ pub struct Metrics {
     vma_limit: Family<TargetLabels, Gauge>,
     vma_growth: Family<TargetLabels, FloatGauge>,
     vma_eta: Family<TargetLabels, FloatGauge>,
+    vma_steady_state: Family<TargetLabels, Gauge>,
     tcp_sockets: Family<StateLabels, Gauge>,
     tcp_accept_queue: Family<TargetLabels, Gauge>,
     close_wait_leaks: Family<TargetLabels, Gauge>,
@@ -223,6 +224,7 @@ impl Metrics {
             vma_limit: Family::default(),
             vma_growth: Family::default(),
             vma_eta: Family::default(),
+            vma_steady_state: Family::default(),
             tcp_sockets: Family::default(),
             tcp_accept_queue: Family::default(),
             close_wait_leaks: Family::default(),
@@ -302,6 +304,11 @@ impl Metrics {
             "tracer_vma_exhaustion_eta_seconds",
             "Seconds until the VMA count reaches the limit at its trend (absent when not growing)",
             self.vma_eta.clone(),
+        );
+        r.register(
+            "tracer_vma_steady_state",
+            "Where a Kafka broker's VMA count will hold, from its retention, roll cadence and partitions (absent when unknown)",
+            self.vma_steady_state.clone(),
         );
         r.register(
             "tracer_tcp_sockets",
@@ -448,8 +455,10 @@ impl Metrics {
                 growth_per_min,
                 eta_seconds,
                 events_lost,
+                steady_state,
                 ..
             } => {
+                set_or_remove(&self.vma_steady_state, labels, steady_state.map(i64::from));
                 self.vma_count
                     .get_or_create(labels)
                     .set(i64::from(*map_count));
@@ -591,6 +600,7 @@ impl Metrics {
         for family in [
             &self.vma_count,
             &self.vma_limit,
+            &self.vma_steady_state,
             &self.tcp_accept_queue,
             &self.close_wait_leaks,
             &self.fds,
@@ -919,6 +929,10 @@ mod tests {
                 growth_per_min: Some(120.0),
                 eta_seconds: None,
                 events_lost: 3,
+                steady_state: None,
+                steady_state_crossing_seconds: None,
+                growth_per_hour_6h: None,
+                growth_per_day_7d: None,
             },
         );
         let mut states = StateCounts {
@@ -1017,6 +1031,10 @@ mod tests {
             growth_per_min: None,
             eta_seconds: None,
             events_lost,
+            steady_state: None,
+            steady_state_crossing_seconds: None,
+            growth_per_hour_6h: None,
+            growth_per_day_7d: None,
         }
     }
 

@@ -5,6 +5,7 @@
 mod config;
 mod http;
 mod metrics;
+pub mod state;
 mod targets;
 mod webhook;
 
@@ -135,14 +136,16 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         settings.watch.btf.as_deref(),
         settings.watch.vma_source,
     )?;
+    let state_dir = args.state_dir.clone();
     LocalSet::new()
-        .run_until(supervise(settings, options, source, listener))
+        .run_until(supervise(settings, options, state_dir, source, listener))
         .await
 }
 
 async fn supervise(
     settings: Settings,
     options: Options,
+    state_dir: Option<std::path::PathBuf>,
     source: Source,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
@@ -188,6 +191,13 @@ async fn supervise(
     tokio::pin!(stop);
     loop {
         for found in finder.scan() {
+            // Each target keeps its long trends in its own state file.
+            let options = Options {
+                state_file: state_dir
+                    .as_deref()
+                    .map(|dir| state::path(dir, &found.name)),
+                ..options.clone()
+            };
             match start_session(&found, &source, &options, &hub, &stop_rx, &ended_tx) {
                 Ok(handle) => sessions.push((found.pid, handle)),
                 Err(e) => {
