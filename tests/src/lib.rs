@@ -464,6 +464,29 @@ pub fn loaded_programs(prefix: &str) -> usize {
         .count()
 }
 
+/// The children of `pid` (its main thread's), from /proc.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// The ids of `pid`'s threads in its own pid namespace (the last field of `NSpid`), as the
+/// namespace's /proc/PID/task lists them, by host thread id.
+pub fn namespace_tids(pid: u32) -> std::collections::BTreeMap<u32, u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("read task dir")
+        .filter_map(|entry| {
+            let host: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{host}/status")).ok()?;
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            Some((nspid.split_whitespace().last()?.parse().ok()?, host))
+        })
+        .collect()
+}
+
 /// A child process whose stdout lines are read on a thread, with its stdin for commands.
 pub struct Process {
     pub child: Child,
@@ -608,11 +631,16 @@ impl Tracer {
         command
             .args(["attach", "--pid", &pid.to_string(), "--json"])
             .args(args);
+        Self::spawn(&mut command)
+    }
+
+    /// A tracer started by `command` (which writes nothing else to stdout), once attached.
+    pub fn spawn(command: &mut Command) -> Self {
         let tracer = Self {
-            process: Process::spawn(&mut command),
+            process: Process::spawn(command),
             history: std::cell::RefCell::default(),
         };
-        tracer.expect("target_attached", Duration::from_secs(10));
+        tracer.expect("target_attached", Duration::from_secs(30));
         tracer
     }
 

@@ -47,12 +47,8 @@ pub fn on_new_task(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let task: *const u8 = ctx.arg(0);
-    let tid: i32 = read(task, layout!(task_pid))?;
-    emit(
-        TASK_NEW,
-        tid as u32,
-        bpf_get_current_comm().unwrap_or_default(),
-    );
+    let tid = target::task_tid(task)?;
+    emit(TASK_NEW, tid, bpf_get_current_comm().unwrap_or_default());
     Some(())
 }
 
@@ -64,12 +60,12 @@ pub fn on_rename(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let task: *const u8 = ctx.arg(0);
-    let tid: i32 = read(task, layout!(task_pid))?;
+    let tid = target::task_tid(task)?;
     let name: *const u8 = ctx.arg(1);
     let mut comm = [0u8; 16];
     // SAFETY: the helper reads at most comm.len() bytes and faults safely.
     unsafe { bpf_probe_read_kernel_str_bytes(name, &mut comm) }.ok()?;
-    emit(TASK_RENAME, tid as u32, comm);
+    emit(TASK_RENAME, tid, comm);
     Some(())
 }
 
@@ -117,8 +113,7 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
         }
     }
     if next_is_target {
-        let tid: i32 = read(next, layout!(task_pid))?;
-        switch_in(tid as u32, now);
+        switch_in(target::task_tid(next)?, now);
     }
     Some(())
 }

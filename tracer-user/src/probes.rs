@@ -77,7 +77,36 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             btf.member_offset("task_struct", "__state")
                 .or_else(|_| btf.member_offset("task_struct", "state"))?
         },
+        task_thread_pid: btf.member_offset("task_struct", "thread_pid")?,
+        pid_level: btf.member_offset("pid", "level")?,
+        pid_numbers_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
+        upid_size: btf.struct_size("upid")?,
     })
+}
+
+/// The level of the agent's pid namespace (0: the host's), which the kernel alone can tell
+/// from inside a container: a program run in the agent's own context reads it. Needs
+/// BPF_PROG_TEST_RUN of raw tracepoints (5.10).
+pub fn pid_level(layout: &KernelLayout) -> Result<u32, ProbeError> {
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
+        .load(OBJECT)
+        .map_err(|e| classify("loading the eBPF object", &e))?;
+    let program: &mut RawTracePoint = program(&mut ebpf, LEVEL_PROBE)?;
+    program
+        .load()
+        .map_err(|e| classify(&format!("loading {LEVEL_PROBE}"), &e))?;
+    let result = program
+        .test_run(RawTracePointRunOptions::new())
+        .map_err(|e| classify(&format!("running {LEVEL_PROBE}"), &e))?;
+    match result.return_value {
+        // The program's -1: the fields were not readable.
+        u32::MAX => Err(ProbeError::Other(format!(
+            "{LEVEL_PROBE} could not read the pid namespace's level"
+        ))),
+        level => Ok(level),
+    }
 }
 
 /// Why the programs could not be loaded or attached; the caller words the fix.
@@ -162,6 +191,9 @@ const PROGRAMS: [(&str, Option<&str>); 7] = [
 
 /// The program that tells which queued sockets have been accepted.
 const HELD_PROBE: &str = "tracer_tcpheld";
+
+/// The program that returns the level of the agent's pid namespace.
+const LEVEL_PROBE: &str = "tracer_pidlevel";
 
 /// The program that reads the target's current VMA count into the register, run on demand.
 const HEAL_PROBE: &str = "tracer_vmaheal";
