@@ -74,6 +74,15 @@ pub struct KernelLayout {
     pub pid_level: u32,
     pub pid_numbers_nr: u32,
     pub upid_size: u32,
+    /// `task_struct.signal`, `signal_struct.live` (threads not yet exited) and
+    /// `task_struct.exit_code`: the exit status of the target's last thread.
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub task_exit_code: u32,
+    /// How `oom:mark_victim` names its victim: 1 where it passes `struct task_struct *task`
+    /// (6.x: `TP_PROTO(struct task_struct *task, uid_t uid)`), 0 where a host pid (5.10:
+    /// `TP_PROTO(int pid)`), [`ABSENT`] where it does not exist.
+    pub mark_victim_task: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 21 * 4);
+const _: () = assert!(size_of::<KernelLayout>() == 25 * 4);

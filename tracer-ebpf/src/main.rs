@@ -120,6 +120,13 @@ pub fn tracer_taskexit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `oom:mark_victim`: the OOM killer chose a task; for the target, how it ends.
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn tracer_oom(ctx: RawTracePointContext) -> i32 {
+    let _ = task::on_mark_victim(&ctx);
+    0
+}
+
 /// `sched:sched_switch`: every context switch; for the target's threads, time on CPU and
 /// asleep, aggregated in the kernel.
 #[raw_tracepoint(tracepoint = "sched_switch")]

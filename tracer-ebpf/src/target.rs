@@ -47,6 +47,10 @@ pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     pid_level: 0,
     pid_numbers_nr: 0,
     upid_size: 0,
+    task_signal: 0,
+    signal_live: 0,
+    task_exit_code: 0,
+    mark_victim_task: 0,
 };
 
 /// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.
@@ -113,6 +117,20 @@ pub fn task_tid(task: *const u8) -> Option<u32> {
         layout!(pid_numbers_nr) + pidns.level * layout!(upid_size),
     )?;
     Some(nr as u32)
+}
+
+/// Whether `pid` (a host pid) is the target's, where the agent is in the host's pid namespace;
+/// in a container's it cannot be told.
+#[inline(always)]
+pub fn is_host_target(pid: u32) -> bool {
+    // SAFETY: volatile reads of globals the loader has written.
+    let (target, pidns) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const TARGET_TGID),
+            core::ptr::read_volatile(&raw const TARGET_PIDNS),
+        )
+    };
+    pidns.ino == 0 && pid == target
 }
 
 /// `current->thread_pid->level`: how deep the current task's pid namespace is.

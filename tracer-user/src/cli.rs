@@ -257,6 +257,7 @@ impl WatchArgs {
                 stall_after_secs: self.stall_after.as_secs_f64(),
                 stall_groups: self.stall_threads.clone(),
             },
+            alert_on_death: false,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::{alert::Severity, tcp::proc::state_name};
+use crate::{alert::Severity, death::Death, tcp::proc::state_name};
 
 /// Milliseconds since the Unix epoch, the `ts` of every event.
 pub fn now_ms() -> u64 {
@@ -197,8 +197,14 @@ pub enum Event {
         /// Threads whose time is not accounted because the kernel's table was full.
         untracked: u64,
     },
-    /// The target exited; `attach` ends after this.
-    TargetExit { ts: u64, pid: u32 },
+    /// The target exited; `attach` ends after this. Every alert still active was resolved
+    /// just before.
+    TargetExit {
+        ts: u64,
+        pid: u32,
+        #[serde(flatten)]
+        death: Death,
+    },
 }
 
 /// Threads of one name (less its number) in a [`Event::Threads`].
@@ -256,6 +262,8 @@ pub enum AlertDetail {
         /// What to run now.
         hint: String,
     },
+    /// `target_died`: the fields of its `target_exit`.
+    Death(Death),
 }
 
 /// Connections with one remote address: to one of the target's listening ports
@@ -334,11 +342,13 @@ pub enum AlertKind {
     ThreadsSaturated,
     /// Request-handling threads stopped running while work keeps arriving.
     Stall,
+    /// The target died (`tracer agent` only): how, in the message.
+    TargetDied,
 }
 
 impl AlertKind {
     /// Every kind, for exporters that list them all.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::VmaExhaustion,
         Self::CloseWaitLeak,
         Self::FinWait2Pileup,
@@ -348,6 +358,7 @@ impl AlertKind {
         Self::MemoryLimit,
         Self::ThreadsSaturated,
         Self::Stall,
+        Self::TargetDied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -361,6 +372,7 @@ impl AlertKind {
             Self::MemoryLimit => "memory_limit",
             Self::ThreadsSaturated => "threads_saturated",
             Self::Stall => "stall",
+            Self::TargetDied => "target_died",
         }
     }
 }
@@ -466,10 +478,14 @@ mod tests {
             serde_json::to_string(&event).unwrap(),
             r#"{"type":"alert_resolved","ts":1,"pid":2,"kind":"vma_exhaustion","severity":"critical","message":"ok"}"#
         );
-        let exit = Event::TargetExit { ts: 1, pid: 2 };
+        let exit = Event::TargetExit {
+            ts: 1,
+            pid: 2,
+            death: Death::default(),
+        };
         assert_eq!(
             serde_json::to_string(&exit).unwrap(),
-            r#"{"type":"target_exit","ts":1,"pid":2}"#
+            r#"{"type":"target_exit","ts":1,"pid":2,"exit_code":null,"signal":null,"oom_killed":false,"reason":""}"#
         );
     }
 }

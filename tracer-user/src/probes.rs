@@ -17,7 +17,7 @@ use tracer_common::{
         TARGET_TGID_GLOBAL,
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
-    task::{TaskEvent, ThreadSched},
+    task::{ProcessExit, TaskEvent, ThreadSched},
     tcp::{HELD_PROBE_BATCH, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
@@ -81,6 +81,14 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
         pid_level: btf.member_offset("pid", "level")?,
         pid_numbers_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
         upid_size: btf.struct_size("upid")?,
+        task_signal: btf.member_offset("task_struct", "signal")?,
+        signal_live: btf.member_offset("signal_struct", "live")?,
+        task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+        mark_victim_task: match btf.tracepoint_arity("mark_victim") {
+            Some(1) => 0,
+            Some(_) => 1,
+            None => ABSENT,
+        },
     })
 }
 
@@ -171,6 +179,7 @@ pub struct Probes {
     tcp_seed: HashMap<MapData, TupleKey, u8>,
     tcp_seed_ports: HashMap<MapData, u32, u32>,
     lost: PerCpuArray<MapData, u64>,
+    process_exit: Array<MapData, ProcessExit>,
     /// Where the VMA count comes from on this kernel.
     vma_source: VmaSource,
     /// Whether the heal program runs here (BPF_PROG_TEST_RUN of raw tracepoints: 5.10+).
@@ -248,6 +257,13 @@ impl Probes {
             }
         }
         let vma_source = attach_vma_source(&mut ebpf, vma_sources)?;
+        if layout.mark_victim_task == ABSENT {
+            log::warn!(
+                "this kernel has no oom:mark_victim tracepoint: an OOM kill is told as a SIGKILL"
+            );
+        } else if let Err(e) = attach_raw(&mut ebpf, "tracer_oom", "mark_victim") {
+            log::warn!("{e} - an OOM kill is told as a SIGKILL");
+        }
         let heal = match heal(&mut ebpf) {
             Ok(()) => true,
             Err(e) => {
@@ -268,11 +284,17 @@ impl Probes {
             tcp_seed: take(&mut ebpf, "TCP_SEED")?,
             tcp_seed_ports: take(&mut ebpf, "TCP_SEED_PORTS")?,
             lost: take(&mut ebpf, "LOST")?,
+            process_exit: take(&mut ebpf, "PROCESS_EXIT")?,
             ebpf,
             logger,
             vma_source,
             heal,
         })
+    }
+
+    /// How the target ended, once its last thread exited (or the OOM killer chose it).
+    pub fn process_exit(&self) -> Option<ProcessExit> {
+        self.process_exit.get(&0, 0).ok()
     }
 
     /// Where the VMA count comes from.
@@ -420,22 +442,24 @@ fn attach_vma_source(ebpf: &mut Ebpf, sources: &[VmaSource]) -> Result<VmaSource
     )))
 }
 
+/// Loads program `name` and attaches it to the raw tracepoint `tracepoint`.
+fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), ProbeError> {
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|e| classify(&format!("loading {name}"), &e))?;
+    program.attach(tracepoint).map(drop).map_err(|e| {
+        classify(
+            &format!("attaching {name} to raw tracepoint {tracepoint}"),
+            &e,
+        )
+    })
+}
+
 fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
-    let raw_tracepoint = |ebpf: &mut Ebpf, name: &str, tracepoint: &str| {
-        let program: &mut RawTracePoint = program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| classify(&format!("loading {name}"), &e))?;
-        program.attach(tracepoint).map(drop).map_err(|e| {
-            classify(
-                &format!("attaching {name} to raw tracepoint {tracepoint}"),
-                &e,
-            )
-        })
-    };
     match source {
-        VmaSource::MmapLock => raw_tracepoint(ebpf, "tracer_mmaplock", "mmap_lock_released"),
-        VmaSource::SyscallTracepoint => raw_tracepoint(ebpf, "tracer_sysexit", "sys_exit"),
+        VmaSource::MmapLock => attach_raw(ebpf, "tracer_mmaplock", "mmap_lock_released"),
+        VmaSource::SyscallTracepoint => attach_raw(ebpf, "tracer_sysexit", "sys_exit"),
         VmaSource::SyscallFexit => {
             let btf = aya::Btf::from_sys_fs()
                 .map_err(|e| classify("reading the kernel's BTF for trampolines", &e))?;

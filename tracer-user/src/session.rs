@@ -3,6 +3,7 @@
 //! per target.
 
 use std::{
+    collections::HashMap,
     future::Future,
     time::{Duration, Instant},
 };
@@ -18,7 +19,9 @@ use tokio::{
 use tracer_common::{task::ThreadSched, tcp::TupleKey};
 
 use crate::{
-    event::{Clocks, Event, MappingGroup, monotonic, now_ms},
+    alert::Severity,
+    death::{Death, LastState},
+    event::{AlertDetail, AlertKind, Clocks, Event, MappingGroup, monotonic, now_ms},
     exhaustion::{self, Thresholds},
     fd::FdModel,
     memory::{MemoryModel, MemoryStatus},
@@ -58,6 +61,8 @@ pub struct Options {
     /// Capacity of the kernel's table of the target's sockets.
     pub max_sockets: u32,
     pub threads: ThreadThresholds,
+    /// Raise `target_died` when the target exits (`tracer agent`).
+    pub alert_on_death: bool,
 }
 
 /// How a session ended.
@@ -120,6 +125,9 @@ pub struct Session {
     reader: Option<MapsReader>,
     attached: Instant,
     events: Vec<Event>,
+    /// Alerts raised and not resolved, per kind and severity: resolved when the target dies.
+    active: HashMap<(AlertKind, Severity), u32>,
+    alert_on_death: bool,
 }
 
 impl Session {
@@ -212,6 +220,8 @@ impl Session {
             reader: Some(reader),
             attached: Instant::now(),
             events,
+            active: HashMap::new(),
+            alert_on_death: options.alert_on_death,
         })
     }
 
@@ -271,6 +281,7 @@ impl Session {
                 }
             }
             if !self.events.is_empty() {
+                track_active(&mut self.active, &self.events);
                 sink.events(&self.events)?;
                 self.events.clear();
             }
@@ -282,13 +293,52 @@ impl Session {
             self.vma.register(&register, high);
         }
         if end == End::TargetExited {
-            self.events.push(Event::TargetExit {
-                ts: now_ms(),
-                pid: self.target.pid,
-            });
+            self.died();
         }
         sink.events(&self.events)?;
         Ok(end)
+    }
+
+    /// The target is gone: every alert still active is resolved, and its death told with what
+    /// the kernel saw.
+    fn died(&mut self) {
+        track_active(&mut self.active, &self.events);
+        let ts = now_ms();
+        let pid = self.target.pid;
+        for ((kind, severity), count) in std::mem::take(&mut self.active) {
+            for _ in 0..count {
+                self.events.push(Event::AlertResolved {
+                    ts,
+                    pid,
+                    kind,
+                    severity,
+                    message: "the process exited".to_owned(),
+                });
+            }
+        }
+        let vma = self.vma.status();
+        let death = Death::new(
+            self.probes.process_exit(),
+            LastState {
+                memory_usage: self
+                    .memory
+                    .status()
+                    .and_then(|m| Some(m.status.count / m.status.limit?)),
+                vma_count: vma.count,
+                vma_limit: vma.limit,
+            },
+        );
+        if self.alert_on_death {
+            self.events.push(Event::Alert {
+                ts,
+                pid,
+                kind: AlertKind::TargetDied,
+                severity: Severity::Critical,
+                message: format!("{} (pid {pid}) died: {}", self.target.comm, death.reason),
+                detail: AlertDetail::Death(death.clone()),
+            });
+        }
+        self.events.push(Event::TargetExit { ts, pid, death });
     }
 
     /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
@@ -417,6 +467,26 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
         log::warn!("{unseeded} existing sockets did not fit in the kernel's table (--max-sockets)");
     }
     tcp::proc::read(pid)
+}
+
+/// Keeps count of the alerts raised and not yet resolved, per kind and severity.
+fn track_active(active: &mut HashMap<(AlertKind, Severity), u32>, events: &[Event]) {
+    for event in events {
+        match event {
+            Event::Alert { kind, severity, .. } => {
+                *active.entry((*kind, *severity)).or_default() += 1;
+            }
+            Event::AlertResolved { kind, severity, .. } => {
+                if let Some(count) = active.get_mut(&(*kind, *severity)) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        active.remove(&(*kind, *severity));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Applies every pending record of one ring buffer, in order.

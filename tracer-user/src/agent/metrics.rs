@@ -749,7 +749,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tracer_targets 1"), "{text}");
-        metrics.observe(&kafka, &Event::TargetExit { ts: 1, pid: 42 });
+        metrics.observe(
+            &kafka,
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         let text = metrics.encode();
         assert!(
             !text.contains(r#"pid="42""#),
