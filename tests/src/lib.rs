@@ -717,6 +717,30 @@ impl Tracer {
         }
     }
 
+    /// Connects a client to `port` every 500 ms (kept open) until a `stall` alert arrives,
+    /// within 40 s; returns it and the clients.
+    pub fn clients_until_stall(&self, port: u16) -> (Event, Vec<std::net::TcpStream>) {
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        loop {
+            clients.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+            thread::sleep(Duration::from_millis(500));
+            let mut found = None;
+            while let Some(event) = self.try_next() {
+                if event.kind() == "alert" && event.json["kind"] == "stall" {
+                    found = Some(event);
+                }
+            }
+            if let Some(alert) = found {
+                return (alert, clients);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "no stall alert within 40 s"
+            );
+        }
+    }
+
     /// The `states` of the first `sockets` event after `after`, without zeros, as
     /// [`ss_states`] gives them.
     pub fn states_after(&self, after: Instant) -> std::collections::BTreeMap<String, u64> {

@@ -81,25 +81,7 @@ fn a_deadlocked_broker_in_a_pid_namespace_raises_stall_naming_its_threads() {
     let classes = TempDir::new("pod-stuck");
     compile_java("StuckBroker", classes.path());
     let (tracer, broker, port) = pod(&classes, "stuck", "--stall-after 5s");
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    let alert = loop {
-        clients.push(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
-        thread::sleep(Duration::from_millis(500));
-        let mut found = None;
-        while let Some(event) = tracer.try_next() {
-            if event.kind() == "alert" && event.json["kind"] == "stall" {
-                found = Some(event);
-            }
-        }
-        if let Some(alert) = found {
-            break alert;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "no stall alert within 40 s"
-        );
-    };
+    let (alert, _clients) = tracer.clients_until_stall(port);
     println!("stall: {}", alert.json["message"]);
     let tids = namespace_tids(broker);
     let threads = alert.json["threads"].as_array().expect("threads");
