@@ -293,6 +293,7 @@ impl WatchArgs {
                 stall_groups: self.stall_threads.clone(),
             },
             scrub: Scrubber::new(&self.scrub_words),
+            alert_on_death: false,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::{alert::Severity, tcp::proc::state_name};
+use crate::{alert::Severity, death::Death, tcp::proc::state_name};
 
 /// Milliseconds since the Unix epoch, the `ts` of every event.
 pub fn now_ms() -> u64 {
@@ -246,8 +246,14 @@ pub enum Event {
         before: BTreeMap<&'static str, u32>,
         after: BTreeMap<&'static str, u32>,
     },
-    /// The target exited; `attach` ends after this.
-    TargetExit { ts: u64, pid: u32 },
+    /// The target exited; `attach` ends after this. Every alert still active was resolved
+    /// just before.
+    TargetExit {
+        ts: u64,
+        pid: u32,
+        #[serde(flatten)]
+        death: Death,
+    },
 }
 
 impl Event {
@@ -346,6 +352,8 @@ pub enum AlertDetail {
         /// What to run now.
         hint: String,
     },
+    /// `target_died`: the fields of its `target_exit`.
+    Death(Death),
 }
 
 impl AlertDetail {
@@ -434,6 +442,8 @@ pub enum AlertKind {
     ThreadsSaturated,
     /// Request-handling threads stopped running while work keeps arriving.
     Stall,
+    /// The target died (`tracer agent` only): how, in the message.
+    TargetDied,
 }
 
 impl AlertKind {
@@ -448,6 +458,7 @@ impl AlertKind {
             Self::MemoryLimit => "memory_limit",
             Self::ThreadsSaturated => "threads_saturated",
             Self::Stall => "stall",
+            Self::TargetDied => "target_died",
         }
     }
 }
@@ -558,10 +569,14 @@ mod tests {
             serde_json::to_string(&event).unwrap(),
             r#"{"type":"alert_resolved","ts":1,"pid":2,"kind":"vma_exhaustion","severity":"critical","message":"ok"}"#
         );
-        let exit = Event::TargetExit { ts: 1, pid: 2 };
+        let exit = Event::TargetExit {
+            ts: 1,
+            pid: 2,
+            death: Death::default(),
+        };
         assert_eq!(
             serde_json::to_string(&exit).unwrap(),
-            r#"{"type":"target_exit","ts":1,"pid":2}"#
+            r#"{"type":"target_exit","ts":1,"pid":2,"exit_code":null,"signal":null,"oom_killed":false,"reason":""}"#
         );
     }
 }

@@ -3,6 +3,7 @@
 //! per target.
 
 use std::{
+    collections::HashMap,
     future::Future,
     path::PathBuf,
     sync::Arc,
@@ -28,7 +29,9 @@ use tracer_common::{
 
 use crate::{
     agent::state,
-    event::{Clocks, Event, MappingGroup, monotonic, now_ms},
+    alert::Severity,
+    death::{Death, LastState},
+    event::{AlertDetail, AlertKind, Clocks, Event, MappingGroup, monotonic, now_ms},
     exhaustion::{self, Thresholds},
     fd::FdModel,
     memory::{MemoryModel, MemoryStatus},
@@ -89,6 +92,8 @@ pub struct Options {
     pub mode: Mode,
     /// The file keeping this target's long trends across restarts (agent `--state-dir`).
     pub state_file: Option<PathBuf>,
+    /// Raise `target_died` when the target exits (`tracer agent`).
+    pub alert_on_death: bool,
 }
 
 /// How often the state file is written.
@@ -171,6 +176,9 @@ pub struct Session {
     reader: Option<MapsReader>,
     attached: Instant,
     events: Vec<Event>,
+    /// Alerts raised and not resolved, per kind and severity: resolved when the target dies.
+    active: Active,
+    alert_on_death: bool,
 }
 
 impl Session {
@@ -276,6 +284,8 @@ impl Session {
             reader: Some(reader),
             attached: Instant::now(),
             events,
+            active: HashMap::new(),
+            alert_on_death: options.alert_on_death,
         })
     }
 
@@ -345,6 +355,7 @@ impl Session {
                 }
             }
             if !self.events.is_empty() {
+                track_active(&mut self.active, &self.events);
                 sink.events(&self.events)?;
                 self.events.clear();
             }
@@ -353,17 +364,58 @@ impl Session {
         // Whatever the target did last is in the ring buffers and the register: report it.
         self.save_state();
         self.drain();
-        if let Some(Ok((register, high))) = self.probes.as_mut().map(Probes::vma_register) {
+        let alive = end != End::TargetExited;
+        if let Some(Ok((register, high))) = self.probes.as_mut().map(|p| p.vma_register(alive)) {
             self.vma.register(&register, high);
         }
-        if end == End::TargetExited {
-            self.events.push(Event::TargetExit {
-                ts: now_ms(),
-                pid: self.target.pid,
-            });
+        if !alive {
+            self.died();
         }
         sink.events(&self.events)?;
         Ok(end)
+    }
+
+    /// The target is gone: every alert still active is resolved, and its death told with what
+    /// the kernel saw.
+    fn died(&mut self) {
+        track_active(&mut self.active, &self.events);
+        let ts = now_ms();
+        let pid = self.target.pid;
+        for ((kind, severity, group), count) in std::mem::take(&mut self.active) {
+            for _ in 0..count {
+                self.events.push(Event::AlertResolved {
+                    ts,
+                    pid,
+                    kind,
+                    severity,
+                    message: "the process exited".to_owned(),
+                    group: group.clone(),
+                });
+            }
+        }
+        let vma = self.vma.status();
+        let death = Death::new(
+            self.probes.as_ref().and_then(Probes::process_exit),
+            LastState {
+                memory_usage: self
+                    .memory
+                    .status()
+                    .and_then(|m| Some(m.status.count / m.status.limit?)),
+                vma_count: vma.count,
+                vma_limit: vma.limit,
+            },
+        );
+        if self.alert_on_death {
+            self.events.push(Event::Alert {
+                ts,
+                pid,
+                kind: AlertKind::TargetDied,
+                severity: Severity::Critical,
+                message: format!("{} (pid {pid}) died: {}", self.target.comm, death.reason),
+                detail: AlertDetail::Death(death.clone()),
+            });
+        }
+        self.events.push(Event::TargetExit { ts, pid, death });
     }
 
     /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
@@ -391,7 +443,9 @@ impl Session {
     fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
         self.drain();
         let lost = if let Some(probes) = &mut self.probes {
-            let (register, high) = probes.vma_register().context("reading the VMA register")?;
+            let (register, high) = probes
+                .vma_register(true)
+                .context("reading the VMA register")?;
             self.vma.register(&register, high);
             probes.lost().unwrap_or_default()
         } else {
@@ -740,6 +794,41 @@ async fn readable(
     match ring {
         Some(ring) => ring.readable_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The alerts raised and not yet resolved, by kind, severity and thread group.
+type Active = HashMap<(AlertKind, Severity, Option<String>), u32>;
+
+/// Keeps count of the alerts raised and not yet resolved.
+fn track_active(active: &mut Active, events: &[Event]) {
+    for event in events {
+        match event {
+            Event::Alert {
+                kind,
+                severity,
+                detail,
+                ..
+            } => {
+                let key = (*kind, *severity, detail.group().map(str::to_owned));
+                *active.entry(key).or_default() += 1;
+            }
+            Event::AlertResolved {
+                kind,
+                severity,
+                group,
+                ..
+            } => {
+                let key = (*kind, *severity, group.clone());
+                if let Some(count) = active.get_mut(&key) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        active.remove(&key);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -1010,7 +1010,14 @@ mod tests {
             text.contains(r#"tracer_mode{target="kafka",pid="42",mode="proc"} 1"#),
             "{text}"
         );
-        metrics.observe(&kafka, &Event::TargetExit { ts: 1, pid: 42 });
+        metrics.observe(
+            &kafka,
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         let text = metrics.encode();
         assert!(
             !text.contains(r#"pid="42""#),
@@ -1062,7 +1069,14 @@ mod tests {
         metrics.observe(&labels(42), &vma(42, 3));
         metrics.observe(&labels(42), &vma(42, 5));
         assert_eq!(lost(&metrics.encode()), Some(5));
-        metrics.observe(&labels(42), &Event::TargetExit { ts: 1, pid: 42 });
+        metrics.observe(
+            &labels(42),
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         assert_eq!(
             lost(&metrics.encode()),
             Some(5),
@@ -1123,7 +1137,14 @@ mod tests {
             text.contains(r#"tracer_alert_active{target="kafka",pid="42",kind="thread_leak",severity="warning",group="kafka-consumer"} 0"#),
             "{text}"
         );
-        metrics.observe(&kafka, &Event::TargetExit { ts: 2, pid: 42 });
+        metrics.observe(
+            &kafka,
+            &Event::TargetExit {
+                ts: 2,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         assert!(!metrics.encode().contains("tracer_alert_active{"));
     }
 }

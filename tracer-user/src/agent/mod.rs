@@ -128,7 +128,8 @@ impl Sink for AgentSink {
 
 pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let settings = Settings::load(&args, matches)?;
-    let options = settings.watch.options()?;
+    let mut options = settings.watch.options()?;
+    options.alert_on_death = true;
     // Fail on a busy port or a bad address before anything is attached.
     let listener = http::bind(settings.listen, settings.allow_remote).await?;
     let source = procmode::source(
@@ -347,17 +348,29 @@ mod tests {
         hub.publish(
             &labels,
             &[
-                Event::TargetExit { ts: 5, pid: 1 },
-                Event::TargetExit { ts: 6, pid: 1 },
+                Event::TargetExit {
+                    ts: 5,
+                    pid: 1,
+                    death: crate::death::Death::default(),
+                },
+                Event::TargetExit {
+                    ts: 6,
+                    pid: 1,
+                    death: crate::death::Death::default(),
+                },
             ],
         );
         assert_eq!(
             rx.try_recv().unwrap(),
-            Bytes::from("{\"type\":\"target_exit\",\"ts\":5,\"pid\":1}\n")
+            Bytes::from(
+                "{\"type\":\"target_exit\",\"ts\":5,\"pid\":1,\"exit_code\":null,\"signal\":null,\"oom_killed\":false,\"reason\":\"\"}\n"
+            )
         );
         assert_eq!(
             rx.try_recv().unwrap(),
-            Bytes::from("{\"type\":\"target_exit\",\"ts\":6,\"pid\":1}\n")
+            Bytes::from(
+                "{\"type\":\"target_exit\",\"ts\":6,\"pid\":1,\"exit_code\":null,\"signal\":null,\"oom_killed\":false,\"reason\":\"\"}\n"
+            )
         );
     }
 }

@@ -80,9 +80,11 @@ impl LiveView {
                     kind.as_str(),
                     headline(message)
                 ),
-                Event::TargetExit { ts, pid } => {
-                    format!("{} {BOLD}process {pid} exited{RESET}", clock(*ts))
-                }
+                Event::TargetExit { ts, pid, death } => format!(
+                    "{} {BOLD}process {pid} exited{RESET}: {}",
+                    clock(*ts),
+                    death.reason
+                ),
                 Event::Resynced { ts, .. } => {
                     format!("{} {DIM}{}{RESET}", clock(*ts), event.resync_line())
                 }
