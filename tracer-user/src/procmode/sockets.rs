@@ -24,12 +24,33 @@ struct Seen {
     id: u64,
     state: u8,
     held: bool,
+    /// Its socket inode, 0 while it has no file (in the accept queue, or closed by the
+    /// target and still finishing).
+    inode: u64,
 }
 
 /// Turns successive samples of the target's sockets into TCP records.
 pub struct SocketDiff {
-    seen: HashMap<Tuple, Seen>,
+    /// The previous sample's sockets by addresses: a list, since SO_REUSEPORT listeners share
+    /// one tuple and are told apart by their inodes.
+    seen: HashMap<Tuple, Vec<Seen>>,
     next_id: u64,
+}
+
+/// Takes from `seen` the socket that `inode` continues: the one with that inode, else one
+/// that had or now has no file (a socket's inode is 0 until accepted and after its fd
+/// closes, and its own number in between).
+fn take(seen: &mut HashMap<Tuple, Vec<Seen>>, tuple: &Tuple, inode: u64) -> Option<Seen> {
+    let socks = seen.get_mut(tuple)?;
+    let at = socks
+        .iter()
+        .position(|s| s.inode == inode)
+        .or_else(|| socks.iter().position(|s| s.inode == 0 || inode == 0))?;
+    let found = socks.swap_remove(at);
+    if socks.is_empty() {
+        seen.remove(tuple);
+    }
+    Some(found)
 }
 
 impl SocketDiff {
@@ -41,14 +62,12 @@ impl SocketDiff {
         };
         for s in &seed.sockets {
             let id = diff.id();
-            diff.seen.insert(
-                s.tuple,
-                Seen {
-                    id,
-                    state: s.state,
-                    held: s.held,
-                },
-            );
+            diff.seen.entry(s.tuple).or_default().push(Seen {
+                id,
+                state: s.state,
+                held: s.held,
+                inode: s.inode,
+            });
         }
         diff
     }
@@ -89,9 +108,9 @@ impl SocketDiff {
         };
         let mut gone = std::mem::take(&mut self.seen);
         for s in &found.sockets {
-            let (t, state, held) = (&s.tuple, s.state, s.held);
+            let (t, state, held, inode) = (&s.tuple, s.state, s.held, s.inode);
             let rec = |sk, kind, states, adopted| record(sk, t, kind, states, held, adopted);
-            let seen = if let Some(before) = gone.remove(t) {
+            let seen = if let Some(before) = take(&mut gone, t, inode) {
                 let id = before.id;
                 if before.state != state {
                     out.push(rec(
@@ -103,7 +122,12 @@ impl SocketDiff {
                 } else if before.held != held {
                     out.push(rec(id, Kind::Accepted, (state, state), Adopted::Known));
                 }
-                Seen { id, state, held }
+                Seen {
+                    id,
+                    state,
+                    held,
+                    inode,
+                }
             } else {
                 let id = self.id();
                 if state != LISTEN && found.listen_ports.contains(&t.sport) {
@@ -120,11 +144,19 @@ impl SocketDiff {
                         Adopted::ByOwner,
                     ));
                 }
-                Seen { id, state, held }
+                Seen {
+                    id,
+                    state,
+                    held,
+                    inode,
+                }
             };
-            self.seen.insert(*t, seen);
+            self.seen.entry(*t).or_default().push(seen);
         }
-        for (t, before) in gone {
+        for (t, before) in gone
+            .into_iter()
+            .flat_map(|(t, v)| v.into_iter().map(move |b| (t, b)))
+        {
             let states = (before.state, TCP_CLOSE);
             out.push(record(
                 before.id,
@@ -260,6 +292,39 @@ mod tests {
         ]);
         assert_eq!(model.census().orphaned.get(9), 1);
         assert_eq!(model.census().accept_queue.total(), 0);
+    }
+
+    #[test]
+    fn reuseport_twins_stay_two_listeners() {
+        let twin = |inode| ProcSocket {
+            inode,
+            ..sock(9092, 0, LISTEN, true)
+        };
+        let both = sample(vec![twin(11), twin(12)]);
+        let mut diff = SocketDiff::new(&both);
+        let mut records = Vec::new();
+        for i in 0..20 {
+            // The kernel lists twins in either order.
+            let s = if i % 2 == 0 {
+                both.clone()
+            } else {
+                sample(vec![twin(12), twin(11)])
+            };
+            diff.update(&s, i, &mut records);
+        }
+        assert!(records.is_empty(), "{records:?}");
+
+        // One twin closes: one CLOSE, and the other is still the listener it was.
+        diff.update(&sample(vec![twin(12)]), 20, &mut records);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!((records[0].old, records[0].new), (LISTEN, TCP_CLOSE));
+
+        let mut samples = vec![both.clone(); 20];
+        samples.push(sample(vec![twin(12)]));
+        let (model, _) = run(&samples);
+        assert_eq!(model.census().held.get(LISTEN), 1);
+        let (model, _) = run(&samples[..20]);
+        assert_eq!(model.census().held.get(LISTEN), 2);
     }
 
     #[test]
