@@ -20,7 +20,7 @@ use tokio::{
 
 use tracer_common::{
     task::ThreadSched,
-    tcp::{ListenKey, TCP_LISTEN, TupleKey},
+    tcp::{ListenKey, TCP_CLOSE_WAIT, TCP_LISTEN, TupleKey},
     vma::VmaRegister,
 };
 
@@ -476,7 +476,7 @@ impl Session {
         let census = self.tcp.census();
         let traffic = Traffic {
             new_per_second: census.new_per_second,
-            close_wait: census.held.get(tcp::CLOSE_WAIT) + census.accept_queue.get(tcp::CLOSE_WAIT),
+            close_wait: census.held.get(TCP_CLOSE_WAIT) + census.accept_queue.get(TCP_CLOSE_WAIT),
             accept_queue: census.accept_queue.total(),
         };
         self.threads.tick(
