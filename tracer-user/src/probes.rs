@@ -122,7 +122,8 @@ pub fn pid_level(layout: &KernelLayout) -> Result<u32, ProbeError> {
 pub enum ProbeError {
     /// Creating the maps or loading a program was refused for lack of privilege or memlock.
     Permission(String),
-    /// The kernel's verifier rejected a program (an old or unusual kernel).
+    /// The kernel refused a program: its verifier, or no attach point for any VMA source (an
+    /// old or unusual kernel).
     Rejected(String),
     /// Anything else, with aya's own description.
     Other(String),
@@ -447,14 +448,33 @@ fn attach_vma_source(ebpf: &mut Ebpf, sources: &[VmaSource]) -> Result<VmaSource
             Ok(()) => return Ok(source),
             Err(e) => {
                 log::info!("VMA source {}: {e}", source.as_str());
-                failures.push(format!("{}: {e}", source.as_str()));
+                failures.push((source, e));
             }
         }
     }
-    Err(ProbeError::Other(format!(
+    Err(none_works(&failures))
+}
+
+/// The error when no VMA source works: the kernel refused them all (so `--mode auto` falls
+/// back to proc mode), or refused one for lack of privilege (the fix is a capability or the
+/// memlock limit, as for any other program).
+fn none_works(failures: &[(VmaSource, ProbeError)]) -> ProbeError {
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|(source, e)| format!("{}: {e}", source.as_str()))
+        .collect();
+    let text = format!(
         "no way to read the VMA count works on this kernel ({})",
-        failures.join("; ")
-    )))
+        reasons.join("; ")
+    );
+    if failures
+        .iter()
+        .any(|(_, e)| matches!(e, ProbeError::Permission(_)))
+    {
+        ProbeError::Permission(text)
+    } else {
+        ProbeError::Rejected(text)
+    }
 }
 
 /// Loads program `name` and attaches it to the raw tracepoint `tracepoint`.
@@ -565,6 +585,26 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_vma_source_is_a_refusal_auto_falls_back_from() {
+        let absent = || ProbeError::Other("attaching: No such file or directory".to_owned());
+        let refused = ProbeError::Rejected("loading: Verifier output".to_owned());
+        let e = none_works(&[
+            (VmaSource::MmapLock, absent()),
+            (VmaSource::SyscallFexit, refused),
+        ]);
+        assert!(matches!(e, ProbeError::Rejected(_)), "{e:?}");
+        assert!(e.to_string().contains("mmap_lock: attaching"), "{e}");
+        let e = none_works(&[(VmaSource::MmapLock, absent())]);
+        assert!(matches!(e, ProbeError::Rejected(_)), "{e:?}");
+        let denied = ProbeError::Permission("loading: Operation not permitted".to_owned());
+        let e = none_works(&[
+            (VmaSource::MmapLock, absent()),
+            (VmaSource::SyscallFexit, denied),
+        ]);
+        assert!(matches!(e, ProbeError::Permission(_)), "{e:?}");
+    }
 
     #[test]
     fn records_round_trip_through_bytes() {

@@ -23,7 +23,7 @@ use tokio::{
 
 use tracer_common::{
     task::ThreadSched,
-    tcp::{ListenKey, TCP_LISTEN, TupleKey},
+    tcp::{ListenKey, TCP_CLOSE_WAIT, TCP_LISTEN, TupleKey},
     vma::VmaRegister,
 };
 
@@ -558,7 +558,7 @@ impl Session {
         let census = self.tcp.census();
         let traffic = Traffic {
             new_per_second: census.new_per_second,
-            close_wait: census.held.get(tcp::CLOSE_WAIT) + census.accept_queue.get(tcp::CLOSE_WAIT),
+            close_wait: census.held.get(TCP_CLOSE_WAIT) + census.accept_queue.get(TCP_CLOSE_WAIT),
             accept_queue: census.accept_queue.total(),
         };
         self.threads.tick(
@@ -695,23 +695,32 @@ fn load_probes(
         options.max_sockets,
     ) {
         Ok(probes) => Ok((Some(probes), None)),
-        Err(e @ (ProbeError::Permission(_) | ProbeError::Rejected(_)))
-            if options.mode == Mode::Auto =>
-        {
-            Ok((None, Some(e.to_string())))
+        Err(e) => on_probe_error(e, options.mode, preflight::memlock_charged())
+            .map(|why| (None, Some(why))),
+    }
+}
+
+/// What a failure to load the probes means in `mode`: in `auto`, when privilege or the kernel
+/// refused them, the reason to fall back to proc mode; otherwise the error. Both name the fix
+/// (`memlock_charged`: this kernel charges BPF maps to the memlock limit).
+fn on_probe_error(e: ProbeError, mode: Mode, memlock_charged: bool) -> anyhow::Result<String> {
+    let fall_back = matches!(e, ProbeError::Permission(_) | ProbeError::Rejected(_));
+    let why = match e {
+        ProbeError::Permission(e) if memlock_charged => format!(
+            "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
+        ),
+        ProbeError::Permission(e) => {
+            format!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)")
         }
-        Err(e) => Err(match e {
-            ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
-                "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
-            ),
-            ProbeError::Permission(e) => {
-                anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)")
-            }
-            ProbeError::Rejected(e) => {
-                anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.8+ with BTF")
-            }
-            ProbeError::Other(e) => anyhow!(e),
-        }),
+        ProbeError::Rejected(e) => {
+            format!("{e} - the kernel refused the probes; tracer needs Linux 5.8+ with BTF")
+        }
+        ProbeError::Other(e) => e,
+    };
+    if fall_back && mode == Mode::Auto {
+        Ok(why)
+    } else {
+        Err(anyhow!(why))
     }
 }
 
@@ -867,5 +876,27 @@ fn breakdown_event(pid: u32, report: &BreakdownReport) -> Event {
                 bytes: g.bytes,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_with_the_fix_ebpf_refuses_with_it() {
+        let denied = || ProbeError::Permission("creating maps: Operation not permitted".to_owned());
+        let why = on_probe_error(denied(), Mode::Auto, true).unwrap();
+        assert!(why.contains("ulimit -l unlimited"), "{why}");
+        let why = on_probe_error(denied(), Mode::Auto, false).unwrap();
+        assert!(why.contains("CAP_BPF"), "{why}");
+        let e = on_probe_error(denied(), Mode::Ebpf, false).unwrap_err();
+        assert!(e.to_string().contains("CAP_BPF"), "{e}");
+        let refused = ProbeError::Rejected("no way to read the VMA count".to_owned());
+        let why = on_probe_error(refused, Mode::Auto, false).unwrap();
+        assert!(why.contains("Linux 5.8+"), "{why}");
+        // Anything else is no reason to watch less exactly.
+        let other = ProbeError::Other("reading the ring: Bad address".to_owned());
+        assert!(on_probe_error(other, Mode::Auto, false).is_err());
     }
 }
