@@ -322,7 +322,7 @@ mod tests {
         let queue = queue();
         // Target 1's resolution first (its alert was delivered), then alerts of others.
         push(&queue, 1, true, "resolved 1");
-        for n in 2..QUEUE as u32 + 1 {
+        for n in 2..=QUEUE as u32 {
             push(&queue, n, false, &format!("alert {n}"));
         }
         push(&queue, 1000, false, "alert 1000");
