@@ -7,6 +7,9 @@
  *         each change the VMA count, as a JVM does all the time
  *   tcp   connect to a loopback listener and close, while a thread accepts and closes: the
  *         life of a short client connection on both sides, in one process
+ *   fault touches one new page per iteration of a 64-page mapping and drops them all with
+ *         madvise(MADV_DONTNEED) every 64: a page fault per iteration, each of which takes the
+ *         mmap lock on kernels before 6.4 (per-VMA locks came then)
  *   maps  holds RATE mappings (alternately read-only and inaccessible pages, so none merge)
  *         until stdin closes: a process near vm.max_map_count, for the /proc/PID/maps cost
  *   mmfull  the mm loop in a process that first takes 65,400 mappings as maps does: what
@@ -61,7 +64,7 @@ static void *acceptor(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: loops null|mm|mmfull|tcp|maps|idle SECONDS [RATE]\n");
+        fprintf(stderr, "usage: loops null|mm|mmfull|fault|tcp|maps|idle SECONDS [RATE]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -103,9 +106,20 @@ int main(int argc, char **argv) {
     } else if (strcmp(mode, "mmfull") == 0) {
         if (hold(32700, page))
             return 1;
-    } else if (strcmp(mode, "mm") != 0 && strcmp(mode, "null") != 0) {
+    } else if (strcmp(mode, "mm") != 0 && strcmp(mode, "null") != 0 &&
+               strcmp(mode, "fault") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;
+    }
+    volatile char *pages = NULL;
+    if (mode[0] == 'f') {
+        pages = mmap(NULL, 64 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (pages == MAP_FAILED) {
+            perror("mmap");
+            return 1;
+        }
+        /* One fault per page, not one per 2 MiB. */
+        madvise((void *)pages, 64 * page, MADV_NOHUGEPAGE);
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("READY pid=%d\n", getpid());
@@ -120,6 +134,8 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 64; i++, n++) {
             if (mode[0] == 'n') {
                 getppid();
+            } else if (mode[0] == 'f') {
+                pages[i * page] = 1;
             } else if (mode[0] == 'm') {
                 char *p = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
                 mprotect(p + page, page, PROT_READ);
@@ -130,6 +146,8 @@ int main(int argc, char **argv) {
                 close(fd);
             }
         }
+        if (pages)
+            madvise((void *)pages, 64 * page, MADV_DONTNEED);
         t = now();
         if (rate > 0) {
             double due = start + n / rate;

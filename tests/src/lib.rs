@@ -527,6 +527,29 @@ pub fn loaded_programs(prefix: &str) -> usize {
         .count()
 }
 
+/// The children of `pid` (its main thread's), from /proc.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// The ids of `pid`'s threads in its own pid namespace (the last field of `NSpid`), as the
+/// namespace's /proc/PID/task lists them, by host thread id.
+pub fn namespace_tids(pid: u32) -> std::collections::BTreeMap<u32, u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("read task dir")
+        .filter_map(|entry| {
+            let host: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{host}/status")).ok()?;
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            Some((nspid.split_whitespace().last()?.parse().ok()?, host))
+        })
+        .collect()
+}
+
 /// A child process whose stdout lines are read on a thread, with its stdin for commands.
 pub struct Process {
     pub child: Child,
@@ -667,7 +690,7 @@ impl Event {
 
 impl Tracer {
     pub fn attach(pid: u32, args: &[&str]) -> Self {
-        Self::attach_within(pid, args, Duration::from_secs(10))
+        Self::attach_within(pid, args, Duration::from_secs(30))
     }
 
     /// [`Tracer::attach`], waiting up to `timeout` for `target_attached` (an emulated guest
@@ -677,8 +700,14 @@ impl Tracer {
         command
             .args(["attach", "--pid", &pid.to_string(), "--json"])
             .args(args);
+        Self::spawn(&mut command, timeout)
+    }
+
+    /// A tracer started by `command` (which writes nothing else to stdout), once attached
+    /// (within `timeout`).
+    pub fn spawn(command: &mut Command, timeout: Duration) -> Self {
         let tracer = Self {
-            process: Process::spawn(&mut command),
+            process: Process::spawn(command),
             history: std::cell::RefCell::default(),
         };
         tracer.expect("target_attached", timeout);
@@ -755,6 +784,30 @@ impl Tracer {
             if event.kind() == kind && event.at > after {
                 return event;
             }
+        }
+    }
+
+    /// Connects a client to `port` every 500 ms (kept open) until a `stall` alert arrives,
+    /// within 40 s; returns it and the clients.
+    pub fn clients_until_stall(&self, port: u16) -> (Event, Vec<std::net::TcpStream>) {
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        loop {
+            clients.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+            thread::sleep(Duration::from_millis(500));
+            let mut found = None;
+            while let Some(event) = self.try_next() {
+                if event.kind() == "alert" && event.json["kind"] == "stall" {
+                    found = Some(event);
+                }
+            }
+            if let Some(alert) = found {
+                return (alert, clients);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "no stall alert within 40 s"
+            );
         }
     }
 

@@ -1014,3 +1014,60 @@ fn attach_json_keeps_every_transition_unless_told() {
         drop(clients);
     }
 }
+
+/// The state file of `--state-dir`: written at detach with the long trends' samples of the
+/// count, read back by the next agent (the samples keep their first run's time), and a corrupt
+/// file is ignored and replaced.
+#[test]
+fn state_dir_keeps_the_long_trends_across_agent_restarts() {
+    let dir = TempDir::new("state-dir");
+    let state = dir.path().join("forecast.json");
+    let target = Process::spawn(Command::new("sleep").arg("67.25"));
+    let run = || {
+        let out = Command::new(tracer_bin())
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--quiet",
+                "--duration",
+                "3",
+            ])
+            .args(["--match", r"forecast=^sleep 67\.25$", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run the agent");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&state).expect("a state file after detach");
+        (
+            serde_json::from_str::<serde_json::Value>(&text).expect("JSON"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let started = now_ms();
+    let (first, _) = run();
+    assert_eq!(first["version"], 1, "{first}");
+    let samples = first["vma"].as_array().expect("vma samples");
+    assert_eq!(samples.len(), 2, "6 h and 7 d: {first}");
+    let sample = &samples[0][0];
+    let at = sample[0].as_u64().expect("ms");
+    assert!(at >= started && at <= now_ms(), "{first}");
+    assert_eq!(
+        sample[1].as_f64(),
+        maps_count(target.pid).map(f64::from),
+        "{first}"
+    );
+    // The next agent restores them: the sample of the first run is still there.
+    let (second, _) = run();
+    assert_eq!(second["vma"][0][0], *sample, "{second}");
+    // A corrupt file is reported, ignored and replaced.
+    std::fs::write(&state, b"{\"version\":1,").expect("corrupt it");
+    let (third, log) = run();
+    assert!(log.contains("is corrupt"), "{log}");
+    assert_eq!(third["version"], 1, "{third}");
+    assert_ne!(third["vma"][0][0], *sample, "{third}");
+}

@@ -182,6 +182,20 @@ fn a_kernel_without_btf_fails_in_ebpf_mode_and_falls_back_to_proc() {
     assert!(stdout.contains("\"type\":\"vma\""), "{stdout}");
 }
 
+#[test]
+fn probe_flags_are_not_ignored_by_auto_or_proc_mode() {
+    // An unreadable --btf is an error in the default mode too, not a quiet proc mode.
+    let target = sleeper();
+    let mut command = attach(&target.pid.to_string());
+    assert_fails_with(
+        &run(command.args(["--btf", "/nonexistent/vmlinux"])),
+        "reading --btf /nonexistent/vmlinux",
+    );
+    let mut command = attach(&target.pid.to_string());
+    command.args(["--mode", "proc", "--vma-source", "mmap_lock"]);
+    assert_fails_with(&run(&mut command), "use --mode ebpf");
+}
+
 /// Checks that a run succeeded in proc mode (and says so); returns its stdout.
 fn assert_proc_mode(output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

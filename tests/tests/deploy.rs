@@ -13,8 +13,8 @@ use std::{
 };
 
 use tracer_tests::{
-    MemoryCgroup, Netns, Process, TempDir, compile_c, free_port, http_get, ss_states,
-    tracer_as_nobody, tracer_bin, wait_for_listener,
+    MemoryCgroup, Netns, Process, TempDir, compile_c, compile_java, free_port, http_get, java,
+    ss_states, tracer_as_nobody, tracer_bin, wait_for_listener,
 };
 
 fn deploy(path: &str) -> PathBuf {
@@ -95,10 +95,27 @@ fn rules_and_dashboard_use_only_metrics_the_agent_exposes() {
         Process::spawn(&mut cgroup.wrap(Command::new(&leaker_binary).args(["1000", "50", "256"])));
     leaker.expect_line("READY", Duration::from_secs(5));
     leaker.send("GO");
+    // And a Kafka broker (the compressed log manager of tests/java/kafka), so that its steady
+    // state is exposed.
+    compile_java("kafka/Kafka", dir.path());
+    std::fs::write(
+        dir.path().join("server.properties"),
+        format!(
+            "log.dirs={}\nlog.roll.ms=3000\nlog.retention.ms=12000\ntest.partitions=10\n",
+            dir.path().join("logs").display()
+        ),
+    )
+    .expect("server.properties");
+    let mut command = java(dir.path(), "kafka.Kafka");
+    command.arg("server.properties").current_dir(dir.path());
+    let broker = Process::spawn(&mut command);
+    broker.expect_line("READY", Duration::from_mins(1));
     let port = free_port();
     let _agent = Process::spawn(Command::new(tracer_bin()).args([
         "agent",
         "--quiet",
+        "--pid",
+        &broker.pid.to_string(),
         "--pid",
         &workload.pid.to_string(),
         "--pid",
@@ -115,6 +132,7 @@ fn rules_and_dashboard_use_only_metrics_the_agent_exposes() {
             "tracer_vma_exhaustion_eta_seconds{",
             "tracer_fd_exhaustion_eta_seconds{",
             "tracer_memory_limit_eta_seconds{",
+            "tracer_vma_steady_state{",
         ]
         .iter()
         .all(|series| text.contains(series));

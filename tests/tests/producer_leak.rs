@@ -84,6 +84,25 @@ fn a_producer_per_message_is_flagged_as_thread_leak_and_memory_limit_before_the_
         Some(9),
         "the JVM was not killed by the OOM killer: {status}"
     );
+    // The kernel told it: the OOM killer chose it, and its alerts were closed before the exit.
+    assert_eq!(exit.json["oom_killed"], true, "{}", exit.json);
+    assert_eq!(exit.json["signal"], "SIGKILL", "{}", exit.json);
+    assert!(
+        exit.json["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("killed by the OOM killer")),
+        "{}",
+        exit.json
+    );
+    let resolved = tracer.seen("alert_resolved");
+    for kind in ["thread_leak", "memory_limit"] {
+        assert!(
+            resolved
+                .iter()
+                .any(|r| r.json["kind"] == kind && r.at <= exit.at),
+            "{kind} not resolved at the exit"
+        );
+    }
     for kind in ["thread_leak", "memory_limit"] {
         let alert = alerts
             .iter()

@@ -31,24 +31,7 @@ fn deadlocked_request_handlers_raise_stall_with_their_names_and_waits() {
 
     // One connection per handler closes the deadlock; then clients keep arriving, 2 a second.
     let started = Instant::now();
-    let mut clients = Vec::new();
-    let alert = loop {
-        clients.push(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
-        thread::sleep(Duration::from_millis(500));
-        let mut found = None;
-        while let Some(event) = tracer.try_next() {
-            if event.kind() == "alert" && event.json["kind"] == "stall" {
-                found = Some(event);
-            }
-        }
-        if let Some(alert) = found {
-            break alert;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "no stall alert within 40 s"
-        );
-    };
+    let (alert, _clients) = tracer.clients_until_stall(port);
     println!(
         "stall after {:.1}s: {}",
         started.elapsed().as_secs_f64(),

@@ -584,15 +584,26 @@ fn counts_heal_within_seconds_after_the_ring_overflows() {
 
 #[test]
 fn listeners_sharing_a_port_and_a_stranger_beside_them() {
-    // The target listens on one port with two IPv4 sockets (SO_REUSEPORT) and an IPv6 one;
-    // the test itself, a stranger, listens on the same port at another address.
+    listeners_sharing_a_port(&[]);
+}
+
+/// Proc mode tells the twins apart by their inodes: keyed by addresses alone, every sample
+/// found one "new" listener and the count grew by one a second.
+#[test]
+fn listeners_sharing_a_port_and_a_stranger_beside_them_in_proc_mode() {
+    listeners_sharing_a_port(&["--mode", "proc"]);
+}
+
+/// The target listens on one port with two IPv4 sockets (SO_REUSEPORT) and an IPv6 one; the
+/// test itself, a stranger, listens on the same port at another address. Watched with `mode`.
+fn listeners_sharing_a_port(mode: &[&str]) {
     let dir = TempDir::new("listeners");
     let binary = compile_c("listeners", dir.path());
     let mut server = Process::spawn(&mut Command::new(&binary));
     let (_, ready) = server.expect_line("READY", Duration::from_secs(5));
     let port = port_of(&ready);
     let stranger = TcpListener::bind(("127.0.0.2", port)).expect("bind the stranger");
-    let tracer = Tracer::attach(server.pid, &[]);
+    let tracer = Tracer::attach(server.pid, mode);
     let theirs = connect("127.0.0.2", port, 7);
     let held: Vec<TcpStream> = (0..7)
         .map(|_| stranger.accept().expect("accept").0)

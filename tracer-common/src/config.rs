@@ -20,6 +20,11 @@ pub struct PidNamespace {
     /// `st_dev` and `st_ino` of `/proc/self/ns/pid`.
     pub dev: u64,
     pub ino: u64,
+    /// Its depth below the host's (`pid_namespace.level`): the index of the agent's ids in a
+    /// task's `pid.numbers[]`, so the programs number other tasks as the agent's /proc does.
+    pub level: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
 /// Name of the global holding [`KernelLayout`].
@@ -62,6 +67,22 @@ pub struct KernelLayout {
     /// `task_struct.__state` (5.14+) or `.state` (before): the state of a task switched out,
     /// read only where `sched_switch` does not pass it (before 5.18); [`ABSENT`] where it does.
     pub task_state: u32,
+    /// `task_struct.thread_pid` (`struct pid *`, 4.19+), `pid.level`, the offset of
+    /// `pid.numbers[0].nr` and the size of a `struct upid`: a task's id in a pid namespace is
+    /// `thread_pid->numbers[level].nr`.
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers_nr: u32,
+    pub upid_size: u32,
+    /// `task_struct.signal`, `signal_struct.live` (threads not yet exited) and
+    /// `task_struct.exit_code`: the exit status of the target's last thread.
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub task_exit_code: u32,
+    /// How `oom:mark_victim` names its victim: 1 where it passes `struct task_struct *task`
+    /// (6.x: `TP_PROTO(struct task_struct *task, uid_t uid)`), 0 where a host pid (5.10:
+    /// `TP_PROTO(int pid)`), [`ABSENT`] where it does not exist.
+    pub mark_victim_task: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 17 * 4);
+const _: () = assert!(size_of::<KernelLayout>() == 25 * 4);

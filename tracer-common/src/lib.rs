@@ -18,6 +18,7 @@ mod pod {
     unsafe impl aya::Pod for crate::config::KernelLayout {}
     unsafe impl aya::Pod for crate::config::PidNamespace {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
+    unsafe impl aya::Pod for crate::task::ProcessExit {}
     unsafe impl aya::Pod for crate::tcp::TupleKey {}
     unsafe impl aya::Pod for crate::tcp::ListenKey {}
     unsafe impl aya::Pod for crate::tcp::PortUse {}

@@ -61,3 +61,21 @@ const _: () = assert!(size_of::<TaskEvent>() == 24);
 /// Bytes waiting in `TASK_EVENTS` above which a producer wakes the agent at once (a burst of
 /// thread creation); below it the agent's 100 ms drain picks records up.
 pub const TASK_WAKEUP_BYTES: u64 = 16 * 1024;
+
+/// How the target ended, as the kernel saw it: the single entry of the `PROCESS_EXIT` array
+/// map, written by the kernel only, read by the agent once the target is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// 1 once the target's last thread exited.
+    pub exited: u32,
+    /// That thread's `task_struct.exit_code`: a wait status (`code << 8`, or the signal in the
+    /// low 7 bits, 0x80 for a core dump).
+    pub exit_code: u32,
+    /// 1 when the OOM killer chose the target (`oom:mark_victim`).
+    pub oom_killed: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<ProcessExit>() == 16);

@@ -20,10 +20,15 @@ pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_TIME_WAIT: u8 = 6;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LAST_ACK: u8 = 9;
 pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
+/// A request socket (a connection before its SYN_RECV child exists), 4.4+.
+pub const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// `sk_shutdown` when both directions are shut: what `close()` sets before the socket loses
 /// its file.
@@ -89,7 +94,8 @@ pub struct TcpEvent {
     pub ts_ns: u64,
     /// The `struct sock *`: the socket's identity while it lives.
     pub sk: u64,
-    /// Inode of the socket's network namespace.
+    /// Inode of the socket's network namespace, in the record that adopted it (0 in later
+    /// ones: it does not change, and reading it costs a helper call per record).
     pub netns: u32,
     /// Explicit padding; always zero. (No task id: transitions often run in softirq, in
     /// whatever task was on the CPU, so it would say nothing.)

@@ -69,6 +69,13 @@ pub fn tracer_sysexit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Not attached: the agent runs it once, in its own context, to learn the level of its pid
+/// namespace (the return value).
+#[raw_tracepoint(tracepoint = "tracer_pidlevel")]
+pub fn tracer_pidlevel(_ctx: RawTracePointContext) -> i32 {
+    target::current_pid_level().map_or(-1, |level| level as i32)
+}
+
 /// Not attached: the agent runs it on demand to put the target's current VMA count in the
 /// register (readings taken after the lock is dropped can arrive out of order).
 #[raw_tracepoint(tracepoint = "tracer_vmaheal")]
@@ -110,6 +117,13 @@ pub fn tracer_rename(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn tracer_taskexit(_ctx: RawTracePointContext) -> i32 {
     let _ = task::on_exit();
+    0
+}
+
+/// `oom:mark_victim`: the OOM killer chose a task; for the target, how it ends.
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn tracer_oom(ctx: RawTracePointContext) -> i32 {
+    let _ = task::on_mark_victim(&ctx);
     0
 }
 

@@ -2,9 +2,13 @@
 
 use aya_ebpf::{
     bindings::bpf_pidns_info,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_ns_current_pid_tgid},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_get_ns_current_pid_tgid,
+    },
 };
 use tracer_common::config::{KernelLayout, PidNamespace};
+
+use crate::kernel::read;
 
 /// The target's thread-group id; set by the agent at load time (`TARGET_TGID_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -12,7 +16,12 @@ static TARGET_TGID: u32 = 0;
 
 /// The pid namespace `TARGET_TGID` is in; zero for the host's (`TARGET_PIDNS_GLOBAL`).
 #[unsafe(no_mangle)]
-static TARGET_PIDNS: PidNamespace = PidNamespace { dev: 0, ino: 0 };
+static TARGET_PIDNS: PidNamespace = PidNamespace {
+    dev: 0,
+    ino: 0,
+    level: 0,
+    pad: 0,
+};
 
 /// Field offsets of the running kernel (`KERNEL_LAYOUT_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -34,6 +43,14 @@ pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     sk_shutdown: 0,
     task_pid: 0,
     task_state: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers_nr: 0,
+    upid_size: 0,
+    task_signal: 0,
+    signal_live: 0,
+    task_exit_code: 0,
+    mark_victim_task: 0,
 };
 
 /// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.
@@ -53,8 +70,8 @@ pub fn is_current() -> bool {
     current_thread().is_some()
 }
 
-/// The current thread's id (as the kernel numbers it, like `task_struct.pid`) when it is one of
-/// the target's.
+/// The current thread's id, as the agent's /proc numbers it (in its pid namespace), when it
+/// is one of the target's.
 #[inline(always)]
 pub fn current_thread() -> Option<u32> {
     // SAFETY: volatile reads keep the compiler from folding the load-time values to 0.
@@ -78,5 +95,49 @@ pub fn current_thread() -> Option<u32> {
             size_of::<bpf_pidns_info>() as u32,
         )
     };
-    (ret == 0 && ids.tgid == target).then_some(pid_tgid as u32)
+    (ret == 0 && ids.tgid == target).then_some(ids.pid)
+}
+
+/// The id of `task` (not the current one: a new thread, the thread switched in), as the
+/// agent's /proc numbers it: `task_struct.pid` in the host's pid namespace, else
+/// `task->thread_pid->numbers[level].nr`. `None` for a task outside the agent's namespace.
+#[inline(always)]
+pub fn task_tid(task: *const u8) -> Option<u32> {
+    // SAFETY: a volatile read of a global the loader has written.
+    let pidns = unsafe { core::ptr::read_volatile(&raw const TARGET_PIDNS) };
+    if pidns.ino == 0 {
+        return read::<i32>(task, layout!(task_pid)).map(|tid| tid as u32);
+    }
+    let pid: *const u8 = read(task, layout!(task_thread_pid))?;
+    if read::<u32>(pid, layout!(pid_level))? < pidns.level {
+        return None;
+    }
+    let nr: i32 = read(
+        pid,
+        layout!(pid_numbers_nr) + pidns.level * layout!(upid_size),
+    )?;
+    Some(nr as u32)
+}
+
+/// Whether `pid` (a host pid) is the target's, where the agent is in the host's pid namespace;
+/// in a container's it cannot be told.
+#[inline(always)]
+pub fn is_host_target(pid: u32) -> bool {
+    // SAFETY: volatile reads of globals the loader has written.
+    let (target, pidns) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const TARGET_TGID),
+            core::ptr::read_volatile(&raw const TARGET_PIDNS),
+        )
+    };
+    pidns.ino == 0 && pid == target
+}
+
+/// `current->thread_pid->level`: how deep the current task's pid namespace is.
+#[inline(always)]
+pub fn current_pid_level() -> Option<u32> {
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let pid: *const u8 = read(task, layout!(task_thread_pid))?;
+    read(pid, layout!(pid_level))
 }

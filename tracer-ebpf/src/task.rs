@@ -3,16 +3,19 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_str_bytes,
+    },
     macros::map,
-    maps::{HashMap, RingBuf},
+    maps::{Array, HashMap, RingBuf},
     programs::RawTracePointContext,
 };
 use tracer_common::{
     config::ABSENT,
     lost::{LOST_TASK, UNTRACKED_THREADS},
     task::{
-        ASLEEP, MAX_THREADS, PREEMPTED, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME,
+        ASLEEP, MAX_THREADS, PREEMPTED, ProcessExit, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME,
         TASK_WAKEUP_BYTES, TaskEvent, ThreadSched,
     },
 };
@@ -47,12 +50,8 @@ pub fn on_new_task(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let task: *const u8 = ctx.arg(0);
-    let tid: i32 = read(task, layout!(task_pid))?;
-    emit(
-        TASK_NEW,
-        tid as u32,
-        bpf_get_current_comm().unwrap_or_default(),
-    );
+    let tid = target::task_tid(task)?;
+    emit(TASK_NEW, tid, bpf_get_current_comm().unwrap_or_default());
     Some(())
 }
 
@@ -64,20 +63,55 @@ pub fn on_rename(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let task: *const u8 = ctx.arg(0);
-    let tid: i32 = read(task, layout!(task_pid))?;
+    let tid = target::task_tid(task)?;
     let name: *const u8 = ctx.arg(1);
     let mut comm = [0u8; 16];
     // SAFETY: the helper reads at most comm.len() bytes and faults safely.
     unsafe { bpf_probe_read_kernel_str_bytes(name, &mut comm) }.ok()?;
-    emit(TASK_RENAME, tid as u32, comm);
+    emit(TASK_RENAME, tid, comm);
     Some(())
 }
 
-/// `sched:sched_process_exit`, in the exiting thread's context: a thread gone. (Its account
-/// goes at its last context switch, which comes after this.)
+/// How the target ended (entry 0, a `ProcessExit`): its last thread's exit status, and whether
+/// the OOM killer chose it.
+#[map]
+static PROCESS_EXIT: Array<ProcessExit> = Array::with_max_entries(1, 0);
+
+/// `sched:sched_process_exit` (`TP_PROTO(struct task_struct *p[, bool group_dead])`), in the
+/// exiting thread's context: a thread gone. (Its account goes at its last context switch,
+/// which comes after this.) The last thread (`signal->live` already 0) records its exit status.
 pub fn on_exit() -> Option<()> {
     let tid = target::current_thread()?;
     emit(TASK_EXIT, tid, [0; 16]);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let signal: *const u8 = read(task, layout!(task_signal))?;
+    if read::<i32>(signal, layout!(signal_live))? == 0 {
+        let exit = PROCESS_EXIT.get_ptr_mut(0)?;
+        // SAFETY: an entry of an array map; the last thread of the target writes it once.
+        unsafe {
+            (*exit).exit_code = read(task, layout!(task_exit_code))?;
+            (*exit).exited = 1;
+        }
+    }
+    Some(())
+}
+
+/// `oom:mark_victim`, in the OOM killer's context: the task it chose to kill. 6.x pass the
+/// task (its `mm` says whether it is the target's); 5.10 a host pid, which names the target
+/// only where the agent is in the host's pid namespace.
+pub fn on_mark_victim(ctx: &RawTracePointContext) -> Option<()> {
+    let victim = match layout!(mark_victim_task) {
+        1 => {
+            let task: *const u8 = ctx.arg(0);
+            read::<u64>(task, layout!(task_mm))? == vma::target_mm()?
+        }
+        _ => target::is_host_target(ctx.arg::<u64>(0) as u32),
+    };
+    if victim {
+        let exit = PROCESS_EXIT.get_ptr_mut(0)?;
+        // SAFETY: as in `on_exit`.
+        unsafe { (*exit).oom_killed = 1 };
+    }
     Some(())
 }
 
@@ -117,8 +151,7 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
         }
     }
     if next_is_target {
-        let tid: i32 = read(next, layout!(task_pid))?;
-        switch_in(tid as u32, now);
+        switch_in(target::task_tid(next)?, now);
     }
     Some(())
 }

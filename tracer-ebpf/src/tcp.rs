@@ -102,7 +102,7 @@ fn entry_ref(entry: &RingBufEntry<TcpEvent>) -> &TcpEvent {
 }
 
 /// One of the target's sockets started (`listens`) or stopped listening: its address enters
-/// or leaves [`TCP_LISTENERS`] and its port [`TCP_PORTS`]. A call of its own, like [`fill`].
+/// or leaves [`TCP_LISTENERS`] and its port [`TCP_PORTS`]. A call of its own, like [`key_of`].
 #[inline(never)]
 fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
     let mut tuple = TupleKey::default();
@@ -330,19 +330,25 @@ fn describe(
     fill(sk, unsafe { entry.assume_init_mut() })
 }
 
-/// Fills in what the socket is now: addresses, ports, namespace, whether it has a file. A
-/// call of its own (two arguments: BPF calls take five at most), so that its stack is needed
-/// once per program, not once per caller.
-#[inline(never)]
+/// Fills in what the socket is now: addresses, ports, whether it has a file, and, in the
+/// record that adopts it, its namespace. Every helper call counts on this path (each returns
+/// through the CPU's return-stack mitigations): `sk_shutdown` is read only while the socket
+/// has a file, the namespace only once per socket. Inlined: the stack it needs (the block is
+/// in the per-CPU scratch, the record in the ring) fits beside its callers'.
+#[inline(always)]
 fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     let common = Common::read(sk)?;
     let family = common.u16(layout!(skc_family))?;
     let socket: u64 = read(sk, layout!(sk_socket))?;
     let shutdown_offset = layout!(sk_shutdown);
-    let closed = shutdown_offset != ABSENT && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
-    let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
+    let closed = socket != 0
+        && shutdown_offset != ABSENT
+        && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
+    if event.adopted != Adopted::Known as u8 {
+        let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
+        event.netns = read(net, layout!(net_ns_inum))?;
+    }
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.netns = read(net, layout!(net_ns_inum))?;
     event.family = if family == AF_INET6 { 6 } else { 4 };
     event.held = u8::from(socket != 0 && !closed);
     event.sport = common.u16(layout!(skc_num))?;
@@ -350,8 +356,8 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     copy_addresses(common, family, &mut event.saddr, &mut event.daddr)
 }
 
-/// The namespace, family, ports and addresses of `sk`, as a seed's key. A call of its own,
-/// like [`fill`].
+/// The namespace, family, ports and addresses of `sk`, as a seed's key. A call of its own, so
+/// that its stack is needed once however many callers it has.
 #[inline(never)]
 fn key_of(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
     let common = Common::read(sk)?;

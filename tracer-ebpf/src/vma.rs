@@ -9,7 +9,7 @@
 //! readings out of order; `heal` (run by the agent every report) puts the current count back.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    helpers::bpf_get_current_task,
     macros::map,
     maps::{Array, RingBuf},
     programs::RawTracePointContext,
@@ -179,7 +179,8 @@ fn emit(count: u32) {
         return;
     };
     entry.write(VmaEvent {
-        tid: bpf_get_current_pid_tgid() as u32,
+        // 0 when another process held the lock (a reader of /proc/PID/maps).
+        tid: target::current_thread().unwrap_or(0),
         map_count: count,
     });
     entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES));

@@ -171,6 +171,14 @@ impl Btf {
         self.find(KIND_FUNC, name).is_some()
     }
 
+    /// The size in bytes of `struct ty`.
+    pub fn struct_size(&self, ty: &str) -> Result<u32, BtfError> {
+        let id = self
+            .find(KIND_STRUCT, ty)
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        Ok(self.types[id - 1].size_or_ref)
+    }
+
     /// Whether `struct ty` exists and has `member` (also inside anonymous members).
     pub fn has_member(&self, ty: &str, member: &str) -> bool {
         self.find(KIND_STRUCT, ty)

@@ -110,6 +110,10 @@ pub struct AgentArgs {
     /// Stop after this long (for tests and soak runs; normally until SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Keep each target's long trends (6 h, 7 d) in DIR/NAME.json, so a restart of the agent
+    /// or of the broker keeps days of history (e.g. /var/lib/tracer).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -225,6 +229,19 @@ pub struct WatchArgs {
 }
 
 impl WatchArgs {
+    /// `--mode`, where `--btf` or `--vma-source` (choices of how the probes load) make `auto`
+    /// mean `ebpf`: a probe that cannot load as asked is an error, not a silent proc mode.
+    fn mode(&self) -> anyhow::Result<Mode> {
+        let probe_flags = self.btf.is_some() || self.vma_source.is_some();
+        match self.mode {
+            Mode::Proc if probe_flags => anyhow::bail!(
+                "--btf and --vma-source choose how the probes load, and --mode proc loads none: drop them, or use --mode ebpf"
+            ),
+            Mode::Auto if probe_flags => Ok(Mode::Ebpf),
+            mode => Ok(mode),
+        }
+    }
+
     /// Checks that the flags agree with each other and turns them into session options.
     pub fn options(&self) -> anyhow::Result<Options> {
         if self.crit_usage <= self.warn_usage {
@@ -261,7 +278,7 @@ impl WatchArgs {
             );
         }
         Ok(Options {
-            mode: self.mode,
+            mode: self.mode()?,
             max_map_count: self.max_map_count,
             thresholds: Thresholds {
                 warn_eta_secs: self.warn_eta.as_secs_f64(),
@@ -279,6 +296,7 @@ impl WatchArgs {
                 surge_min: self.surge_min,
             },
             max_sockets: self.max_sockets,
+            state_file: None,
             threads: ThreadThresholds {
                 leak_min: self.thread_leak_min,
                 leak_window_secs: self.thread_leak_window.as_secs_f64(),
@@ -288,6 +306,7 @@ impl WatchArgs {
                 stall_groups: self.stall_threads.clone(),
             },
             scrub: Scrubber::new(&self.scrub_words),
+            alert_on_death: false,
         })
     }
 }
@@ -435,5 +454,28 @@ mod tests {
             args.watch.options().unwrap().thresholds,
             Thresholds::default()
         );
+    }
+
+    /// The options of `tracer attach --pid 1 ARGS`.
+    fn options(args: &[&str]) -> anyhow::Result<Options> {
+        let cli =
+            Cli::try_parse_from([["tracer", "attach", "--pid", "1"].as_slice(), args].concat())
+                .unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!()
+        };
+        args.watch.options()
+    }
+
+    #[test]
+    fn probe_flags_make_auto_mean_ebpf_and_refuse_proc() {
+        let mode = |args: &[&str]| options(args).map(|o| o.mode);
+        assert_eq!(mode(&[]).unwrap(), Mode::Auto);
+        assert_eq!(mode(&["--btf", "/x"]).unwrap(), Mode::Ebpf);
+        assert_eq!(mode(&["--vma-source", "mmap_lock"]).unwrap(), Mode::Ebpf);
+        assert_eq!(mode(&["--mode", "proc"]).unwrap(), Mode::Proc);
+        let refused = mode(&["--mode", "proc", "--vma-source", "mmap_lock"]).unwrap_err();
+        assert!(refused.to_string().contains("use --mode ebpf"), "{refused}");
+        assert!(mode(&["--mode", "proc", "--btf", "/x"]).is_err());
     }
 }

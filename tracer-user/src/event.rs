@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::{alert::Severity, tcp::proc::state_name};
+use crate::{alert::Severity, death::Death, tcp::proc::state_name};
 
 /// Milliseconds since the Unix epoch, the `ts` of every event.
 pub fn now_ms() -> u64 {
@@ -83,6 +83,17 @@ pub enum Event {
         eta_seconds: Option<u64>,
         /// Ring-buffer records dropped since attach (the count itself stays exact).
         events_lost: u64,
+        /// Where the count will hold: a Kafka broker's steady state from its retention, roll
+        /// cadence and partitions; null when unknown (not a broker, unlimited retention).
+        steady_state: Option<u32>,
+        /// Seconds until the count crosses `max_map_count` on its way to the steady state;
+        /// null when the steady state is under the limit or unknown.
+        steady_state_crossing_seconds: Option<u64>,
+        /// The trend over 6 hours (a sample every 5 minutes), mappings per hour; null for its
+        /// first 20 minutes.
+        growth_per_hour_6h: Option<f64>,
+        /// The trend over 7 days (a sample an hour), mappings per day; null for its first 4 hours.
+        growth_per_day_7d: Option<f64>,
     },
     /// A one-time jump of the VMA count (flat before and after, the change within two
     /// seconds): reported as what it is rather than as a trend; the growth after it is the
@@ -235,8 +246,14 @@ pub enum Event {
         before: BTreeMap<&'static str, u32>,
         after: BTreeMap<&'static str, u32>,
     },
-    /// The target exited; `attach` ends after this.
-    TargetExit { ts: u64, pid: u32 },
+    /// The target exited; `attach` ends after this. Every alert still active was resolved
+    /// just before.
+    TargetExit {
+        ts: u64,
+        pid: u32,
+        #[serde(flatten)]
+        death: Death,
+    },
 }
 
 impl Event {
@@ -335,6 +352,8 @@ pub enum AlertDetail {
         /// What to run now.
         hint: String,
     },
+    /// `target_died`: the fields of its `target_exit`.
+    Death(Death),
 }
 
 impl AlertDetail {
@@ -423,6 +442,8 @@ pub enum AlertKind {
     ThreadsSaturated,
     /// Request-handling threads stopped running while work keeps arriving.
     Stall,
+    /// The target died (`tracer agent` only): how, in the message.
+    TargetDied,
 }
 
 impl AlertKind {
@@ -437,6 +458,7 @@ impl AlertKind {
             Self::MemoryLimit => "memory_limit",
             Self::ThreadsSaturated => "threads_saturated",
             Self::Stall => "stall",
+            Self::TargetDied => "target_died",
         }
     }
 }
@@ -472,10 +494,14 @@ mod tests {
             growth_per_min: Some(12.5),
             eta_seconds: None,
             events_lost: 0,
+            steady_state: Some(70_340),
+            steady_state_crossing_seconds: None,
+            growth_per_hour_6h: Some(410.0),
+            growth_per_day_7d: None,
         };
         assert_eq!(
             serde_json::to_string(&event).unwrap(),
-            r#"{"type":"vma","ts":1700000000000,"pid":42,"map_count":1000,"peak":1002,"max_map_count":65530,"usage":0.015,"growth_per_min":12.5,"eta_seconds":null,"events_lost":0}"#
+            r#"{"type":"vma","ts":1700000000000,"pid":42,"map_count":1000,"peak":1002,"max_map_count":65530,"usage":0.015,"growth_per_min":12.5,"eta_seconds":null,"events_lost":0,"steady_state":70340,"steady_state_crossing_seconds":null,"growth_per_hour_6h":410.0,"growth_per_day_7d":null}"#
         );
     }
 
@@ -543,10 +569,14 @@ mod tests {
             serde_json::to_string(&event).unwrap(),
             r#"{"type":"alert_resolved","ts":1,"pid":2,"kind":"vma_exhaustion","severity":"critical","message":"ok"}"#
         );
-        let exit = Event::TargetExit { ts: 1, pid: 2 };
+        let exit = Event::TargetExit {
+            ts: 1,
+            pid: 2,
+            death: Death::default(),
+        };
         assert_eq!(
             serde_json::to_string(&exit).unwrap(),
-            r#"{"type":"target_exit","ts":1,"pid":2}"#
+            r#"{"type":"target_exit","ts":1,"pid":2,"exit_code":null,"signal":null,"oom_killed":false,"reason":""}"#
         );
     }
 }

@@ -6,6 +6,7 @@ mod alert;
 mod attach;
 mod btf;
 mod cli;
+mod death;
 mod demo;
 mod event;
 mod exhaustion;

@@ -60,9 +60,15 @@ pub fn check(btf_file: Option<&Path>, vma_source: Option<VmaSource>) -> anyhow::
         None => source::candidates(features),
     };
     raise_memlock_limit();
+    let mut pidns = pid_namespace()?;
+    if pidns.ino != 0 {
+        pidns.level = probes::pid_level(&layout).map_err(|e| {
+            anyhow!("{e} - in a container's pid namespace tracer asks the kernel how deep it is, which needs Linux 5.10+")
+        })?;
+    }
     Ok(Machine {
         layout,
-        pidns: pid_namespace()?,
+        pidns,
         vma_sources,
     })
 }
@@ -113,7 +119,11 @@ fn in_container(dev: u64, ino: u64) -> PidNamespace {
     if ino == HOST_PIDNS_INO {
         PidNamespace::default()
     } else {
-        PidNamespace { dev, ino }
+        PidNamespace {
+            dev,
+            ino,
+            ..PidNamespace::default()
+        }
     }
 }
 
@@ -171,7 +181,8 @@ mod tests {
             in_container(4, 4_026_532_999),
             PidNamespace {
                 dev: 4,
-                ino: 4_026_532_999
+                ino: 4_026_532_999,
+                ..PidNamespace::default()
             }
         );
     }

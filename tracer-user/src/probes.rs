@@ -17,7 +17,7 @@ use tracer_common::{
         TARGET_TGID_GLOBAL,
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
-    task::{TaskEvent, ThreadSched},
+    task::{ProcessExit, TaskEvent, ThreadSched},
     tcp::{HELD_PROBE_BATCH, ListenKey, PortUse, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
@@ -77,7 +77,44 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             btf.member_offset("task_struct", "__state")
                 .or_else(|_| btf.member_offset("task_struct", "state"))?
         },
+        task_thread_pid: btf.member_offset("task_struct", "thread_pid")?,
+        pid_level: btf.member_offset("pid", "level")?,
+        pid_numbers_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
+        upid_size: btf.struct_size("upid")?,
+        task_signal: btf.member_offset("task_struct", "signal")?,
+        signal_live: btf.member_offset("signal_struct", "live")?,
+        task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+        mark_victim_task: match btf.tracepoint_arity("mark_victim") {
+            Some(1) => 0,
+            Some(_) => 1,
+            None => ABSENT,
+        },
     })
+}
+
+/// The level of the agent's pid namespace (0: the host's), which the kernel alone can tell
+/// from inside a container: a program run in the agent's own context reads it. Needs
+/// BPF_PROG_TEST_RUN of raw tracepoints (5.10).
+pub fn pid_level(layout: &KernelLayout) -> Result<u32, ProbeError> {
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
+        .load(OBJECT)
+        .map_err(|e| classify("loading the eBPF object", &e))?;
+    let program: &mut RawTracePoint = program(&mut ebpf, LEVEL_PROBE)?;
+    program
+        .load()
+        .map_err(|e| classify(&format!("loading {LEVEL_PROBE}"), &e))?;
+    let result = program
+        .test_run(RawTracePointRunOptions::new())
+        .map_err(|e| classify(&format!("running {LEVEL_PROBE}"), &e))?;
+    match result.return_value {
+        // The program's -1: the fields were not readable.
+        u32::MAX => Err(ProbeError::Other(format!(
+            "{LEVEL_PROBE} could not read the pid namespace's level"
+        ))),
+        level => Ok(level),
+    }
 }
 
 /// Why the programs could not be loaded or attached; the caller words the fix.
@@ -85,7 +122,8 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
 pub enum ProbeError {
     /// Creating the maps or loading a program was refused for lack of privilege or memlock.
     Permission(String),
-    /// The kernel's verifier rejected a program (an old or unusual kernel).
+    /// The kernel refused a program: its verifier, or no attach point for any VMA source (an
+    /// old or unusual kernel).
     Rejected(String),
     /// Anything else, with aya's own description.
     Other(String),
@@ -142,6 +180,7 @@ pub struct Probes {
     tcp_seed: HashMap<MapData, TupleKey, u32>,
     tcp_ports: Array<MapData, PortUse>,
     lost: PerCpuArray<MapData, u64>,
+    process_exit: Array<MapData, ProcessExit>,
     /// Where the VMA count comes from on this kernel.
     vma_source: VmaSource,
     /// Whether the heal program runs here (BPF_PROG_TEST_RUN of raw tracepoints: 5.10+).
@@ -162,6 +201,9 @@ const PROGRAMS: [(&str, Option<&str>); 7] = [
 
 /// The program that tells which queued sockets have been accepted.
 const HELD_PROBE: &str = "tracer_tcpheld";
+
+/// The program that returns the level of the agent's pid namespace.
+const LEVEL_PROBE: &str = "tracer_pidlevel";
 
 /// The program that reads the target's current VMA count into the register, run on demand.
 const HEAL_PROBE: &str = "tracer_vmaheal";
@@ -216,6 +258,13 @@ impl Probes {
             }
         }
         let vma_source = attach_vma_source(&mut ebpf, vma_sources)?;
+        if layout.mark_victim_task == ABSENT {
+            log::warn!(
+                "this kernel has no oom:mark_victim tracepoint: an OOM kill is told as a SIGKILL"
+            );
+        } else if let Err(e) = attach_raw(&mut ebpf, "tracer_oom", "mark_victim") {
+            log::warn!("{e} - an OOM kill is told as a SIGKILL");
+        }
         let heal = match heal(&mut ebpf) {
             Ok(()) => true,
             Err(e) => {
@@ -236,11 +285,17 @@ impl Probes {
             tcp_seed: take(&mut ebpf, "TCP_SEED")?,
             tcp_ports: take(&mut ebpf, "TCP_PORTS")?,
             lost: take(&mut ebpf, "LOST")?,
+            process_exit: take(&mut ebpf, "PROCESS_EXIT")?,
             ebpf,
             logger,
             vma_source,
             heal,
         })
+    }
+
+    /// How the target ended, once its last thread exited (or the OOM killer chose it).
+    pub fn process_exit(&self) -> Option<ProcessExit> {
+        self.process_exit.get(&0, 0).ok()
     }
 
     /// Where the VMA count comes from.
@@ -309,8 +364,11 @@ impl Probes {
     /// the previous call (whose mark this resets).
     /// The count is first read anew from the target's mm, so a reading published out of order
     /// (the syscall sources read after the lock is dropped) is healed within one report.
-    pub fn vma_register(&mut self) -> Result<(VmaRegister, u32), aya::maps::MapError> {
-        if self.heal
+    /// When not `alive` (the target has exited: its mm may be freed) the register is read as
+    /// the probes left it.
+    pub fn vma_register(&mut self, alive: bool) -> Result<(VmaRegister, u32), aya::maps::MapError> {
+        if alive
+            && self.heal
             && let Err(e) = heal(&mut self.ebpf)
         {
             log::debug!("{e}");
@@ -390,32 +448,53 @@ fn attach_vma_source(ebpf: &mut Ebpf, sources: &[VmaSource]) -> Result<VmaSource
             Ok(()) => return Ok(source),
             Err(e) => {
                 log::info!("VMA source {}: {e}", source.as_str());
-                failures.push(format!("{}: {e}", source.as_str()));
+                failures.push((source, e));
             }
         }
     }
-    Err(ProbeError::Other(format!(
+    Err(none_works(&failures))
+}
+
+/// The error when no VMA source works: the kernel refused them all (so `--mode auto` falls
+/// back to proc mode), or refused one for lack of privilege (the fix is a capability or the
+/// memlock limit, as for any other program).
+fn none_works(failures: &[(VmaSource, ProbeError)]) -> ProbeError {
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|(source, e)| format!("{}: {e}", source.as_str()))
+        .collect();
+    let text = format!(
         "no way to read the VMA count works on this kernel ({})",
-        failures.join("; ")
-    )))
+        reasons.join("; ")
+    );
+    if failures
+        .iter()
+        .any(|(_, e)| matches!(e, ProbeError::Permission(_)))
+    {
+        ProbeError::Permission(text)
+    } else {
+        ProbeError::Rejected(text)
+    }
+}
+
+/// Loads program `name` and attaches it to the raw tracepoint `tracepoint`.
+fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), ProbeError> {
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|e| classify(&format!("loading {name}"), &e))?;
+    program.attach(tracepoint).map(drop).map_err(|e| {
+        classify(
+            &format!("attaching {name} to raw tracepoint {tracepoint}"),
+            &e,
+        )
+    })
 }
 
 fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
-    let raw_tracepoint = |ebpf: &mut Ebpf, name: &str, tracepoint: &str| {
-        let program: &mut RawTracePoint = program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|e| classify(&format!("loading {name}"), &e))?;
-        program.attach(tracepoint).map(drop).map_err(|e| {
-            classify(
-                &format!("attaching {name} to raw tracepoint {tracepoint}"),
-                &e,
-            )
-        })
-    };
     match source {
-        VmaSource::MmapLock => raw_tracepoint(ebpf, "tracer_mmaplock", "mmap_lock_released"),
-        VmaSource::SyscallTracepoint => raw_tracepoint(ebpf, "tracer_sysexit", "sys_exit"),
+        VmaSource::MmapLock => attach_raw(ebpf, "tracer_mmaplock", "mmap_lock_released"),
+        VmaSource::SyscallTracepoint => attach_raw(ebpf, "tracer_sysexit", "sys_exit"),
         VmaSource::SyscallFexit => {
             let btf = aya::Btf::from_sys_fs()
                 .map_err(|e| classify("reading the kernel's BTF for trampolines", &e))?;
@@ -506,6 +585,26 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_vma_source_is_a_refusal_auto_falls_back_from() {
+        let absent = || ProbeError::Other("attaching: No such file or directory".to_owned());
+        let refused = ProbeError::Rejected("loading: Verifier output".to_owned());
+        let e = none_works(&[
+            (VmaSource::MmapLock, absent()),
+            (VmaSource::SyscallFexit, refused),
+        ]);
+        assert!(matches!(e, ProbeError::Rejected(_)), "{e:?}");
+        assert!(e.to_string().contains("mmap_lock: attaching"), "{e}");
+        let e = none_works(&[(VmaSource::MmapLock, absent())]);
+        assert!(matches!(e, ProbeError::Rejected(_)), "{e:?}");
+        let denied = ProbeError::Permission("loading: Operation not permitted".to_owned());
+        let e = none_works(&[
+            (VmaSource::MmapLock, absent()),
+            (VmaSource::SyscallFexit, denied),
+        ]);
+        assert!(matches!(e, ProbeError::Permission(_)), "{e:?}");
+    }
 
     #[test]
     fn records_round_trip_through_bytes() {

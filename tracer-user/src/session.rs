@@ -3,7 +3,10 @@
 //! per target.
 
 use std::{
+    collections::HashMap,
     future::Future,
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,12 +23,15 @@ use tokio::{
 
 use tracer_common::{
     task::ThreadSched,
-    tcp::{ListenKey, TCP_LISTEN, TupleKey},
+    tcp::{ListenKey, TCP_CLOSE_WAIT, TCP_LISTEN, TupleKey},
     vma::VmaRegister,
 };
 
 use crate::{
-    event::{Clocks, Event, MappingGroup, monotonic, now_ms},
+    agent::state,
+    alert::Severity,
+    death::{Death, LastState},
+    event::{AlertDetail, AlertKind, Clocks, Event, MappingGroup, monotonic, now_ms},
     exhaustion::{self, Thresholds},
     fd::FdModel,
     memory::{MemoryModel, MemoryStatus},
@@ -38,6 +44,7 @@ use crate::{
     threads::{ThreadModel, ThreadStatus, ThreadThresholds, Traffic},
     vma::{
         self, VmaModel, VmaStatus,
+        kafka::{LogConfig, SteadyState},
         maps::{Breakdown, MapsReader},
     },
 };
@@ -64,6 +71,10 @@ const AUDIT_INTERVAL: Duration = Duration::from_mins(1);
 /// snapshots themselves taking the CPU the drain needs.
 const RESYNC_MIN_GAP: Duration = Duration::from_secs(3);
 
+/// A read of /proc/PID/maps under way: the reader back, its breakdown, and the steady state
+/// projected from it (a Kafka broker's).
+type Refresh = JoinHandle<(MapsReader, std::io::Result<Breakdown>, Option<SteadyState>)>;
+
 /// What a session is told at start.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -79,7 +90,14 @@ pub struct Options {
     pub scrub: Scrubber,
     /// `--mode`.
     pub mode: Mode,
+    /// The file keeping this target's long trends across restarts (agent `--state-dir`).
+    pub state_file: Option<PathBuf>,
+    /// Raise `target_died` when the target exits (`tracer agent`).
+    pub alert_on_death: bool,
 }
+
+/// How often the state file is written.
+const STATE_INTERVAL: Duration = Duration::from_mins(1);
 
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,10 +168,17 @@ pub struct Session {
     breakdown: Option<BreakdownReport>,
     /// A read of /proc/PID/maps in flight on the blocking pool; the reader travels with it so
     /// its buffer is reused.
-    refresh: Option<JoinHandle<(MapsReader, std::io::Result<Breakdown>)>>,
+    refresh: Option<Refresh>,
+    /// A Kafka broker's log settings, when the target is one.
+    kafka: Option<Arc<LogConfig>>,
+    state_file: Option<PathBuf>,
+    state_saved: Instant,
     reader: Option<MapsReader>,
     attached: Instant,
     events: Vec<Event>,
+    /// Alerts raised and not resolved, per kind and severity: resolved when the target dies.
+    active: Active,
+    alert_on_death: bool,
 }
 
 impl Session {
@@ -187,13 +212,14 @@ impl Session {
             None => vma::read_max_map_count()
                 .with_context(|| format!("reading {}", vma::MAX_MAP_COUNT))?,
         };
-        let vma = VmaModel::new(
+        let mut vma = VmaModel::new(
             target.pid,
             breakdown.breakdown.map_count(),
             limit,
             options.thresholds,
             options.rate_window.as_secs_f64(),
         );
+        let kafka = restore_and_project(&mut vma, target.pid, options, &reader);
 
         let mut tcp = TcpModel::new(target.pid, options.tcp);
         let sockets = match &mut probes {
@@ -252,9 +278,14 @@ impl Session {
             limit_override: options.max_map_count,
             breakdown: Some(breakdown),
             refresh: None,
+            kafka,
+            state_file: options.state_file.clone(),
+            state_saved: Instant::now(),
             reader: Some(reader),
             attached: Instant::now(),
             events,
+            active: HashMap::new(),
+            alert_on_death: options.alert_on_death,
         })
     }
 
@@ -300,8 +331,11 @@ impl Session {
                 }
                 done = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
                     self.refresh = None;
-                    let (reader, result) = done.context("the /proc/PID/maps reader panicked")?;
+                    let (reader, result, steady) = done.context("the /proc/PID/maps reader panicked")?;
                     self.reader = Some(reader);
+                    if self.kafka.is_some() && result.is_ok() {
+                        self.vma.set_steady_state(steady);
+                    }
                     if let Some(report) = self.breakdown.as_mut()
                         && let Ok(breakdown) = result
                     {
@@ -321,24 +355,67 @@ impl Session {
                 }
             }
             if !self.events.is_empty() {
+                track_active(&mut self.active, &self.events);
                 sink.events(&self.events)?;
                 self.events.clear();
             }
         };
 
         // Whatever the target did last is in the ring buffers and the register: report it.
+        self.save_state();
         self.drain();
-        if let Some(Ok((register, high))) = self.probes.as_mut().map(Probes::vma_register) {
+        let alive = end != End::TargetExited;
+        if let Some(Ok((register, high))) = self.probes.as_mut().map(|p| p.vma_register(alive)) {
             self.vma.register(&register, high);
         }
-        if end == End::TargetExited {
-            self.events.push(Event::TargetExit {
-                ts: now_ms(),
-                pid: self.target.pid,
-            });
+        if !alive {
+            self.died();
         }
         sink.events(&self.events)?;
         Ok(end)
+    }
+
+    /// The target is gone: every alert still active is resolved, and its death told with what
+    /// the kernel saw.
+    fn died(&mut self) {
+        track_active(&mut self.active, &self.events);
+        let ts = now_ms();
+        let pid = self.target.pid;
+        for ((kind, severity, group), count) in std::mem::take(&mut self.active) {
+            for _ in 0..count {
+                self.events.push(Event::AlertResolved {
+                    ts,
+                    pid,
+                    kind,
+                    severity,
+                    message: "the process exited".to_owned(),
+                    group: group.clone(),
+                });
+            }
+        }
+        let vma = self.vma.status();
+        let death = Death::new(
+            self.probes.as_ref().and_then(Probes::process_exit),
+            LastState {
+                memory_usage: self
+                    .memory
+                    .status()
+                    .and_then(|m| Some(m.status.count / m.status.limit?)),
+                vma_count: vma.count,
+                vma_limit: vma.limit,
+            },
+        );
+        if self.alert_on_death {
+            self.events.push(Event::Alert {
+                ts,
+                pid,
+                kind: AlertKind::TargetDied,
+                severity: Severity::Critical,
+                message: format!("{} (pid {pid}) died: {}", self.target.comm, death.reason),
+                detail: AlertDetail::Death(death.clone()),
+            });
+        }
+        self.events.push(Event::TargetExit { ts, pid, death });
     }
 
     /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
@@ -366,7 +443,9 @@ impl Session {
     fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
         self.drain();
         let lost = if let Some(probes) = &mut self.probes {
-            let (register, high) = probes.vma_register().context("reading the VMA register")?;
+            let (register, high) = probes
+                .vma_register(true)
+                .context("reading the VMA register")?;
             self.vma.register(&register, high);
             probes.lost().unwrap_or_default()
         } else {
@@ -385,6 +464,9 @@ impl Session {
             probes.flush_log();
         }
         self.maybe_refresh_breakdown();
+        if self.state_saved.elapsed() >= STATE_INTERVAL {
+            self.save_state();
+        }
         sink.frame(&Frame {
             target: &self.target,
             vma_source: self
@@ -476,7 +558,7 @@ impl Session {
         let census = self.tcp.census();
         let traffic = Traffic {
             new_per_second: census.new_per_second,
-            close_wait: census.held.get(tcp::CLOSE_WAIT) + census.accept_queue.get(tcp::CLOSE_WAIT),
+            close_wait: census.held.get(TCP_CLOSE_WAIT) + census.accept_queue.get(TCP_CLOSE_WAIT),
             accept_queue: census.accept_queue.total(),
         };
         self.threads.tick(
@@ -519,6 +601,23 @@ impl Session {
         }
     }
 
+    /// Writes the long trends to the state file, if there is one.
+    fn save_state(&mut self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        self.state_saved = Instant::now();
+        let (now, ms) = (monotonic(), now_ms());
+        let saved = state::State {
+            version: state::VERSION,
+            saved_ms: ms,
+            vma: self.vma.history(now, ms),
+        };
+        if let Err(e) = state::save(path, &saved) {
+            log::warn!("writing the state file {}: {e}", path.display());
+        }
+    }
+
     /// Starts a new read of /proc/PID/maps when the count moved enough and the last read is
     /// old enough: at 65k mappings a read takes tens of milliseconds and holds the target's
     /// mmap lock for reading, so it is never done on a timer alone.
@@ -539,9 +638,16 @@ impl Session {
         if let Some(report) = self.breakdown.as_mut() {
             report.read_at = Instant::now();
         }
+        let kafka = self.kafka.clone();
         self.refresh = Some(tokio::task::spawn_blocking(move || {
             let result = reader.read(pid);
-            (reader, result)
+            let steady = match (&kafka, &result) {
+                (Some(config), Ok(breakdown)) => {
+                    vma::kafka::steady_state(pid, config, reader.text(), breakdown.map_count())
+                }
+                _ => None,
+            };
+            (reader, result, steady)
         }));
     }
 }
@@ -589,24 +695,67 @@ fn load_probes(
         options.max_sockets,
     ) {
         Ok(probes) => Ok((Some(probes), None)),
-        Err(e @ (ProbeError::Permission(_) | ProbeError::Rejected(_)))
-            if options.mode == Mode::Auto =>
-        {
-            Ok((None, Some(e.to_string())))
-        }
-        Err(e) => Err(match e {
-            ProbeError::Permission(e) if preflight::memlock_charged() => anyhow!(
-                "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
-            ),
-            ProbeError::Permission(e) => {
-                anyhow!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)")
-            }
-            ProbeError::Rejected(e) => {
-                anyhow!("{e} - the kernel refused the probes; tracer needs Linux 5.8+ with BTF")
-            }
-            ProbeError::Other(e) => anyhow!(e),
-        }),
+        Err(e) => on_probe_error(e, options.mode, preflight::memlock_charged())
+            .map(|why| (None, Some(why))),
     }
+}
+
+/// What a failure to load the probes means in `mode`: in `auto`, when privilege or the kernel
+/// refused them, the reason to fall back to proc mode; otherwise the error. Both name the fix
+/// (`memlock_charged`: this kernel charges BPF maps to the memlock limit).
+fn on_probe_error(e: ProbeError, mode: Mode, memlock_charged: bool) -> anyhow::Result<String> {
+    let fall_back = matches!(e, ProbeError::Permission(_) | ProbeError::Rejected(_));
+    let why = match e {
+        ProbeError::Permission(e) if memlock_charged => format!(
+            "{e} - this kernel charges BPF maps to the memlock limit: run `ulimit -l unlimited` (or set LimitMEMLOCK=infinity) and retry"
+        ),
+        ProbeError::Permission(e) => {
+            format!("{e} - run tracer as root (or with CAP_BPF and CAP_PERFMON)")
+        }
+        ProbeError::Rejected(e) => {
+            format!("{e} - the kernel refused the probes; tracer needs Linux 5.8+ with BTF")
+        }
+        ProbeError::Other(e) => e,
+    };
+    if fall_back && mode == Mode::Auto {
+        Ok(why)
+    } else {
+        Err(anyhow!(why))
+    }
+}
+
+/// Gives a fresh VMA model what is known beyond its count: the long trends of the state file,
+/// and, for a Kafka broker, its steady state. Returns the broker's settings.
+fn restore_and_project(
+    vma: &mut VmaModel,
+    pid: u32,
+    options: &Options,
+    reader: &MapsReader,
+) -> Option<Arc<LogConfig>> {
+    if let Some(path) = &options.state_file {
+        match state::load(path) {
+            Ok(Some(saved)) => vma.restore(&saved.vma, monotonic(), now_ms()),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e} - ignored; the next save replaces it"),
+        }
+    }
+    let kafka = match LogConfig::discover(pid) {
+        None => None,
+        Some(Ok(config)) => Some(Arc::new(config)),
+        Some(Err(e)) => {
+            log::warn!("Kafka broker settings: {e} - its steady state is not projected");
+            None
+        }
+    };
+    if let Some(config) = &kafka {
+        vma.set_steady_state(vma::kafka::steady_state(
+            pid,
+            config,
+            reader.text(),
+            vma.count(),
+        ));
+    }
+    kafka
 }
 
 /// Hands the kernel the target's sockets that existed before attach (it adopts them at their
@@ -657,6 +806,41 @@ async fn readable(
     }
 }
 
+/// The alerts raised and not yet resolved, by kind, severity and thread group.
+type Active = HashMap<(AlertKind, Severity, Option<String>), u32>;
+
+/// Keeps count of the alerts raised and not yet resolved.
+fn track_active(active: &mut Active, events: &[Event]) {
+    for event in events {
+        match event {
+            Event::Alert {
+                kind,
+                severity,
+                detail,
+                ..
+            } => {
+                let key = (*kind, *severity, detail.group().map(str::to_owned));
+                *active.entry(key).or_default() += 1;
+            }
+            Event::AlertResolved {
+                kind,
+                severity,
+                group,
+                ..
+            } => {
+                let key = (*kind, *severity, group.clone());
+                if let Some(count) = active.get_mut(&key) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        active.remove(&key);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Applies every pending record of one ring buffer, in order.
 fn apply_records<T: Record>(ring: &mut RingBuf<MapData>, mut apply: impl FnMut(T)) {
     while let Some(item) = ring.next() {
@@ -692,5 +876,27 @@ fn breakdown_event(pid: u32, report: &BreakdownReport) -> Event {
                 bytes: g.bytes,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_with_the_fix_ebpf_refuses_with_it() {
+        let denied = || ProbeError::Permission("creating maps: Operation not permitted".to_owned());
+        let why = on_probe_error(denied(), Mode::Auto, true).unwrap();
+        assert!(why.contains("ulimit -l unlimited"), "{why}");
+        let why = on_probe_error(denied(), Mode::Auto, false).unwrap();
+        assert!(why.contains("CAP_BPF"), "{why}");
+        let e = on_probe_error(denied(), Mode::Ebpf, false).unwrap_err();
+        assert!(e.to_string().contains("CAP_BPF"), "{e}");
+        let refused = ProbeError::Rejected("no way to read the VMA count".to_owned());
+        let why = on_probe_error(refused, Mode::Auto, false).unwrap();
+        assert!(why.contains("Linux 5.8+"), "{why}");
+        // Anything else is no reason to watch less exactly.
+        let other = ProbeError::Other("reading the ring: Bad address".to_owned());
+        assert!(on_probe_error(other, Mode::Auto, false).is_err());
     }
 }

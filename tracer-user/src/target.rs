@@ -1,5 +1,7 @@
 //! The traced process: checked once at attach, then watched for exit through a pidfd, which
-//! names the process itself (a pid reused after exit cannot be mistaken for it).
+//! names the process itself (a pid reused after exit cannot be mistaken for it). Kernels
+//! before 5.3 have no pidfd (RHEL 8's 4.18, where proc mode runs): there the process is
+//! polled, and told from a later one with its pid by its start time.
 
 use std::{
     fmt, fs,
@@ -58,8 +60,14 @@ pub struct Target {
     pub cmdline: String,
     /// Set when the pid given was one of the process's threads, not the process itself.
     pub given_thread: Option<u32>,
-    pidfd: AsyncFd<OwnedFd>,
+    /// `None` before Linux 5.3: the exit is polled for.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    /// Start time (clock ticks after boot, field 22 of /proc/PID/stat).
+    start: u64,
 }
+
+/// How often a process without a pidfd is checked for having exited.
+const EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Target {
     /// Checks `pid` and opens a pidfd on its process. Must run inside a tokio runtime.
@@ -91,21 +99,28 @@ impl Target {
         if tgid == std::process::id() {
             return Err(TargetError::Itself(pid));
         }
-        let pidfd = pidfd_open(tgid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
-            _ => TargetError::Unreadable {
-                pid,
-                error: e.to_string(),
-            },
-        })?;
-        // SAFETY: the OwnedFd stays open for as long as the AsyncFd that owns it.
-        let pidfd =
-            unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(|e| {
-                TargetError::Unreadable {
+        let pidfd = match pidfd_open(tgid) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(TargetError::NoSuchProcess(pid));
+            }
+            Err(e) => {
+                return Err(TargetError::Unreadable {
                     pid,
                     error: e.to_string(),
-                }
-            })?;
+                });
+            }
+            // SAFETY: the OwnedFd stays open for as long as the AsyncFd that owns it.
+            Ok(fd) => Some(
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(
+                    |e| TargetError::Unreadable {
+                        pid,
+                        error: e.to_string(),
+                    },
+                )?,
+            ),
+        };
+        let started = start_time(&stat).ok_or(TargetError::NoSuchProcess(pid))?;
         let cmdline = read_proc(tgid, "cmdline")
             .map(|raw| raw.trim_end_matches('\0').replace('\0', " "))
             .unwrap_or_default();
@@ -115,13 +130,24 @@ impl Target {
             cmdline,
             given_thread: (tgid != pid).then_some(pid),
             pidfd,
+            start: started,
         })
     }
 
     /// Resolves when the process has exited.
     pub async fn exited(&self) {
+        let Some(pidfd) = &self.pidfd else {
+            // Gone, a zombie, or another process with its pid.
+            while fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+                parse_stat(&stat).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+                    && start_time(&stat) == Some(self.start)
+            }) {
+                tokio::time::sleep(EXIT_POLL).await;
+            }
+            return;
+        };
         // A pidfd becomes readable when its process exits.
-        if let Ok(mut guard) = self.pidfd.readable().await {
+        if let Ok(mut guard) = pidfd.readable().await {
             guard.retain_ready();
         }
     }
@@ -153,6 +179,12 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
     Some((state, flags))
 }
 
+/// Start time from /proc/PID/stat (field 22: clock ticks after boot).
+fn start_time(stat: &str) -> Option<u64> {
+    // Field 3 is the first after the comm.
+    stat_fields(stat)?.nth(22 - 3)?.parse().ok()
+}
+
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -171,6 +203,8 @@ mod tests {
     fn stat_fields_are_counted_after_the_comm() {
         let stat = "1234 (java (main) x) S 1 1234 1234 0 -1 4194560 100 0 0 0";
         assert_eq!(parse_stat(stat), Some(('S', 4_194_560)));
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(start_time(&own).is_some_and(|t| t > 0), "{own}");
         let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0";
         let (_, flags) = parse_stat(kthread).unwrap();
         assert_ne!(flags & PF_KTHREAD, 0);
@@ -196,6 +230,11 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until the child has exec'd, its cmdline is the test binary's (or empty).
+        let comm = format!("/proc/{}/comm", child.id());
+        while fs::read_to_string(&comm).is_ok_and(|c| c != "sleep\n") {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let target = Target::open(child.id()).unwrap();
         assert_eq!(target.pid, child.id());
         assert_eq!(target.cmdline, "sleep 30");
@@ -209,6 +248,29 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), target.exited())
             .await
             .expect("the pidfd reports the exit");
+        child.wait().unwrap();
+    }
+
+    /// Without a pidfd (kernels before 5.3) the exit is polled for.
+    #[tokio::test(flavor = "current_thread")]
+    async fn exit_is_polled_without_a_pidfd() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut target = Target::open(child.id()).unwrap();
+        target.pidfd = None;
+        let still_running =
+            tokio::time::timeout(std::time::Duration::from_millis(600), target.exited()).await;
+        assert!(
+            still_running.is_err(),
+            "a running process must not look exited"
+        );
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie is an exited process.
+        tokio::time::timeout(std::time::Duration::from_secs(5), target.exited())
+            .await
+            .expect("polling sees the exit");
         child.wait().unwrap();
     }
 }

@@ -10,6 +10,7 @@
 //!   the kernel matrix (`vm-test`).
 //! - `cargo xtask vm-test`: build, then the kernel matrix (Debian 5.10, 6.1, 6.12 under qemu,
 //!   and this machine's kernel), also run by `cargo xtask test`.
+//! - `cargo xtask vm-bench`: the matrix's part of `bench` alone (tables on stdout).
 //! - `cargo xtask vm-run --kernel 6.1 [--tracer PATH] -- CMD...`: boots a Debian kernel of the
 //!   matrix under qemu with tracer and the static workloads in /bin and runs CMD there.
 //! - `cargo xtask bench`: build, then the side-by-side benchmarks into BENCHMARKS.md (as root).
@@ -76,6 +77,19 @@ enum Task {
         #[arg(long)]
         no_host: bool,
     },
+    /// Only the kernel matrix's part of the benchmarks (`bench` includes it): a table per
+    /// kernel under qemu -icount, printed as markdown.
+    VmBench {
+        /// Only these kernel series (repeatable; default: all of the matrix).
+        #[arg(long)]
+        kernel: Vec<String>,
+        /// Measure this tracer binary instead of building one.
+        #[arg(long)]
+        tracer: Option<PathBuf>,
+        /// One short round on one kernel, to check that it runs.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Boot a Debian kernel of the matrix under qemu (TCG) with a tracer binary, the static
     /// workloads of tests/native and busybox in /bin, and run a command there as root.
     VmRun {
@@ -117,11 +131,19 @@ fn main() -> anyhow::Result<()> {
             jobs,
             no_host,
         } => {
-            let tracer = match tracer {
-                Some(tracer) => tracer,
-                None => build(&root)?,
-            };
+            let tracer = given_or_built(&root, tracer)?;
             vm_test(&root, &tracer, &kernel, jobs, !no_host)
+        }
+        Task::VmBench {
+            kernel,
+            tracer,
+            smoke,
+        } => {
+            let tracer = given_or_built(&root, tracer)?;
+            let bencher = test_binary(&root, "vm-bench")?;
+            let tables = vm::bench(&root, &tracer, &bencher, &kernel, smoke)?;
+            print!("{tables}");
+            Ok(())
         }
         Task::VmRun {
             kernel,
@@ -175,8 +197,18 @@ fn run_bench(root: &Path, tracer: &Path, smoke: bool, out: &Path) -> anyhow::Res
     if smoke {
         command.arg("--smoke");
     }
-    command.arg(out).env("TRACER_BIN", tracer);
-    check(&mut as_root_command(command))
+    command.arg(&out).env("TRACER_BIN", tracer);
+    check(&mut as_root_command(command))?;
+    let tables = vm::bench(root, tracer, &test_binary(root, "vm-bench")?, &[], smoke)?;
+    let mut report =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    report.push_str(&tables);
+    std::fs::write(&out, report).with_context(|| format!("writing {}", out.display()))
+}
+
+/// `tracer` when given, else the release binary built now.
+fn given_or_built(root: &Path, tracer: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    tracer.map_or_else(|| build(root), Ok)
 }
 
 /// Sets up, then builds the release binary; returns its path.
@@ -230,16 +262,21 @@ fn vm_test(
     jobs: usize,
     host: bool,
 ) -> anyhow::Result<()> {
+    let checker = test_binary(root, "vm-checks")?;
+    vm::test(root, tracer, &checker, series, jobs, host)
+}
+
+/// Builds the tests crate's binary `name` (release); returns its path.
+fn test_binary(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
     check(cargo(root).args([
         "build",
         "--release",
         "--package",
         "tracer-tests",
         "--bin",
-        "vm-checks",
+        name,
     ]))?;
-    let checker = root.join("target/release/vm-checks");
-    vm::test(root, tracer, &checker, series, jobs, host)
+    Ok(root.join("target/release").join(name))
 }
 
 fn cargo(root: &Path) -> Command {

@@ -664,6 +664,7 @@ fn proc_mode(bench: &Bench, md: &mut String) {
             rates[index].push(rate_of(&result));
             if let (Some(tracer), Some(before), 1) = (&tracer, cpu_before, index) {
                 cpu.push((cpu_seconds(tracer.process.pid) - before) / seconds * 100.0);
+                tracer.expect("vma", Duration::from_secs(5));
                 let breakdown = tracer.seen("vma_breakdown");
                 read_ms.push(breakdown[0].json["read_ms"].as_f64().expect("read_ms"));
             }
@@ -680,7 +681,7 @@ fn proc_mode(bench: &Bench, md: &mut String) {
     );
     let _ = writeln!(
         md,
-        "| unwatched | proc mode | eBPF | proc mode / unwatched | eBPF / unwatched | one read of /proc/PID/maps | proc mode's own CPU |"
+        "| unwatched | proc mode | eBPF | proc mode / unwatched | eBPF / unwatched | reading and classifying /proc/PID/maps at attach (proc mode) | proc mode's own CPU |"
     );
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
     let _ = writeln!(

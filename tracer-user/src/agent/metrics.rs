@@ -171,6 +171,7 @@ pub struct Metrics {
     vma_limit: Family<TargetLabels, Gauge>,
     vma_growth: Family<TargetLabels, FloatGauge>,
     vma_eta: Family<TargetLabels, FloatGauge>,
+    vma_steady_state: Family<TargetLabels, Gauge>,
     tcp_sockets: Family<StateLabels, Gauge>,
     tcp_accept_queue: Family<TargetLabels, Gauge>,
     close_wait_leaks: Family<TargetLabels, Gauge>,
@@ -219,6 +220,7 @@ impl Metrics {
             vma_limit: Family::default(),
             vma_growth: Family::default(),
             vma_eta: Family::default(),
+            vma_steady_state: Family::default(),
             tcp_sockets: Family::default(),
             tcp_accept_queue: Family::default(),
             close_wait_leaks: Family::default(),
@@ -298,6 +300,11 @@ impl Metrics {
             "tracer_vma_exhaustion_eta_seconds",
             "Seconds until the VMA count reaches the limit at its trend (absent when not growing)",
             self.vma_eta.clone(),
+        );
+        r.register(
+            "tracer_vma_steady_state",
+            "Where a Kafka broker's VMA count will hold, from its retention, roll cadence and partitions (absent when unknown)",
+            self.vma_steady_state.clone(),
         );
         r.register(
             "tracer_tcp_sockets",
@@ -444,8 +451,10 @@ impl Metrics {
                 growth_per_min,
                 eta_seconds,
                 events_lost,
+                steady_state,
                 ..
             } => {
+                set_or_remove(&self.vma_steady_state, labels, steady_state.map(i64::from));
                 self.vma_count
                     .get_or_create(labels)
                     .set(i64::from(*map_count));
@@ -587,6 +596,7 @@ impl Metrics {
         for family in [
             &self.vma_count,
             &self.vma_limit,
+            &self.vma_steady_state,
             &self.tcp_accept_queue,
             &self.close_wait_leaks,
             &self.fds,
@@ -910,6 +920,10 @@ mod tests {
                 growth_per_min: Some(120.0),
                 eta_seconds: None,
                 events_lost: 3,
+                steady_state: None,
+                steady_state_crossing_seconds: None,
+                growth_per_hour_6h: None,
+                growth_per_day_7d: None,
             },
         );
         let mut states = StateCounts {
@@ -963,7 +977,14 @@ mod tests {
             text.contains(r#"tracer_mode{target="kafka",pid="42",mode="proc"} 1"#),
             "{text}"
         );
-        metrics.observe(&kafka, &Event::TargetExit { ts: 1, pid: 42 });
+        metrics.observe(
+            &kafka,
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         let text = metrics.encode();
         assert!(
             !text.contains(r#"pid="42""#),
@@ -984,6 +1005,10 @@ mod tests {
             growth_per_min: None,
             eta_seconds: None,
             events_lost,
+            steady_state: None,
+            steady_state_crossing_seconds: None,
+            growth_per_hour_6h: None,
+            growth_per_day_7d: None,
         }
     }
 
@@ -1011,7 +1036,14 @@ mod tests {
         metrics.observe(&labels(42), &vma(42, 3));
         metrics.observe(&labels(42), &vma(42, 5));
         assert_eq!(lost(&metrics.encode()), Some(5));
-        metrics.observe(&labels(42), &Event::TargetExit { ts: 1, pid: 42 });
+        metrics.observe(
+            &labels(42),
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         assert_eq!(
             lost(&metrics.encode()),
             Some(5),
@@ -1043,7 +1075,14 @@ mod tests {
         };
         metrics.observe(&labels(42), &attached(42));
         metrics.observe(&labels(42), &resynced(42));
-        metrics.observe(&labels(42), &Event::TargetExit { ts: 1, pid: 42 });
+        metrics.observe(
+            &labels(42),
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         metrics.observe(&labels(43), &attached(43));
         metrics.observe(&labels(43), &resynced(43));
         let text = metrics.encode();
@@ -1100,7 +1139,14 @@ mod tests {
             text.contains(r#"tracer_alert_active{target="kafka",pid="42",kind="thread_leak",severity="warning",group="kafka-consumer"} 0"#),
             "{text}"
         );
-        metrics.observe(&kafka, &Event::TargetExit { ts: 2, pid: 42 });
+        metrics.observe(
+            &kafka,
+            &Event::TargetExit {
+                ts: 2,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
         assert!(!metrics.encode().contains("tracer_alert_active{"));
     }
 }

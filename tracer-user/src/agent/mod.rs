@@ -5,6 +5,7 @@
 mod config;
 mod http;
 mod metrics;
+pub mod state;
 mod targets;
 mod webhook;
 
@@ -127,7 +128,8 @@ impl Sink for AgentSink {
 
 pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let settings = Settings::load(&args, matches)?;
-    let options = settings.watch.options()?;
+    let mut options = settings.watch.options()?;
+    options.alert_on_death = true;
     // Fail on a busy port or a bad address before anything is attached.
     let listener = http::bind(settings.listen, settings.allow_remote).await?;
     let source = procmode::source(
@@ -135,14 +137,16 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         settings.watch.btf.as_deref(),
         settings.watch.vma_source,
     )?;
+    let state_dir = args.state_dir.clone();
     LocalSet::new()
-        .run_until(supervise(settings, options, source, listener))
+        .run_until(supervise(settings, options, state_dir, source, listener))
         .await
 }
 
 async fn supervise(
     settings: Settings,
     options: Options,
+    state_dir: Option<std::path::PathBuf>,
     source: Source,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
@@ -188,6 +192,13 @@ async fn supervise(
     tokio::pin!(stop);
     loop {
         for found in finder.scan() {
+            // Each target keeps its long trends in its own state file.
+            let options = Options {
+                state_file: state_dir
+                    .as_deref()
+                    .map(|dir| state::path(dir, &found.name)),
+                ..options.clone()
+            };
             match start_session(&found, &source, &options, &hub, &stop_rx, &ended_tx) {
                 Ok(handle) => sessions.push((found.pid, handle)),
                 Err(e) => {
@@ -337,17 +348,29 @@ mod tests {
         hub.publish(
             &labels,
             &[
-                Event::TargetExit { ts: 5, pid: 1 },
-                Event::TargetExit { ts: 6, pid: 1 },
+                Event::TargetExit {
+                    ts: 5,
+                    pid: 1,
+                    death: crate::death::Death::default(),
+                },
+                Event::TargetExit {
+                    ts: 6,
+                    pid: 1,
+                    death: crate::death::Death::default(),
+                },
             ],
         );
         assert_eq!(
             rx.try_recv().unwrap(),
-            Bytes::from("{\"type\":\"target_exit\",\"ts\":5,\"pid\":1}\n")
+            Bytes::from(
+                "{\"type\":\"target_exit\",\"ts\":5,\"pid\":1,\"exit_code\":null,\"signal\":null,\"oom_killed\":false,\"reason\":\"\"}\n"
+            )
         );
         assert_eq!(
             rx.try_recv().unwrap(),
-            Bytes::from("{\"type\":\"target_exit\",\"ts\":6,\"pid\":1}\n")
+            Bytes::from(
+                "{\"type\":\"target_exit\",\"ts\":6,\"pid\":1,\"exit_code\":null,\"signal\":null,\"oom_killed\":false,\"reason\":\"\"}\n"
+            )
         );
     }
 }

@@ -90,6 +90,8 @@ impl Trend {
 /// Samples of the count over a sliding time window.
 pub struct RateWindow {
     window_secs: f64,
+    /// Whether a step restarts the window (not for the long trends, whose growth is steps).
+    steps: bool,
     samples: VecDeque<(f64, f64)>,
     /// Scratch buffers reused by every estimate.
     points: Vec<(f64, f64)>,
@@ -100,9 +102,24 @@ impl RateWindow {
     pub fn new(window_secs: f64) -> Self {
         Self {
             window_secs,
+            steps: true,
             samples: VecDeque::new(),
             points: Vec::with_capacity(MAX_POINTS),
             values: Vec::with_capacity(MAX_POINTS * MAX_POINTS / 2),
+        }
+    }
+
+    /// The samples, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.samples.iter().copied()
+    }
+
+    /// A window whose trend keeps its steps: over hours and days Kafka's segment rolls are
+    /// steps, and they are the growth.
+    pub fn keeping_steps(window_secs: f64) -> Self {
+        Self {
+            steps: false,
+            ..Self::new(window_secs)
         }
     }
 
@@ -112,6 +129,9 @@ impl RateWindow {
     pub fn push(&mut self, t: f64, count: f64) -> Option<Step> {
         self.samples.push_back((t, count));
         keep_window(&mut self.samples, t, self.window_secs);
+        if !self.steps {
+            return None;
+        }
         let step = self.step()?;
         while self.samples.front().is_some_and(|&(t, _)| t < step.at) {
             self.samples.pop_front();

@@ -71,7 +71,11 @@ mod tests {
             growth_per_min: None,
             eta_seconds: None,
         };
-        let exit = Event::TargetExit { ts: 0, pid: 1 };
+        let exit = Event::TargetExit {
+            ts: 0,
+            pid: 1,
+            death: crate::death::Death::default(),
+        };
         let admitted = |events: Events| {
             [&transition, &report, &exit]
                 .iter()

@@ -48,14 +48,22 @@ mod tests {
     fn one_object_per_line() {
         let mut out = JsonLines::new(Vec::new(), Events::All);
         out.events(&[
-            Event::TargetExit { ts: 1, pid: 2 },
-            Event::TargetExit { ts: 3, pid: 2 },
+            Event::TargetExit {
+                ts: 1,
+                pid: 2,
+                death: crate::death::Death::default(),
+            },
+            Event::TargetExit {
+                ts: 3,
+                pid: 2,
+                death: crate::death::Death::default(),
+            },
         ])
         .unwrap();
         let text = String::from_utf8(out.out).unwrap();
         assert_eq!(
             text,
-            "{\"type\":\"target_exit\",\"ts\":1,\"pid\":2}\n{\"type\":\"target_exit\",\"ts\":3,\"pid\":2}\n"
+            "{\"type\":\"target_exit\",\"ts\":1,\"pid\":2,\"exit_code\":null,\"signal\":null,\"oom_killed\":false,\"reason\":\"\"}\n{\"type\":\"target_exit\",\"ts\":3,\"pid\":2,\"exit_code\":null,\"signal\":null,\"oom_killed\":false,\"reason\":\"\"}\n"
         );
     }
 }

@@ -67,7 +67,9 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                     kind.as_str()
                 )?;
             }
-            Event::TargetExit { ts, pid } => writeln!(out, "{} {pid} exited", clock(*ts))?,
+            Event::TargetExit { ts, pid, death } => {
+                writeln!(out, "{} {pid} exited: {}", clock(*ts), death.reason)?;
+            }
             Event::VmaStep {
                 ts,
                 pid,

@@ -80,9 +80,11 @@ impl LiveView {
                     kind.as_str(),
                     headline(message)
                 ),
-                Event::TargetExit { ts, pid } => {
-                    format!("{} {BOLD}process {pid} exited{RESET}", clock(*ts))
-                }
+                Event::TargetExit { ts, pid, death } => format!(
+                    "{} {BOLD}process {pid} exited{RESET}: {}",
+                    clock(*ts),
+                    death.reason
+                ),
                 Event::Resynced { ts, .. } => {
                     format!("{} {DIM}{}{RESET}", clock(*ts), event.resync_line())
                 }
@@ -191,6 +193,17 @@ fn vma_panel(screen: &mut Screen, frame: &Frame<'_>) {
         thousands(vma.peak.into()),
         frame.vma_source
     ));
+    if let Some((steady, crossing)) = &vma.steady_state {
+        let fate = match crossing {
+            Some(secs) => format!("{RED}over vm.max_map_count in ~{}{RESET}", duration(*secs)),
+            None if steady.mappings > vma.limit => format!("{RED}over vm.max_map_count{RESET}"),
+            None => format!(
+                "{:.0}% of vm.max_map_count",
+                f64::from(steady.mappings) / f64::from(vma.limit) * 100.0
+            ),
+        };
+        screen.line(&format!("      steady state {}: {fate}", steady.describe()));
+    }
     if let Some((change, secs, at)) = vma.last_step {
         screen.line(&format!(
             "      step {}{} mappings in {secs:.0} s at {} (growth shown is since)",

@@ -188,8 +188,10 @@ impl State {
             ..Sample::default()
         };
         sample.maps_period = self.maps.period();
-        let now_ns = (monotonic() * 1e9) as u64;
         let found = crate::tcp::proc::read(self.pid)?;
+        // Stamped once read: a state seen is at least this old, never older (an age from a
+        // stamp taken before the read could pass a threshold before the state did).
+        let now_ns = (monotonic() * 1e9) as u64;
         self.sockets.update(&found, now_ns, &mut sample.tcp);
         self.tasks
             .sample(now_ns, &mut sample.tasks, &mut sample.accounts)?;

@@ -10,12 +10,9 @@
 
 use std::collections::HashMap;
 
-use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent};
+use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TcpEvent};
 
 use crate::tcp::proc::{ProcSockets, Tuple};
-
-const SYN_RECV: u8 = 3;
-const LISTEN: u8 = 10;
 
 /// A socket as the previous sample saw it.
 #[derive(Clone, Copy, Debug)]
@@ -24,12 +21,33 @@ struct Seen {
     id: u64,
     state: u8,
     held: bool,
+    /// Its socket inode, 0 while it has no file (in the accept queue, or closed by the
+    /// target and still finishing).
+    inode: u64,
 }
 
 /// Turns successive samples of the target's sockets into TCP records.
 pub struct SocketDiff {
-    seen: HashMap<Tuple, Seen>,
+    /// The previous sample's sockets by addresses: a list, since SO_REUSEPORT listeners share
+    /// one tuple and are told apart by their inodes.
+    seen: HashMap<Tuple, Vec<Seen>>,
     next_id: u64,
+}
+
+/// Takes from `seen` the socket that `inode` continues: the one with that inode, else one
+/// that had or now has no file (a socket's inode is 0 until accepted and after its fd
+/// closes, and its own number in between).
+fn take(seen: &mut HashMap<Tuple, Vec<Seen>>, tuple: &Tuple, inode: u64) -> Option<Seen> {
+    let socks = seen.get_mut(tuple)?;
+    let at = socks
+        .iter()
+        .position(|s| s.inode == inode)
+        .or_else(|| socks.iter().position(|s| s.inode == 0 || inode == 0))?;
+    let found = socks.swap_remove(at);
+    if socks.is_empty() {
+        seen.remove(tuple);
+    }
+    Some(found)
 }
 
 impl SocketDiff {
@@ -41,14 +59,12 @@ impl SocketDiff {
         };
         for s in &seed.sockets {
             let id = diff.id();
-            diff.seen.insert(
-                s.tuple,
-                Seen {
-                    id,
-                    state: s.state,
-                    held: s.held,
-                },
-            );
+            diff.seen.entry(s.tuple).or_default().push(Seen {
+                id,
+                state: s.state,
+                held: s.held,
+                inode: s.inode,
+            });
         }
         diff
     }
@@ -89,9 +105,9 @@ impl SocketDiff {
         };
         let mut gone = std::mem::take(&mut self.seen);
         for s in &found.sockets {
-            let (t, state, held) = (&s.tuple, s.state, s.held);
+            let (t, state, held, inode) = (&s.tuple, s.state, s.held, s.inode);
             let rec = |sk, kind, states, adopted| record(sk, t, kind, states, held, adopted);
-            let seen = if let Some(before) = gone.remove(t) {
+            let seen = if let Some(before) = take(&mut gone, t, inode) {
                 let id = before.id;
                 if before.state != state {
                     out.push(rec(
@@ -103,14 +119,24 @@ impl SocketDiff {
                 } else if before.held != held {
                     out.push(rec(id, Kind::Accepted, (state, state), Adopted::Known));
                 }
-                Seen { id, state, held }
+                Seen {
+                    id,
+                    state,
+                    held,
+                    inode,
+                }
             } else {
                 let id = self.id();
-                if state != LISTEN && found.listen_ports.contains(&t.sport) {
-                    let arrived = (LISTEN, SYN_RECV);
+                if state != TCP_LISTEN && found.listen_ports.contains(&t.sport) {
+                    let arrived = (TCP_LISTEN, TCP_SYN_RECV);
                     out.push(rec(id, Kind::Transition, arrived, Adopted::OnListenPort));
-                    if state != SYN_RECV {
-                        out.push(rec(id, Kind::Transition, (SYN_RECV, state), Adopted::Known));
+                    if state != TCP_SYN_RECV {
+                        out.push(rec(
+                            id,
+                            Kind::Transition,
+                            (TCP_SYN_RECV, state),
+                            Adopted::Known,
+                        ));
                     }
                 } else {
                     out.push(rec(
@@ -120,11 +146,19 @@ impl SocketDiff {
                         Adopted::ByOwner,
                     ));
                 }
-                Seen { id, state, held }
+                Seen {
+                    id,
+                    state,
+                    held,
+                    inode,
+                }
             };
-            self.seen.insert(*t, seen);
+            self.seen.entry(*t).or_default().push(seen);
         }
-        for (t, before) in gone {
+        for (t, before) in gone
+            .into_iter()
+            .flat_map(|(t, v)| v.into_iter().map(move |b| (t, b)))
+        {
             let states = (before.state, TCP_CLOSE);
             out.push(record(
                 before.id,
@@ -140,15 +174,14 @@ impl SocketDiff {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::tcp::{TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+
     use super::*;
     use crate::{
         event::{Clocks, Event},
         probes::Lost,
         tcp::{TcpModel, TcpThresholds, proc::ProcSocket},
     };
-
-    const ESTABLISHED: u8 = 1;
-    const CLOSE_WAIT: u8 = 8;
 
     fn sock(sport: u16, dport: u16, state: u8, held: bool) -> ProcSocket {
         ProcSocket {
@@ -195,25 +228,25 @@ mod tests {
 
     #[test]
     fn samples_drive_the_model_to_a_close_wait_leak_and_back() {
-        let listener = sock(9092, 0, LISTEN, true);
+        let listener = sock(9092, 0, TCP_LISTEN, true);
         let conn = |port, state| sock(9092, port, state, true);
         let mut samples = vec![sample(vec![listener])];
         samples.push(sample(vec![
             listener,
-            conn(40_001, ESTABLISHED),
-            conn(40_002, ESTABLISHED),
+            conn(40_001, TCP_ESTABLISHED),
+            conn(40_002, TCP_ESTABLISHED),
         ]));
         for _ in 0..7 {
             samples.push(sample(vec![
                 listener,
-                conn(40_001, CLOSE_WAIT),
-                conn(40_002, CLOSE_WAIT),
+                conn(40_001, TCP_CLOSE_WAIT),
+                conn(40_002, TCP_CLOSE_WAIT),
             ]));
         }
         let (model, events) = run(&samples);
         let census = model.census();
-        assert_eq!(census.held.get(CLOSE_WAIT), 2);
-        assert_eq!(census.held.get(LISTEN), 1);
+        assert_eq!(census.held.get(TCP_CLOSE_WAIT), 2);
+        assert_eq!(census.held.get(TCP_LISTEN), 1);
         assert_eq!(
             census.close_wait_leaked, 2,
             "older than 5 s by the last sample"
@@ -238,24 +271,24 @@ mod tests {
 
     #[test]
     fn new_connections_count_and_closed_ones_become_orphans() {
-        let listener = sock(9092, 0, LISTEN, true);
+        let listener = sock(9092, 0, TCP_LISTEN, true);
         let (model, _) = run(&[
             sample(vec![listener]),
             sample(vec![
                 listener,
-                sock(9092, 40_001, ESTABLISHED, false),
-                sock(9092, 40_002, ESTABLISHED, true),
+                sock(9092, 40_001, TCP_ESTABLISHED, false),
+                sock(9092, 40_002, TCP_ESTABLISHED, true),
             ]),
         ]);
         let census = model.census();
-        assert_eq!(census.accept_queue.get(ESTABLISHED), 1);
-        assert_eq!(census.held.get(ESTABLISHED), 1);
+        assert_eq!(census.accept_queue.get(TCP_ESTABLISHED), 1);
+        assert_eq!(census.held.get(TCP_ESTABLISHED), 1);
         // Two new connections in the second of two reports.
         assert!((census.new_per_second - 1.0).abs() < 1e-9, "{census:?}");
 
         // Held, then without its fd (closed by the target, still finishing): orphaned.
         let (model, _) = run(&[
-            sample(vec![listener, sock(9092, 40_002, ESTABLISHED, true)]),
+            sample(vec![listener, sock(9092, 40_002, TCP_ESTABLISHED, true)]),
             sample(vec![listener, sock(9092, 40_002, 9, false)]),
         ]);
         assert_eq!(model.census().orphaned.get(9), 1);
@@ -263,10 +296,43 @@ mod tests {
     }
 
     #[test]
+    fn reuseport_twins_stay_two_listeners() {
+        let twin = |inode| ProcSocket {
+            inode,
+            ..sock(9092, 0, TCP_LISTEN, true)
+        };
+        let both = sample(vec![twin(11), twin(12)]);
+        let mut diff = SocketDiff::new(&both);
+        let mut records = Vec::new();
+        for i in 0..20 {
+            // The kernel lists twins in either order.
+            let s = if i % 2 == 0 {
+                both.clone()
+            } else {
+                sample(vec![twin(12), twin(11)])
+            };
+            diff.update(&s, i, &mut records);
+        }
+        assert!(records.is_empty(), "{records:?}");
+
+        // One twin closes: one CLOSE, and the other is still the listener it was.
+        diff.update(&sample(vec![twin(12)]), 20, &mut records);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!((records[0].old, records[0].new), (TCP_LISTEN, TCP_CLOSE));
+
+        let mut samples = vec![both.clone(); 20];
+        samples.push(sample(vec![twin(12)]));
+        let (model, _) = run(&samples);
+        assert_eq!(model.census().held.get(TCP_LISTEN), 1);
+        let (model, _) = run(&samples[..20]);
+        assert_eq!(model.census().held.get(TCP_LISTEN), 2);
+    }
+
+    #[test]
     fn unchanged_samples_make_no_records() {
         let s = sample(vec![
-            sock(9092, 0, LISTEN, true),
-            sock(50_000, 9092, ESTABLISHED, true),
+            sock(9092, 0, TCP_LISTEN, true),
+            sock(50_000, 9092, TCP_ESTABLISHED, true),
         ]);
         let mut diff = SocketDiff::new(&s);
         let mut records = Vec::new();

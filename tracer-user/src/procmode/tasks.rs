@@ -14,6 +14,7 @@
 
 use std::{collections::HashMap, io};
 
+use crate::target::stat_fields;
 use tracer_common::task::{
     ASLEEP, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME, TaskEvent, ThreadSched,
 };
@@ -170,9 +171,9 @@ pub fn parse(stat: &[u8], schedstat: Option<&str>, tick_ns: u64) -> Option<Readi
     let mut comm = [0u8; 16];
     let n = name.len().min(15);
     comm[..n].copy_from_slice(&name[..n]);
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let stat = String::from_utf8_lossy(stat);
     // Fields after the name: 3 state, ... 14 utime, 15 stime (proc_pid_stat(5)).
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let fields: Vec<&str> = stat_fields(&stat)?.collect();
     let state = *fields.first()?.as_bytes().first()?;
     if matches!(state, b'Z' | b'X') {
         return None;

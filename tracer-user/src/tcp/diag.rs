@@ -16,6 +16,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
+use tracer_common::tcp::{TCP_NEW_SYN_RECV, TCP_TIME_WAIT};
+
 use super::proc::Tuple;
 
 /// One socket: (addresses, kernel TCP state, inode (0: no file, e.g. still in an accept
@@ -37,9 +39,6 @@ const MSG_LEN: usize = 72;
 /// Bytes of the buffer replies are received into (the kernel fills at most 32 KiB per
 /// message batch).
 const RECV_BUF: usize = 64 * 1024;
-
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// States asked for: ESTABLISHED (1) to CLOSING (11) but TIME_WAIT. NEW_SYN_RECV (request
 /// sockets) is not asked for, yet the kernel adds it because SYN_RECV is (`tcp_diag_dump`),

@@ -11,7 +11,10 @@ use std::{
     net::IpAddr,
 };
 
-use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TcpEvent, is_child_of_listener};
+use tracer_common::tcp::{
+    Adopted, Kind, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_SYN_RECV,
+    TcpEvent, is_child_of_listener,
+};
 
 use crate::{
     alert::{self, Check, Latch, Severity},
@@ -20,11 +23,6 @@ use crate::{
     vma::{duration, maps::thousands},
 };
 use proc::{ProcSocket, ProcSockets, Tuple, state_name};
-
-const ESTABLISHED: u8 = 1;
-const SYN_RECV: u8 = 3;
-const FIN_WAIT2: u8 = 5;
-pub const CLOSE_WAIT: u8 = 8;
 
 /// Seconds of per-second new-connection counts kept for the surge baseline.
 const BASELINE_SECS: usize = 600;
@@ -366,7 +364,7 @@ impl TcpModel {
             sock.state = e.new;
             sock.since = at;
         }
-        if e.adopted == Adopted::OnListenPort as u8 && e.new == SYN_RECV {
+        if e.adopted == Adopted::OnListenPort as u8 && e.new == TCP_SYN_RECV {
             self.new_this_tick += 1;
             if self.recent.len() == RECENT_PEERS {
                 self.recent.pop_front();
@@ -405,7 +403,7 @@ impl TcpModel {
             self.recent.pop_front();
         }
         self.census = self.count(now);
-        let leaked = self.stuck(CLOSE_WAIT, self.thresholds.close_wait_after, now, false);
+        let leaked = self.stuck(TCP_CLOSE_WAIT, self.thresholds.close_wait_after, now, false);
         self.census.close_wait_leaked = leaked.0;
         let c = &self.census;
         out.push(Event::Sockets {
@@ -477,12 +475,12 @@ impl TcpModel {
                 (false, true) => &mut census.orphaned,
             };
             counts.add(sock.state);
-            if sock.state == CLOSE_WAIT && (sock.held || !sock.was_held) {
+            if sock.state == TCP_CLOSE_WAIT && (sock.held || !sock.was_held) {
                 let age = now - sock.since;
                 census.close_wait_oldest =
                     Some(census.close_wait_oldest.map_or(age, |a: f64| a.max(age)));
             }
-            if sock.state == ESTABLISHED {
+            if sock.state == TCP_ESTABLISHED {
                 *by_peer.entry(sock.tuple.remote()).or_default() += 1;
             }
         }
@@ -588,7 +586,7 @@ impl TcpModel {
 
     fn check_fin_wait2(&mut self, now: f64, ts: u64, out: &mut Vec<Event>) {
         let t = self.thresholds;
-        let (count, oldest, peers) = self.stuck(FIN_WAIT2, t.fin_wait2_after, now, true);
+        let (count, oldest, peers) = self.stuck(TCP_FIN_WAIT2, t.fin_wait2_after, now, true);
         let check = Check {
             firing: count >= t.fin_wait2_min,
             cleared: count <= t.fin_wait2_min / 2,
@@ -693,7 +691,7 @@ fn round_tenths(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::tcp::{TCP_ESTABLISHED, TCP_LISTEN};
+    use tracer_common::tcp::TCP_LISTEN;
 
     use super::{proc::ProcSocket, *};
 
@@ -732,17 +730,38 @@ mod tests {
         closed: f64,
         out: &mut Vec<Event>,
     ) {
-        let mut syn = event(sk, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, at, peer);
+        let mut syn = event(
+            sk,
+            TCP_LISTEN,
+            TCP_SYN_RECV,
+            Adopted::OnListenPort,
+            at,
+            peer,
+        );
         syn.held = 0;
         model.record(&syn, Clocks::now(), out);
-        let mut est = event(sk, SYN_RECV, ESTABLISHED, Adopted::Known, at, peer);
+        let mut est = event(sk, TCP_SYN_RECV, TCP_ESTABLISHED, Adopted::Known, at, peer);
         est.held = 0;
         model.record(&est, Clocks::now(), out);
-        let mut accepted = event(sk, ESTABLISHED, ESTABLISHED, Adopted::Known, at, peer);
+        let mut accepted = event(
+            sk,
+            TCP_ESTABLISHED,
+            TCP_ESTABLISHED,
+            Adopted::Known,
+            at,
+            peer,
+        );
         accepted.kind = Kind::Accepted as u8;
         model.record(&accepted, Clocks::now(), out);
         model.record(
-            &event(sk, ESTABLISHED, CLOSE_WAIT, Adopted::Known, closed, peer),
+            &event(
+                sk,
+                TCP_ESTABLISHED,
+                TCP_CLOSE_WAIT,
+                Adopted::Known,
+                closed,
+                peer,
+            ),
             Clocks::now(),
             out,
         );
@@ -793,7 +812,7 @@ mod tests {
             alerts(&out).is_empty(),
             "4.9 s in CLOSE_WAIT is under the 5 s threshold"
         );
-        assert_eq!(model.census().held.get(CLOSE_WAIT), 3);
+        assert_eq!(model.census().held.get(TCP_CLOSE_WAIT), 3);
         assert_eq!(model.census().held.get(TCP_LISTEN), 1);
         model.tick(7.1, 0, &Lost::default(), &mut out);
         let alert = out
@@ -827,7 +846,7 @@ mod tests {
         );
         // The server resumes and closes: LAST_ACK, then CLOSE.
         for sk in 1..=3 {
-            let mut last_ack = event(sk, CLOSE_WAIT, 9, Adopted::Known, 9.0, 1);
+            let mut last_ack = event(sk, TCP_CLOSE_WAIT, 9, Adopted::Known, 9.0, 1);
             last_ack.held = 0;
             model.record(&last_ack, Clocks::now(), &mut out);
             model.record(
@@ -852,7 +871,7 @@ mod tests {
         let mut model = TcpModel::new(7, TcpThresholds::default());
         let mut out = Vec::new();
         // Arrived on the listening port, never accepted: the accept queue.
-        let mut queued = event(1, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, 0.0, 1);
+        let mut queued = event(1, TCP_LISTEN, TCP_SYN_RECV, Adopted::OnListenPort, 0.0, 1);
         queued.held = 0;
         model.record(&queued, Clocks::now(), &mut out);
         // The target's client socket, closed by the target: orphaned in FIN_WAIT2.
@@ -871,14 +890,14 @@ mod tests {
             Clocks::now(),
             &mut out,
         );
-        let mut fin2 = event(2, 4, FIN_WAIT2, Adopted::Known, 0.3, 2);
+        let mut fin2 = event(2, 4, TCP_FIN_WAIT2, Adopted::Known, 0.3, 2);
         fin2.held = 0;
         model.record(&fin2, Clocks::now(), &mut out);
         model.tick(1.0, 0, &Lost::default(), &mut out);
         let census = model.census();
         assert_eq!(census.held.total(), 0);
-        assert_eq!(census.accept_queue.get(SYN_RECV), 1);
-        assert_eq!(census.orphaned.get(FIN_WAIT2), 1);
+        assert_eq!(census.accept_queue.get(TCP_SYN_RECV), 1);
+        assert_eq!(census.orphaned.get(TCP_FIN_WAIT2), 1);
         assert!(
             (census.new_per_second - 1.0).abs() < 1e-9,
             "one new connection in the one second observed"
@@ -911,7 +930,7 @@ mod tests {
                 &mut out,
             );
             model.record(
-                &event(sk, 4, FIN_WAIT2, Adopted::Known, 1.0, 3),
+                &event(sk, 4, TCP_FIN_WAIT2, Adopted::Known, 1.0, 3),
                 Clocks::now(),
                 &mut out,
             );
@@ -923,7 +942,7 @@ mod tests {
         assert_eq!(alerts(&out), vec![("alert", AlertKind::FinWait2Pileup)]);
         for sk in 1..=3 {
             model.record(
-                &event(sk, FIN_WAIT2, TCP_CLOSE, Adopted::Known, 12.0, 3),
+                &event(sk, TCP_FIN_WAIT2, TCP_CLOSE, Adopted::Known, 12.0, 3),
                 Clocks::now(),
                 &mut out,
             );
@@ -946,7 +965,7 @@ mod tests {
         let mut connect = |model: &mut TcpModel, n: u32, at: f64, out: &mut Vec<Event>| {
             for _ in 0..n {
                 sk += 1;
-                let mut syn = event(sk, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, at, 9);
+                let mut syn = event(sk, TCP_LISTEN, TCP_SYN_RECV, Adopted::OnListenPort, at, 9);
                 syn.held = 0;
                 model.record(&syn, Clocks::now(), out);
             }
@@ -1003,7 +1022,7 @@ mod tests {
         for sk in 1..=4 {
             accept_then_peer_close(&mut model, sk, 1, 0.0, 0.5, &mut out);
             model.record(
-                &event(sk, CLOSE_WAIT, ESTABLISHED, Adopted::Known, 0.6, 1),
+                &event(sk, TCP_CLOSE_WAIT, TCP_ESTABLISHED, Adopted::Known, 0.6, 1),
                 Clocks::now(),
                 &mut out,
             );
@@ -1012,17 +1031,17 @@ mod tests {
         // While the snapshot is taken, 4 is reported closing: the record wins over the
         // snapshot, which still has it ESTABLISHED.
         model.record(
-            &event(4, ESTABLISHED, CLOSE_WAIT, Adopted::Known, 1.0, 1),
+            &event(4, TCP_ESTABLISHED, TCP_CLOSE_WAIT, Adopted::Known, 1.0, 1),
             Clocks::now(),
             &mut out,
         );
         let snapshot = ProcSockets {
             netns: 1,
             sockets: vec![
-                found(1, 1, CLOSE_WAIT, true),
-                found(2, 1, CLOSE_WAIT, true),
-                found(4, 1, ESTABLISHED, true),
-                found(5, 1, ESTABLISHED, true),
+                found(1, 1, TCP_CLOSE_WAIT, true),
+                found(2, 1, TCP_CLOSE_WAIT, true),
+                found(4, 1, TCP_ESTABLISHED, true),
+                found(5, 1, TCP_ESTABLISHED, true),
             ],
             listen_ports: vec![9092],
             unowned: Vec::new(),
@@ -1035,18 +1054,18 @@ mod tests {
         assert_eq!(resync.after["ESTABLISHED"], 1);
         // 5's next record finds it by its addresses: moved, not duplicated.
         model.record(
-            &event(5, ESTABLISHED, CLOSE_WAIT, Adopted::Known, 3.0, 1),
+            &event(5, TCP_ESTABLISHED, TCP_CLOSE_WAIT, Adopted::Known, 3.0, 1),
             Clocks::now(),
             &mut out,
         );
         model.tick(3.5, 0, &Lost::default(), &mut out);
-        assert_eq!(model.census().held.get(CLOSE_WAIT), 4);
+        assert_eq!(model.census().held.get(TCP_CLOSE_WAIT), 4);
         assert_eq!(model.census().held.total(), 4);
         // Nothing left to correct.
         model.begin_resync(0.9);
         let mut again = snapshot.clone();
         for s in &mut again.sockets {
-            s.state = CLOSE_WAIT;
+            s.state = TCP_CLOSE_WAIT;
         }
         assert_eq!(model.resync(&again, 4.0).corrected, 0);
     }
@@ -1088,14 +1107,14 @@ mod tests {
         let mut fin = event(2, TCP_ESTABLISHED, 4, Adopted::Known, 0.2, 2);
         fin.held = 0;
         model.record(&fin, Clocks::now(), &mut out);
-        let client = found(2, 2, FIN_WAIT2, false);
-        snapshot.unowned.push((client.tuple, FIN_WAIT2));
+        let client = found(2, 2, TCP_FIN_WAIT2, false);
+        snapshot.unowned.push((client.tuple, TCP_FIN_WAIT2));
         model.begin_resync(0.9);
         let resync = model.resync(&snapshot, 1.0);
         assert_eq!(resync.corrected, 1, "FIN_WAIT1 -> FIN_WAIT2, nothing else");
         assert_eq!(resync.after["LISTEN"], 2);
         model.tick(1.5, 0, &Lost::default(), &mut out);
-        assert_eq!(model.census().orphaned.get(FIN_WAIT2), 1);
+        assert_eq!(model.census().orphaned.get(TCP_FIN_WAIT2), 1);
         assert_eq!(model.census().held.get(TCP_LISTEN), 2);
     }
 
@@ -1122,17 +1141,17 @@ mod tests {
         );
         let mut out = Vec::new();
         // 6.1 reports the clone before it has addresses of its own.
-        let mut syn = event(1, TCP_LISTEN, SYN_RECV, Adopted::OnListenPort, 1.0, 0);
+        let mut syn = event(1, TCP_LISTEN, TCP_SYN_RECV, Adopted::OnListenPort, 1.0, 0);
         syn.daddr = [0; 16];
         syn.dport = 0;
         syn.held = 0;
         model.record(&syn, Clocks::now(), &mut out);
-        let mut est = event(1, SYN_RECV, ESTABLISHED, Adopted::Known, 1.0, 1);
+        let mut est = event(1, TCP_SYN_RECV, TCP_ESTABLISHED, Adopted::Known, 1.0, 1);
         est.held = 0;
         model.record(&est, Clocks::now(), &mut out);
         model.tick(2.0, 0, &Lost::default(), &mut out);
         assert_eq!(model.census().held.get(TCP_LISTEN), 1);
-        assert_eq!(model.census().accept_queue.get(ESTABLISHED), 1);
+        assert_eq!(model.census().accept_queue.get(TCP_ESTABLISHED), 1);
     }
 
     #[test]
@@ -1141,7 +1160,7 @@ mod tests {
         let mut out = Vec::new();
         accept_then_peer_close(&mut model, 1, 1, 0.0, 1.0, &mut out);
         model.record(
-            &event(1, CLOSE_WAIT, 9, Adopted::Known, 2.0, 1),
+            &event(1, TCP_CLOSE_WAIT, 9, Adopted::Known, 2.0, 1),
             Clocks::now(),
             &mut out,
         );
@@ -1172,7 +1191,7 @@ mod tests {
                 netns: 1,
                 sockets: vec![ProcSocket {
                     tuple,
-                    state: ESTABLISHED,
+                    state: TCP_ESTABLISHED,
                     inode: 5,
                     held: true,
                     rx_queue: 0,
@@ -1184,16 +1203,23 @@ mod tests {
         );
         let mut out = Vec::new();
         model.tick(1.0, 0, &Lost::default(), &mut out);
-        assert_eq!(model.census().held.get(ESTABLISHED), 1);
+        assert_eq!(model.census().held.get(TCP_ESTABLISHED), 1);
         model.record(
-            &event(1, ESTABLISHED, CLOSE_WAIT, Adopted::FromProc, 2.0, 1),
+            &event(
+                1,
+                TCP_ESTABLISHED,
+                TCP_CLOSE_WAIT,
+                Adopted::FromProc,
+                2.0,
+                1,
+            ),
             Clocks::now(),
             &mut out,
         );
         model.tick(3.0, 0, &Lost::default(), &mut out);
-        assert_eq!(model.census().held.get(ESTABLISHED), 0);
+        assert_eq!(model.census().held.get(TCP_ESTABLISHED), 0);
         assert_eq!(
-            model.census().held.get(CLOSE_WAIT),
+            model.census().held.get(TCP_CLOSE_WAIT),
             1,
             "moved, not duplicated"
         );

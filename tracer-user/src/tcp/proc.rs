@@ -12,13 +12,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::diag;
+use tracer_common::tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_TIME_WAIT};
 
-/// Kernel TCP states used here (include/net/tcp_states.h).
-const TCP_SYN_RECV: u8 = 3;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_CLOSE: u8 = 7;
-const TCP_LISTEN: u8 = 10;
+use super::diag;
 
 /// A TCP socket's addresses, as the kernel programs report them: ports in host order,
 /// addresses as 16 bytes (IPv4 in the first 4, the rest zero).

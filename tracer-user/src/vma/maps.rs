@@ -189,6 +189,12 @@ impl MapsReader {
         File::open(format!("/proc/{pid}/maps"))?.read_to_end(&mut self.buf)?;
         Ok(Breakdown::parse(&self.buf))
     }
+
+    /// The text of the last read.
+    #[must_use]
+    pub fn text(&self) -> &[u8] {
+        &self.buf
+    }
 }
 
 /// 65530 -> "65,530".

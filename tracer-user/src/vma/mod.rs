@@ -1,18 +1,22 @@
 //! The target's VMA count against `vm.max_map_count`: live count, growth trend, time to
 //! exhaustion, and the `vma_exhaustion` alerts.
 
+pub mod kafka;
 pub mod maps;
+#[cfg(test)]
+pub mod replay;
 pub mod source;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use tracer_common::vma::{VmaEvent, VmaRegister};
 
 use crate::{
     alert::{Change, Severity},
     event::{AlertDetail, AlertKind, Event},
-    exhaustion::{Exhaustion, Thresholds, rate::Trend},
+    exhaustion::{Exhaustion, Hold, Thresholds, rate::Trend},
 };
+use kafka::SteadyState;
 use maps::thousands;
 
 /// Where the kernel's limit lives.
@@ -45,6 +49,9 @@ pub struct VmaStatus {
     pub growth_by_thread: Vec<(String, i64)>,
     /// The latest one-time jump: change, seconds it took, `ts` it ended.
     pub last_step: Option<(i64, f64, u64)>,
+    /// Where a Kafka broker's count will hold, and the seconds until it crosses the limit on
+    /// its way there.
+    pub steady_state: Option<(SteadyState, Option<f64>)>,
 }
 
 /// The VMA model of one target.
@@ -62,6 +69,7 @@ pub struct VmaModel {
     /// Names of the threads seen, from /proc/PID/task/TID/comm (threads rarely rename).
     names: HashMap<u32, String>,
     last_step: Option<(i64, f64, u64)>,
+    steady_state: Option<SteadyState>,
 }
 
 impl VmaModel {
@@ -78,6 +86,7 @@ impl VmaModel {
             growth_minute: 0,
             names: HashMap::new(),
             last_step: None,
+            steady_state: None,
         }
     }
 
@@ -87,6 +96,28 @@ impl VmaModel {
 
     pub fn set_limit(&mut self, limit: u32) {
         self.limit = limit;
+    }
+
+    /// The samples of the long trends, for the state file.
+    pub fn history(&self, now: f64, now_ms: u64) -> Vec<Vec<(u64, f64)>> {
+        self.exhaustion.history(now, now_ms)
+    }
+
+    /// Restores the samples of a state file.
+    pub fn restore(&mut self, history: &[Vec<(u64, f64)>], now: f64, now_ms: u64) {
+        self.exhaustion.restore(history, now, now_ms);
+    }
+
+    /// Sets (or clears) the projected steady state of a Kafka broker.
+    pub fn set_steady_state(&mut self, steady_state: Option<SteadyState>) {
+        self.steady_state = steady_state;
+    }
+
+    /// Seconds until the count crosses the limit on its way to the steady state.
+    fn crossing_secs(&self) -> Option<f64> {
+        self.steady_state
+            .as_ref()?
+            .crossing_secs(self.count, self.limit)
     }
 
     /// Applies one ring-buffer record. Records come in the order of the changes (they are
@@ -120,6 +151,12 @@ impl VmaModel {
     /// Samples the count at `t_secs` (monotonic), refreshes the trend, raises or resolves
     /// alerts, and appends the events of this tick to `out`.
     pub fn tick(&mut self, t_secs: f64, ts: u64, events_lost: u64, out: &mut Vec<Event>) {
+        let crossing = self.crossing_secs();
+        self.exhaustion
+            .set_hold(self.steady_state.as_ref().map(|steady| Hold {
+                level: f64::from(steady.mappings),
+                crossing_secs: crossing,
+            }));
         let (reading, changes) =
             self.exhaustion
                 .tick(t_secs, f64::from(self.count), Some(f64::from(self.limit)));
@@ -135,6 +172,10 @@ impl VmaModel {
             growth_per_min: reading.trend.map(|t| (t.per_sec * 600.0).round() / 10.0),
             eta_seconds: eta.map(round_secs),
             events_lost,
+            steady_state: self.steady_state.as_ref().map(|s| s.mappings),
+            steady_state_crossing_seconds: crossing.map(round_secs),
+            growth_per_hour_6h: reading.long[0].map(|t| (t.per_sec * 36_000.0).round() / 10.0),
+            growth_per_day_7d: reading.long[1].map(|t| (t.per_sec * 864_000.0).round() / 10.0),
         });
         self.peak = self.count;
         if let Some(step) = reading.step {
@@ -227,6 +268,10 @@ impl VmaModel {
             alert: self.exhaustion.severity(),
             growth_by_thread,
             last_step: self.last_step,
+            steady_state: self
+                .steady_state
+                .clone()
+                .map(|steady| (steady, self.crossing_secs())),
         }
     }
 
@@ -257,6 +302,24 @@ impl VmaModel {
             thousands(self.limit.into()),
         );
         message.push_str(&self.reading().growth_clause(rate_per_min));
+        if let Some(steady) = self
+            .steady_state
+            .as_ref()
+            .filter(|s| s.mappings > self.limit)
+        {
+            let when = self.crossing_secs().map_or_else(String::new, |secs| {
+                format!(", the count crosses it in ~{}", duration(secs))
+            });
+            let _ = write!(
+                message,
+                "; Kafka steady state {} is over the limit{when}; mmap will fail (\"Map failed\") - \
+                 raise vm.max_map_count to at least {} (2x the steady state), or raise \
+                 log.segment.bytes, use fewer partitions or shorten retention",
+                steady.describe(),
+                thousands(u64::from(steady.mappings) * 2),
+            );
+            return message;
+        }
         message.push_str(
             "; mmap will fail (Kafka: \"Map failed\") - raise it (sysctl -w vm.max_map_count=262144) \
              or cut mapped segments (fewer partitions, larger segment.bytes, shorter retention)",
@@ -438,6 +501,48 @@ mod tests {
     }
 
     #[test]
+    fn a_steady_state_over_the_limit_warns_at_once_with_the_fix() {
+        let mut model = VmaModel::new(7, 11_060, 65_530, Thresholds::default(), 600.0);
+        model.set_steady_state(Some(SteadyState {
+            mappings: 80_220,
+            partitions: 4940,
+            segments: 8.0,
+            per_segment: 2.0,
+            other: 1180,
+            observed: 0,
+            growth_per_sec: 9880.0 / 86_400.0,
+        }));
+        let mut events = Vec::new();
+        model.tick(0.0, 0, 0, &mut events);
+        assert_eq!(alerts(&events), vec![("alert", Severity::Warning)]);
+        let Event::Vma {
+            steady_state,
+            steady_state_crossing_seconds,
+            ..
+        } = &events[0]
+        else {
+            panic!("{:?}", events[0])
+        };
+        assert_eq!(*steady_state, Some(80_220));
+        // 54,470 of headroom at 9,880 a day: 5 days 12 h.
+        assert_eq!(*steady_state_crossing_seconds, Some(476_337));
+        let Some(Event::Alert { message, .. }) = events.get(1) else {
+            panic!("{events:?}")
+        };
+        assert!(
+            message.contains(
+                "Kafka steady state 80,220 = 4,940 partitions x 8 segments x 2 + 1,180 is over \
+                 the limit, the count crosses it in ~5d 12h"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("at least 160,440 (2x the steady state)"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn usage_alerts_resolve_with_hysteresis_when_the_limit_is_raised() {
         let mut model = VmaModel::new(7, 60_000, 65_530, Thresholds::default(), 600.0);
         let mut events = Vec::new();
@@ -487,6 +592,10 @@ mod tests {
                 growth_per_min: None,
                 eta_seconds: None,
                 events_lost: 2,
+                steady_state: None,
+                steady_state_crossing_seconds: None,
+                growth_per_hour_6h: None,
+                growth_per_day_7d: None,
             }
         );
     }

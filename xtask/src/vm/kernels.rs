@@ -149,7 +149,8 @@ impl Apt {
 
     /// `apt-get update` unless the lists are younger than a day.
     fn refresh(&self) -> anyhow::Result<()> {
-        let stamp = self.dir.join("lists/updated");
+        // Beside the lists, not among them: apt-get update deletes files it does not know there.
+        let stamp = self.dir.join("updated");
         let fresh = std::fs::metadata(&stamp)
             .and_then(|m| m.modified())
             .is_ok_and(|at| {

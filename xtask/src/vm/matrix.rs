@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Work, initramfs, kernels, qemu, static_workloads};
+use super::{Guest, boot, kernels, qemu, static_workloads};
 
 /// Printed by the checker in front of each result.
 const PREFIX: &str = "vm-check ";
@@ -70,8 +70,8 @@ pub fn run(
             let handles: Vec<_> = batch
                 .iter()
                 .map(|kernel| {
-                    let (workloads, logs) = (&workloads, &logs);
-                    scope.spawn(move || guest(root, kernel, tracer, checker, workloads, logs))
+                    let logs = &logs;
+                    scope.spawn(move || guest(root, kernel, tracer, checker, logs))
                 })
                 .collect();
             handles
@@ -96,35 +96,27 @@ fn guest(
     kernel: &kernels::Kernel,
     tracer: &Path,
     checker: &Path,
-    workloads: &[PathBuf],
     logs: &Path,
 ) -> anyhow::Result<Outcome> {
-    let work = Work::new(root, &kernel.package)?;
-    let mut binaries = vec![checker.to_path_buf()];
-    binaries.extend(workloads.iter().cloned());
-    let contents = initramfs::Contents {
-        tracer,
-        binaries,
-        script: "TRACER_BIN=/bin/tracer vm-checks /bin --exclusive\n".to_owned(),
-        kernel,
-    };
-    let image = work.dir.join("initramfs.cpio");
-    initramfs::build(&contents, &work.dir.join("root"), &image)?;
     let log = logs.join(format!("{}.log", kernel.package));
     eprintln!(
         "xtask: vm-test: booting {} (console in {})",
         kernel.package,
         log.display()
     );
-    let console = qemu::boot(&qemu::Boot {
-        vmlinuz: &kernel.vmlinuz,
-        initramfs: &image,
-        cpu: qemu::Cpu::Fast,
-        memory_mib: 1024,
-        timeout: GUEST_TIMEOUT,
-        log: log.clone(),
-        echo: false,
-    })?;
+    let console = boot(
+        root,
+        &Guest {
+            kernel,
+            tracer,
+            binaries: &[checker.to_path_buf()],
+            script: "TRACER_BIN=/bin/tracer vm-checks /bin --exclusive",
+            cpu: qemu::Cpu::Fast,
+            timeout: GUEST_TIMEOUT,
+        },
+        &log,
+        false,
+    )?;
     let label = format!("{} ({})", kernel.series, kernel.package);
     let mut outcome = parse(&label, &console.lines, log);
     outcome.seconds = console.elapsed.as_secs_f64();

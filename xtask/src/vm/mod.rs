@@ -1,6 +1,8 @@
 //! Booting Debian's kernels under qemu with tracer inside: `cargo xtask vm-run` (one kernel,
-//! any command) and `cargo xtask vm-test` (the kernel matrix and its checks).
+//! any command), `cargo xtask vm-test` (the kernel matrix and its checks) and the matrix's
+//! tables of `cargo xtask bench`.
 
+mod bench;
 mod initramfs;
 mod kernels;
 mod matrix;
@@ -14,6 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub use bench::run as bench;
 pub use matrix::run as test;
 use qemu::Cpu;
 
@@ -29,9 +32,6 @@ pub fn run(
     command: &[String],
 ) -> anyhow::Result<i32> {
     let kernel = kernels::fetch(series)?;
-    let work = Work::new(root, &format!("run-{series}"))?;
-    let mut binaries = static_workloads(root)?;
-    binaries.extend(files.iter().cloned());
     let script = match command {
         [] => bail!("nothing to run: give a command after --"),
         [line] => line.clone(),
@@ -41,14 +41,6 @@ pub fn run(
             .collect::<Vec<_>>()
             .join(" "),
     };
-    let contents = initramfs::Contents {
-        tracer,
-        binaries,
-        script: format!("{script}\n"),
-        kernel: &kernel,
-    };
-    let image = work.dir.join("initramfs.cpio");
-    initramfs::build(&contents, &work.dir.join("root"), &image)?;
     let log = std::env::temp_dir().join(format!("vm-{series}-{}.log", std::process::id()));
     eprintln!(
         "xtask: booting {} ({}) under qemu TCG; console also in {}",
@@ -56,15 +48,19 @@ pub fn run(
         kernel.vmlinuz.display(),
         log.display()
     );
-    let console = qemu::boot(&qemu::Boot {
-        vmlinuz: &kernel.vmlinuz,
-        initramfs: &image,
-        cpu: Cpu::Fast,
-        memory_mib: 1024,
-        timeout,
-        log: log.clone(),
-        echo: true,
-    })?;
+    let console = boot(
+        root,
+        &Guest {
+            kernel: &kernel,
+            tracer,
+            binaries: files,
+            script: &script,
+            cpu: Cpu::Fast,
+            timeout,
+        },
+        &log,
+        true,
+    )?;
     eprintln!(
         "xtask: guest {} after {:.1} s; console in {}",
         console.status.map_or_else(
@@ -79,6 +75,44 @@ pub fn run(
             "the guest did not finish (timeout {timeout:?} or panic): see {}",
             log.display()
         )
+    })
+}
+
+/// One guest: what it boots and runs.
+struct Guest<'a> {
+    kernel: &'a kernels::Kernel,
+    /// Becomes /bin/tracer.
+    tracer: &'a Path,
+    /// More binaries for /bin, besides the static workloads.
+    binaries: &'a [PathBuf],
+    /// The shell script the guest runs before powering off.
+    script: &'a str,
+    cpu: Cpu,
+    timeout: Duration,
+}
+
+/// Builds the guest's initramfs (in a scratch directory of its own) and boots it, writing the
+/// console to `log` (and to stdout with `echo`).
+fn boot(root: &Path, guest: &Guest<'_>, log: &Path, echo: bool) -> anyhow::Result<qemu::Console> {
+    let work = Work::new(root, &guest.kernel.package)?;
+    let mut binaries = static_workloads(root)?;
+    binaries.extend(guest.binaries.iter().cloned());
+    let contents = initramfs::Contents {
+        tracer: guest.tracer,
+        binaries,
+        script: format!("{}\n", guest.script),
+        kernel: guest.kernel,
+    };
+    let image = work.dir.join("initramfs.cpio");
+    initramfs::build(&contents, &work.dir.join("root"), &image)?;
+    qemu::boot(&qemu::Boot {
+        vmlinuz: &guest.kernel.vmlinuz,
+        initramfs: &image,
+        cpu: guest.cpu,
+        memory_mib: 1024,
+        timeout: guest.timeout,
+        log: log.to_path_buf(),
+        echo,
     })
 }
 
