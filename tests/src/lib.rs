@@ -35,6 +35,19 @@ pub fn tracer_bin() -> PathBuf {
     path
 }
 
+/// `tracer` as user nobody with only the capabilities `caps` (setpriv's `+bpf,...`; none:
+/// `-all`), stdin closed; the caller adds the arguments.
+pub fn tracer_as_nobody(caps: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer_bin())
+        .stdin(Stdio::null());
+    command
+}
+
 /// A directory under the system temp dir, removed when dropped.
 pub struct TempDir {
     path: PathBuf,

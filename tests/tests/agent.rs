@@ -384,6 +384,29 @@ fn events_clients_are_capped() {
     again.expect_line("{\"type\":\"vma\"", Duration::from_secs(5));
 }
 
+#[test]
+fn a_client_that_leaves_a_quiet_stream_is_no_longer_counted() {
+    let target = Process::spawn(Command::new("sleep").arg("60"));
+    let agent = Agent::start(&["--pid", &target.pid.to_string()]);
+    // Alerts only: no line is sent to it that would notice it has gone.
+    let url = format!("http://127.0.0.1:{}/events?events=alerts", agent.port);
+    let client = Process::spawn(Command::new("curl").args(["-sN", &url]));
+    let counted = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = agent.metrics();
+            if metrics["tracer_events_clients"] == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not {n} clients: {metrics:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    counted(1.0);
+    drop(client);
+    counted(0.0);
+}
+
 /// A webhook receiver on loopback: answers each request (one per connection) with the next of
 /// `statuses` (the last one repeated), and hands over every body it was sent.
 struct Hook {

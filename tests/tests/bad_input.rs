@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use tracer_tests::{Process, TempDir, Tracer, compile_c, programs_unloaded, tracer_bin};
+use tracer_tests::{
+    Process, TempDir, Tracer, compile_c, programs_unloaded, tracer_as_nobody, tracer_bin,
+};
 
 /// Runs `command`, failing the test if it hangs.
 fn run(command: &mut Command) -> Output {
@@ -118,17 +120,10 @@ fn a_zombie() {
 #[test]
 fn without_root() {
     let target = sleeper();
-    let mut command = Command::new("setpriv");
-    command
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(tracer_bin())
-        .args(["attach", "--pid", &target.pid.to_string()]);
-    assert_fails_with(&run(&mut command), "run it with sudo");
+    assert_fails_with(
+        &as_nobody("-all", &attach_args("2", target.pid)),
+        "run it with sudo",
+    );
 }
 
 /// `tracer attach` as user nobody with only the capabilities `caps`, on a root process.
@@ -139,14 +134,7 @@ fn attach_with_capabilities(caps: &str) -> Output {
 
 /// `tracer ARGS` as user nobody with only the capabilities `caps` (none: "-all").
 fn as_nobody(caps: &str, args: &[String]) -> Output {
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(tracer_bin())
-        .args(args);
-    run(&mut command)
+    run(tracer_as_nobody(caps).args(args))
 }
 
 #[test]

@@ -8,13 +8,13 @@ use std::{
     net::TcpStream,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use tracer_tests::{
     MemoryCgroup, Netns, Process, TempDir, compile_c, compile_java, free_port, http_get, java,
-    ss_states, tracer_bin, wait_for_listener,
+    ss_states, tracer_as_nobody, tracer_bin, wait_for_listener,
 };
 
 fn deploy(path: &str) -> PathBuf {
@@ -180,18 +180,6 @@ fn unit_capabilities() -> String {
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// `tracer` as user nobody with only the capabilities `caps` (setpriv's `+bpf,...`).
-fn tracer_as_nobody(caps: &str) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(tracer_bin())
-        .stdin(Stdio::null());
-    command
 }
 
 /// Runs `tracer ARGS` as systemd runs the unit's service, as far as the tracer can tell:

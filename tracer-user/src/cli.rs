@@ -56,8 +56,8 @@ pub struct OutputArgs {
     #[arg(long)]
     pub json: bool,
     /// Which events --json writes: all, summary (no per-transition tcp_state lines) or alerts
-    /// (alerts, resolutions, attach and exit).
-    #[arg(long, value_enum, default_value_t = Events::All)]
+    /// (alerts, resolutions, attach and exit). Needs --json: the live view shows everything.
+    #[arg(long, value_enum, default_value_t = Events::All, requires = "json")]
     pub events: Events,
     /// Stop after this long (e.g. 90s, 10m, 2h; a bare number is seconds).
     #[arg(long, value_parser = parse_duration)]
@@ -389,6 +389,25 @@ mod tests {
         assert!(parse_pid("-5").is_err());
         let error = Cli::try_parse_from(["tracer", "attach", "--pid", "abc"]).unwrap_err();
         assert!(error.to_string().contains("'abc' is not a process id"));
+    }
+
+    #[test]
+    fn events_needs_json() {
+        for command in [["attach", "--pid", "1"].as_slice(), &["demo"]] {
+            let args = |extra: &[&'static str]| {
+                ["tracer"]
+                    .into_iter()
+                    .chain(command.iter().copied())
+                    .chain(extra.iter().copied())
+                    .collect::<Vec<_>>()
+            };
+            let error = Cli::try_parse_from(args(&["--events", "alerts"])).unwrap_err();
+            assert!(error.to_string().contains("--json"), "{error}");
+            Cli::try_parse_from(args(&["--json", "--events", "alerts"])).unwrap();
+            Cli::try_parse_from(args(&[])).unwrap();
+        }
+        // The agent's --events picks what stdout and /events carry: no --json there.
+        Cli::try_parse_from(["tracer", "agent", "--pid", "1", "--events", "alerts"]).unwrap();
     }
 
     #[test]

@@ -86,26 +86,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 const DIR_PREFIX: &str = "tracer-demo-";
 
 /// The signals that end the demo, caught from the start.
-struct Signals(Vec<Signal>);
+struct Signals([Signal; 3]);
 
 impl Signals {
     fn install() -> anyhow::Result<Self> {
-        [
-            SignalKind::interrupt(),
-            SignalKind::terminate(),
-            SignalKind::hangup(),
-        ]
-        .into_iter()
-        .map(|kind| signal(kind).context("installing the demo's signal handlers"))
-        .collect::<anyhow::Result<_>>()
-        .map(Self)
+        let install = |kind| signal(kind).context("installing the demo's signal handlers");
+        Ok(Self([
+            install(SignalKind::interrupt())?,
+            install(SignalKind::terminate())?,
+            install(SignalKind::hangup())?,
+        ]))
     }
 
     /// Resolves when any of them arrives.
     async fn any(&mut self) {
-        let [int, term, hup] = &mut self.0[..] else {
-            unreachable!("three signals")
-        };
+        let [int, term, hup] = &mut self.0;
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}

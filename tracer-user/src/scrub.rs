@@ -12,7 +12,7 @@
 pub const MASK: &str = "********";
 
 /// Words that make a name sensitive by default.
-pub const DEFAULT_WORDS: [&str; 5] = ["password", "secret", "token", "credential", "key"];
+const DEFAULT_WORDS: [&str; 5] = ["password", "secret", "token", "credential", "key"];
 
 /// Masks secrets in command lines and URLs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -75,12 +75,13 @@ pub async fn serve(listener: TcpListener, hub: Rc<Hub>) {
         };
         let hub = Rc::clone(&hub);
         tokio::task::spawn_local(async move {
+            let served_hub = Rc::clone(&hub);
             // Told when the connection's /events client is cut off for idling: the connection
             // is dropped then, even while a write to it is blocked.
             let cut = Rc::new(Notify::new());
             let cut_by_hub = Rc::clone(&cut);
             let service = service_fn(move |request| {
-                let response = route(&request, &hub, &cut_by_hub);
+                let response = route(&request, &served_hub, &cut_by_hub);
                 async move { Ok::<_, Infallible>(response) }
             });
             let served = http1::Builder::new()
@@ -93,6 +94,11 @@ pub async fn serve(listener: TcpListener, hub: Rc<Hub>) {
                 },
                 () = cut.notified() => log::debug!("an idle /events client was disconnected"),
             }
+            // Its /events client (if it had one) has gone: counted now, not at the next line
+            // it would have been sent, which may be long in coming.
+            let mut subscribers = hub.subscribers.borrow_mut();
+            subscribers.retain(|s| !s.tx.is_closed());
+            hub.metrics.clients(subscribers.len());
         });
     }
 }

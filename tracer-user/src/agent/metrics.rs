@@ -89,7 +89,6 @@ enum Tally {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabels {
     target: String,
-    pid: String,
     table: String,
 }
 
@@ -164,9 +163,6 @@ impl Dropped {
         }
     }
 }
-
-/// The tables a resync rebuilds (`Event::Resynced`'s `table`).
-const TABLES: [&str; 2] = ["sockets", "threads"];
 
 pub struct Metrics {
     registry: Registry,
@@ -636,10 +632,6 @@ impl Metrics {
             self.tcp_sockets
                 .remove(&state_labels(labels, state_name(state)));
         }
-        for table in TABLES {
-            self.resyncs.remove(&table_labels(labels, table));
-            self.resync_corrections.remove(&table_labels(labels, table));
-        }
         let alerts = self
             .alert_series
             .lock()
@@ -870,7 +862,6 @@ fn saturate(n: u64) -> i64 {
 fn table_labels(labels: &TargetLabels, table: &str) -> TableLabels {
     TableLabels {
         target: labels.target.clone(),
-        pid: labels.pid.clone(),
         table: table.to_owned(),
     }
 }
@@ -956,31 +947,7 @@ mod tests {
                 untracked: 0,
             },
         );
-        for corrected in [250, 0] {
-            metrics.observe(
-                &kafka,
-                &Event::Resynced {
-                    ts: 0,
-                    pid: 42,
-                    table: "sockets",
-                    reason: "records_lost",
-                    corrected,
-                    before: std::collections::BTreeMap::new(),
-                    after: std::collections::BTreeMap::new(),
-                },
-            );
-        }
         let text = metrics.encode();
-        assert!(
-            text.contains(r#"tracer_resyncs_total{target="kafka",pid="42",table="sockets"} 2"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"tracer_resync_corrections_total{target="kafka",pid="42",table="sockets"} 250"#
-            ),
-            "{text}"
-        );
         assert!(
             text.contains(r#"tracer_vma_count{target="kafka",pid="42"} 61000"#),
             "{text}"
@@ -1092,6 +1059,41 @@ mod tests {
         let text = metrics.encode();
         assert_eq!(lost(&text), Some(8), "{text}");
         assert!(text.contains("# TYPE tracer_events_lost counter"), "{text}");
+    }
+
+    #[test]
+    fn resyncs_count_on_across_restarts() {
+        let metrics = Metrics::new();
+        let resynced = |pid| Event::Resynced {
+            ts: 0,
+            pid,
+            table: "threads",
+            reason: "records_lost",
+            corrected: 3,
+            before: std::collections::BTreeMap::new(),
+            after: std::collections::BTreeMap::new(),
+        };
+        metrics.observe(&labels(42), &attached(42));
+        metrics.observe(&labels(42), &resynced(42));
+        metrics.observe(
+            &labels(42),
+            &Event::TargetExit {
+                ts: 1,
+                pid: 42,
+                death: crate::death::Death::default(),
+            },
+        );
+        metrics.observe(&labels(43), &attached(43));
+        metrics.observe(&labels(43), &resynced(43));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"tracer_resyncs_total{target="kafka",table="threads"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tracer_resync_corrections_total{target="kafka",table="threads"} 6"#),
+            "{text}"
+        );
     }
 
     #[test]

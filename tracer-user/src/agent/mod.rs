@@ -103,7 +103,7 @@ impl Hub {
             if let Some(webhook) = &self.webhook
                 && alert
             {
-                webhook.push(line);
+                webhook.push(event, line);
             }
         }
     }

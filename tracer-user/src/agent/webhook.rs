@@ -1,7 +1,8 @@
 //! Alerts and resolutions POSTed as JSON (the same objects as the event stream) to an on-call
 //! webhook, in order, each retried with exponential backoff. The queue is bounded: when the
 //! webhook is down for long, the oldest alerts make room for the newest; what is dropped is
-//! counted. A refusal (4xx but 408 and 429) is not retried: the same request would be
+//! counted. A resolution is never dropped (else its page would stay open), unless the alert
+//! it resolves is dropped from the queue too: the webhook never saw that page. A refusal (4xx but 408 and 429) is not retried: the same request would be
 //! refused again.
 
 use std::{cell::RefCell, collections::VecDeque, path::Path, rc::Rc, time::Duration};
@@ -18,9 +19,13 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 use tokio::sync::Notify;
 
 use super::metrics::{Dropped, Metrics};
-use crate::scrub::url_for_logs;
+use crate::{
+    event::{AlertKind, Event},
+    scrub::url_for_logs,
+};
 
-/// Alerts waiting for delivery at most; more push the oldest out, counted.
+/// Alerts waiting for delivery at most; more push the oldest alert out, counted.
+/// Resolutions may go past it: there are no more of them than conditions open.
 pub const QUEUE: usize = 256;
 /// Tries per alert: the first, then retries after 1, 2, 4, 8 and 16 s.
 const ATTEMPTS: u32 = 6;
@@ -29,29 +34,78 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// The alerts waiting for the webhook, oldest first.
+/// One alert or resolution waiting for the webhook.
+struct Entry {
+    body: Bytes,
+    /// The condition: an alert and its resolution share it.
+    condition: (u32, AlertKind, Option<String>),
+    resolution: bool,
+}
+
+/// The alerts and resolutions waiting for the webhook, oldest first.
 pub struct Queue {
-    waiting: RefCell<VecDeque<Bytes>>,
+    waiting: RefCell<VecDeque<Entry>>,
     ready: Notify,
     metrics: Rc<Metrics>,
 }
 
 impl Queue {
-    /// Queues an alert; when the queue is full the oldest waiting one is dropped, counted.
-    pub fn push(&self, body: Bytes) {
+    /// Queues an alert or a resolution (`body` is its JSON line; other events are ignored).
+    /// When the queue is full the oldest waiting alert is dropped, with its resolution if
+    /// that waits too; resolutions are not dropped otherwise. Drops are counted.
+    pub fn push(&self, event: &Event, body: Bytes) {
+        let entry = match event {
+            Event::Alert {
+                pid, kind, detail, ..
+            } => Entry {
+                body,
+                condition: (*pid, *kind, detail.group().map(str::to_owned)),
+                resolution: false,
+            },
+            Event::AlertResolved {
+                pid, kind, group, ..
+            } => Entry {
+                body,
+                condition: (*pid, *kind, group.clone()),
+                resolution: true,
+            },
+            _ => return,
+        };
         let mut waiting = self.waiting.borrow_mut();
         if waiting.len() >= QUEUE {
-            waiting.pop_front();
-            self.metrics.dropped(Dropped::WebhookQueueFull, 1);
+            match waiting.iter().position(|e| !e.resolution) {
+                Some(oldest) => {
+                    let alert = waiting.remove(oldest).expect("a position in the queue");
+                    self.metrics.dropped(Dropped::WebhookQueueFull, 1);
+                    let resolves = |e: &Entry| e.resolution && e.condition == alert.condition;
+                    match waiting.iter().skip(oldest).position(resolves) {
+                        Some(later) => {
+                            waiting.remove(oldest + later);
+                            self.metrics.dropped(Dropped::WebhookQueueFull, 1);
+                        }
+                        None if resolves(&entry) => {
+                            self.metrics.dropped(Dropped::WebhookQueueFull, 1);
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+                // Only resolutions wait: the new alert is the oldest one.
+                None if !entry.resolution => {
+                    self.metrics.dropped(Dropped::WebhookQueueFull, 1);
+                    return;
+                }
+                None => {}
+            }
         }
-        waiting.push_back(body);
+        waiting.push_back(entry);
         self.ready.notify_one();
     }
 
     async fn pop(&self) -> Bytes {
         loop {
-            if let Some(body) = self.waiting.borrow_mut().pop_front() {
-                return body;
+            if let Some(entry) = self.waiting.borrow_mut().pop_front() {
+                return entry.body;
             }
             self.ready.notified().await;
         }
@@ -196,33 +250,135 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_queue_drops_its_oldest() {
-        let queue = Queue {
+    fn queue() -> Queue {
+        Queue {
             waiting: RefCell::default(),
             ready: Notify::new(),
             metrics: Rc::new(Metrics::new()),
-        };
-        for n in 0..QUEUE + 2 {
-            queue.push(Bytes::from(n.to_string()));
         }
+    }
+
+    /// An alert (or its resolution) of target `pid`, its JSON line standing in as `name`.
+    fn push(queue: &Queue, pid: u32, resolution: bool, name: &str) {
+        let (kind, severity, message, ts) = (
+            AlertKind::FdExhaustion,
+            crate::alert::Severity::Warning,
+            String::new(),
+            0,
+        );
+        let event = if resolution {
+            Event::AlertResolved {
+                ts,
+                pid,
+                kind,
+                severity,
+                message,
+                group: None,
+            }
+        } else {
+            Event::Alert {
+                ts,
+                pid,
+                kind,
+                severity,
+                message,
+                detail: crate::event::AlertDetail::Eta { eta_seconds: None },
+            }
+        };
+        queue.push(&event, Bytes::from(name.to_owned()));
+    }
+
+    fn waiting(queue: &Queue) -> Vec<String> {
         let waiting = queue.waiting.borrow();
+        waiting
+            .iter()
+            .map(|e| String::from_utf8(e.body.to_vec()).unwrap())
+            .collect()
+    }
+
+    fn dropped(queue: &Queue) -> String {
+        let text = queue.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with(r#"tracer_events_dropped_total{reason="webhook_queue_full"}"#))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_alerts() {
+        let queue = queue();
+        for n in 0..QUEUE + 2 {
+            push(&queue, n as u32, false, &n.to_string());
+        }
+        let waiting = waiting(&queue);
         assert_eq!(waiting.len(), QUEUE);
-        assert_eq!(
-            waiting.front().unwrap(),
-            &Bytes::from("2"),
-            "0 and 1 dropped"
-        );
-        assert_eq!(
-            waiting.back().unwrap(),
-            &Bytes::from((QUEUE + 1).to_string())
-        );
-        assert!(
-            queue
-                .metrics
-                .encode()
-                .contains(r#"tracer_events_dropped_total{reason="webhook_queue_full"} 2"#)
-        );
+        assert_eq!(waiting[0], "2", "0 and 1 dropped");
+        assert_eq!(waiting[QUEUE - 1], (QUEUE + 1).to_string());
+        assert!(dropped(&queue).ends_with(" 2"), "{}", dropped(&queue));
+    }
+
+    #[test]
+    fn a_full_queue_keeps_resolutions_and_drops_the_oldest_alert() {
+        let queue = queue();
+        // Target 1's resolution first (its alert was delivered), then alerts of others.
+        push(&queue, 1, true, "resolved 1");
+        for n in 2..=QUEUE as u32 {
+            push(&queue, n, false, &format!("alert {n}"));
+        }
+        push(&queue, 1000, false, "alert 1000");
+        let waiting = waiting(&queue);
+        assert_eq!(waiting.len(), QUEUE);
+        assert_eq!(waiting[0], "resolved 1", "a resolution is never dropped");
+        assert_eq!(waiting[1], "alert 3", "the oldest alert (2) dropped");
+        assert_eq!(waiting[QUEUE - 1], "alert 1000");
+    }
+
+    #[test]
+    fn a_dropped_alert_takes_its_queued_resolution_along() {
+        let queue = queue();
+        push(&queue, 1, false, "alert 1");
+        push(&queue, 2, false, "alert 2");
+        push(&queue, 1, true, "resolved 1");
+        for n in 3..QUEUE as u32 {
+            push(&queue, n, false, &format!("alert {n}"));
+        }
+        assert_eq!(waiting(&queue).len(), QUEUE);
+        // Full: alert 1 goes, and its resolution with it (the webhook never saw the page).
+        push(&queue, 2, true, "resolved 2");
+        let waiting = waiting(&queue);
+        assert_eq!(waiting.len(), QUEUE - 1);
+        assert_eq!(waiting[0], "alert 2");
+        assert!(!waiting.iter().any(|w| w.ends_with(" 1")), "{waiting:?}");
+        assert_eq!(waiting[QUEUE - 2], "resolved 2");
+        assert!(dropped(&queue).ends_with(" 2"), "{}", dropped(&queue));
+    }
+
+    #[test]
+    fn a_full_queue_of_resolutions_takes_more_and_drops_a_new_alert() {
+        let queue = queue();
+        for n in 0..QUEUE as u32 {
+            push(&queue, n, true, &format!("resolved {n}"));
+        }
+        push(&queue, 1000, false, "alert 1000");
+        push(&queue, 1001, true, "resolved 1001");
+        let waiting = waiting(&queue);
+        assert_eq!(waiting.len(), QUEUE + 1);
+        assert!(!waiting.contains(&"alert 1000".to_owned()));
+        assert_eq!(waiting[QUEUE], "resolved 1001");
+        assert!(dropped(&queue).ends_with(" 1"), "{}", dropped(&queue));
+    }
+
+    #[test]
+    fn a_dropped_alert_whose_resolution_arrives_now_drops_both() {
+        let queue = queue();
+        for n in 0..QUEUE as u32 {
+            push(&queue, n, false, &format!("alert {n}"));
+        }
+        push(&queue, 0, true, "resolved 0");
+        let waiting = waiting(&queue);
+        assert_eq!(waiting.len(), QUEUE - 1);
+        assert_eq!(waiting[0], "alert 1");
+        assert!(dropped(&queue).ends_with(" 2"), "{}", dropped(&queue));
     }
 
     #[test]

@@ -259,13 +259,11 @@ fn parse_msg(msg: &[u8]) -> io::Result<Option<Row>> {
         out[..n].copy_from_slice(&msg[at..at + n]);
         out
     };
-    let tuple = Tuple {
+    let tuple = Tuple::new(
         family,
-        saddr: addr(8),
-        sport: u16::from_be_bytes([msg[4], msg[5]]),
-        daddr: addr(24),
-        dport: u16::from_be_bytes([msg[6], msg[7]]),
-    };
+        (addr(8), u16::from_be_bytes([msg[4], msg[5]])),
+        (addr(24), u16::from_be_bytes([msg[6], msg[7]])),
+    );
     // After the 48-byte id: expires, rqueue, wqueue, uid, inode.
     let rqueue = u32_at(msg, 56);
     let inode = u32_at(msg, 68);

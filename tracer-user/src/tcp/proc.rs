@@ -29,6 +29,22 @@ pub struct Tuple {
 }
 
 impl Tuple {
+    /// The socket of `family` from its local and remote (address, port).
+    #[must_use]
+    pub const fn new(
+        family: u8,
+        (saddr, sport): ([u8; 16], u16),
+        (daddr, dport): ([u8; 16], u16),
+    ) -> Self {
+        Self {
+            family,
+            saddr,
+            sport,
+            daddr,
+            dport,
+        }
+    }
+
     /// The local address (IPv6 stays IPv6 even when v4-mapped, as `ss` prints it:
     /// `::ffff:127.0.0.1`).
     #[must_use]
@@ -320,20 +336,13 @@ mod tests {
 
     fn row(
         family: u8,
-        (saddr, sport): ([u8; 16], u16),
-        (daddr, dport): ([u8; 16], u16),
+        local: ([u8; 16], u16),
+        remote: ([u8; 16], u16),
         state: u8,
         inode: u64,
         rx_queue: u32,
     ) -> diag::Row {
-        let tuple = Tuple {
-            family,
-            saddr,
-            sport,
-            daddr,
-            dport,
-        };
-        (tuple, state, inode, rx_queue)
+        (Tuple::new(family, local, remote), state, inode, rx_queue)
     }
 
     #[test]

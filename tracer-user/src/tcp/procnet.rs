@@ -42,8 +42,8 @@ pub fn tcp_sockets(pid: u32) -> io::Result<Vec<Row>> {
 
 fn parse_line(line: &str, family: u8) -> Option<Row> {
     let mut fields = line.split_whitespace().skip(1);
-    let (saddr, sport) = endpoint(fields.next()?, family)?;
-    let (daddr, dport) = endpoint(fields.next()?, family)?;
+    let local = endpoint(fields.next()?, family)?;
+    let remote = endpoint(fields.next()?, family)?;
     let state = u8::from_str_radix(fields.next()?, 16).ok()?;
     let (_, rx_queue) = fields.next()?.split_once(':')?;
     let rx_queue = u32::from_str_radix(rx_queue, 16).ok()?;
@@ -51,14 +51,7 @@ fn parse_line(line: &str, family: u8) -> Option<Row> {
     if state >= 32 {
         return None;
     }
-    let tuple = Tuple {
-        family,
-        saddr,
-        sport,
-        daddr,
-        dport,
-    };
-    Some((tuple, state, inode, rx_queue))
+    Some((Tuple::new(family, local, remote), state, inode, rx_queue))
 }
 
 /// `0100007F:1F90` -> (127.0.0.1 as 16 bytes, 8080).
