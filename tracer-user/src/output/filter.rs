@@ -1,7 +1,6 @@
 //! Which events an NDJSON stream carries (`--events`, `/events?events=`): the firehose is a
-//! choice. A busy broker's sockets change state hundreds of thousands of times a second, one
-//! `tcp_state` line each; on-call needs the alerts and the per-second reports, not every
-//! transition.
+//! choice. A busy broker's sockets make one `tcp_state` line per state change of every
+//! connection; on-call needs the alerts and the per-second reports, not every transition.
 
 use clap::ValueEnum;
 
