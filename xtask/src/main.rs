@@ -233,8 +233,16 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         "tracer-ebpf",
     ]))?;
     let mut integration = cargo(root);
+    // Every test file runs even when one fails, so one run shows every failure.
     integration
-        .args(["test", "--release", "--package", "tracer-tests", "--"])
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--package",
+            "tracer-tests",
+            "--",
+        ])
         .arg("--test-threads=1");
     if let Some(filter) = filter {
         integration.arg(filter);

@@ -146,7 +146,12 @@ impl Exhaustion {
             .map(|long| {
                 long.window
                     .samples()
-                    .map(|(t, y)| (now_ms.saturating_sub(((now - t) * 1000.0).round() as u64), y))
+                    .map(|(t, y)| {
+                        (
+                            now_ms.saturating_sub(((now - t) * 1000.0).round() as u64),
+                            y,
+                        )
+                    })
                     .collect()
             })
             .collect()
