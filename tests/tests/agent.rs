@@ -1074,5 +1074,8 @@ fn state_dir_keeps_the_long_trends_across_agent_restarts() {
     assert!(log.contains("is corrupt"), "{log}");
     assert_eq!(third["version"], 1, "{third}");
     let fresh_at = third["vma"][0][0][0].as_u64().expect("ms");
-    assert!(fresh_at > at + 1000, "a fresh sample, not the first run's: {third}");
+    assert!(
+        fresh_at > at + 1000,
+        "a fresh sample, not the first run's: {third}"
+    );
 }
