@@ -178,6 +178,11 @@ fn report_if_held(sk: *const u8) {
     if TCP_SOCKETS.get_ptr(&(sk as u64)).is_none() {
         return;
     }
+    // Most probed sockets are still queued, with no file: they take no room in the ring (a
+    // reserved and discarded slot would crowd out real records, and count as lost when full).
+    if read::<u64>(sk, layout!(sk_socket)).is_none_or(|socket| socket == 0) {
+        return;
+    }
     let Some(state) = read::<u8>(sk, layout!(skc_state)) else {
         return;
     };

@@ -49,6 +49,9 @@ struct Long {
 const USAGE_HYSTERESIS: f64 = 0.02;
 /// ...and the time to exhaustion this many times above its threshold (or unknown).
 const ETA_HYSTERESIS: f64 = 1.25;
+/// ...and not within this many seconds of a step: the trend restarted there has not seen
+/// enough to say the danger is over (Kafka's staircase would resolve and raise again).
+const CLEAR_AFTER_STEP_SECS: f64 = 60.0;
 
 /// A projection holding below the limit by at least this share of it suppresses the alerts on
 /// the time left (the climb toward it is not a death)...
@@ -116,6 +119,8 @@ pub struct Exhaustion {
     trend: Option<Trend>,
     long: [Long; 2],
     hold: Option<Hold>,
+    /// When the last step restarted the short trend.
+    last_step: Option<f64>,
     warning: Latch,
     critical: Latch,
 }
@@ -133,6 +138,7 @@ impl Exhaustion {
                 trend: None,
             }),
             hold: None,
+            last_step: None,
             warning: Latch::default(),
             critical: Latch::default(),
         }
@@ -184,6 +190,12 @@ impl Exhaustion {
         limit: Option<f64>,
     ) -> (Reading, [(Severity, Option<Change>); 2]) {
         let step = self.window.push(t_secs, count);
+        if step.is_some() {
+            self.last_step = Some(t_secs);
+        }
+        let settled = self
+            .last_step
+            .is_none_or(|at| t_secs - at >= CLEAR_AFTER_STEP_SECS);
         self.trend = self.window.trend();
         for long in &mut self.long {
             if t_secs >= long.next {
@@ -204,6 +216,7 @@ impl Exhaustion {
                     || reading.eta_secs.is_some_and(|e| e <= eta_limit),
                 cleared: reading.usage < usage_limit - USAGE_HYSTERESIS
                     && !hold_over
+                    && settled
                     && reading
                         .eta_secs
                         .is_none_or(|e| e > eta_limit * ETA_HYSTERESIS),
@@ -339,6 +352,33 @@ mod tests {
         }
         assert_eq!(resolved, vec![Severity::Warning, Severity::Critical]);
         assert_eq!(model.severity(), None);
+    }
+
+    #[test]
+    fn a_step_in_a_climb_keeps_the_alert_raised() {
+        // +40 a second for 30 s (raised), 15 s flat, +3,000 at once (a step: the short trend
+        // restarts), 15 s flat, then the climb again. Raised once, never resolved between:
+        // while the trend is measured anew nothing says the danger is over.
+        let mut model = Exhaustion::new(Thresholds::default(), 600.0);
+        let limit = Some(65_530.0);
+        let (mut count, mut raised, mut resolved, mut steps) = (40_000.0, 0, 0, 0);
+        for s in 0..120 {
+            match s {
+                0..30 | 61.. => count += 40.0,
+                45 => count += 3000.0,
+                _ => {}
+            }
+            let (reading, changes) = model.tick(f64::from(s), count, limit);
+            steps += usize::from(reading.step.is_some());
+            for (severity, change) in changes {
+                if severity == Severity::Warning {
+                    raised += usize::from(change == Some(Change::Raise));
+                    resolved += usize::from(change == Some(Change::Resolve));
+                }
+            }
+        }
+        assert_eq!(steps, 1, "the jump is a step");
+        assert_eq!((raised, resolved), (1, 0));
     }
 
     #[test]
