@@ -80,6 +80,10 @@ pub struct Reading {
     /// when it does not grow, its growth does not persist, the count is projected to hold
     /// below the limit with margin, or there is no limit.
     pub eta_secs: Option<f64>,
+    /// The same at the trends' slopes whether or not their growth persists: a raised alert
+    /// clears only when this is far enough off too, so a pause in a climb does not resolve it
+    /// only to raise it again.
+    pub growing_eta_secs: Option<f64>,
     /// Whether the projected hold is over the limit: a warning whatever the trend.
     pub hold_over: bool,
     /// The one-time jump this sample completed; the trend restarted at it.
@@ -218,7 +222,7 @@ impl Exhaustion {
                     && !hold_over
                     && settled
                     && reading
-                        .eta_secs
+                        .growing_eta_secs
                         .is_none_or(|e| e > eta_limit * ETA_HYSTERESIS),
             })
         };
@@ -248,41 +252,50 @@ impl Exhaustion {
                 trend: self.trend,
                 long: self.long.each_ref().map(|l| l.trend),
                 eta_secs: None,
+                growing_eta_secs: None,
                 hold_over: false,
                 step: None,
             };
         };
         // The fitted level smooths churn, but never report more headroom than the count has.
         // The soonest of the short and the long trends' times to the limit.
-        let trend_eta = std::iter::once(self.trend)
-            .chain(self.long.iter().map(|l| l.trend))
-            .flatten()
-            .filter_map(|trend| {
-                Trend {
-                    level: trend.level.max(count),
-                    ..trend
-                }
-                .eta_secs(limit)
-            })
-            .min_by(f64::total_cmp);
+        let soonest = |eta: fn(&Trend, f64) -> Option<f64>| {
+            std::iter::once(self.trend)
+                .chain(self.long.iter().map(|l| l.trend))
+                .flatten()
+                .filter_map(|trend| {
+                    let trend = Trend {
+                        level: trend.level.max(count),
+                        ..trend
+                    };
+                    eta(&trend, limit)
+                })
+                .min_by(f64::total_cmp)
+        };
+        let trend_eta = soonest(Trend::eta_secs);
+        let growing_eta = soonest(Trend::eta_if_growing);
         let hold_over = self.hold.is_some_and(|h| h.level > limit);
         let holds_below = self.hold.is_some_and(|h| {
             h.level <= limit * (1.0 - HOLD_MARGIN) && count <= h.level * (1.0 + HOLD_TOLERANCE)
         });
-        let eta_secs = if holds_below {
-            None
-        } else {
+        let with_crossing = |trend_eta: Option<f64>| {
+            if holds_below {
+                return None;
+            }
             let crossing = self.hold.and_then(|h| h.crossing_secs);
             match (trend_eta, crossing) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
         };
+        let eta_secs = with_crossing(trend_eta);
+        let growing_eta_secs = with_crossing(growing_eta);
         Reading {
             usage: count / limit,
             trend: self.trend,
             long: self.long.each_ref().map(|l| l.trend),
             eta_secs,
+            growing_eta_secs,
             hold_over,
             step: None,
         }

@@ -77,9 +77,19 @@ impl Trend {
     /// Seconds until the trend reaches `limit`: `Some(0)` at or over it, `None` when it does
     /// not grow, or its growth does not persist (`lower_per_sec` not above zero).
     pub fn eta_secs(&self, limit: f64) -> Option<f64> {
+        if self.lower_per_sec > 0.0 {
+            self.eta_if_growing(limit)
+        } else {
+            self.eta_if_growing(limit).filter(|&eta| eta == 0.0)
+        }
+    }
+
+    /// Seconds until the trend reaches `limit` at its slope, whether or not the growth
+    /// persists: what keeps a raised alert raised through a pause in the growth.
+    pub fn eta_if_growing(&self, limit: f64) -> Option<f64> {
         if self.level >= limit {
             Some(0.0)
-        } else if self.per_sec > 0.0 && self.lower_per_sec > 0.0 {
+        } else if self.per_sec > 0.0 {
             Some((limit - self.level) / self.per_sec)
         } else {
             None
