@@ -103,6 +103,9 @@ pub struct RateWindow {
     /// Whether a step restarts the window (not for the long trends, whose growth is steps).
     steps: bool,
     samples: VecDeque<(f64, f64)>,
+    /// When the last step came, and its direction: a second one the same way within the
+    /// window is a staircase (Kafka rolling segments in bursts), growth, not a step.
+    last_step: Option<(f64, bool)>,
     /// Scratch buffers reused by every estimate.
     points: Vec<(f64, f64)>,
     values: Vec<f64>,
@@ -114,6 +117,7 @@ impl RateWindow {
             window_secs,
             steps: true,
             samples: VecDeque::new(),
+            last_step: None,
             points: Vec::with_capacity(MAX_POINTS),
             values: Vec::with_capacity(MAX_POINTS * MAX_POINTS / 2),
         }
@@ -135,7 +139,8 @@ impl RateWindow {
 
     /// Adds the count seen at `t` seconds (monotonic) and drops samples older than the window.
     /// When the newest samples complete a step, the window restarts at it (the trend is the
-    /// growth since) and the step is returned.
+    /// growth since) and the step is returned; unless a step the same way came within the
+    /// window before it: then the two are a staircase, and the window keeps both.
     pub fn push(&mut self, t: f64, count: f64) -> Option<Step> {
         self.samples.push_back((t, count));
         keep_window(&mut self.samples, t, self.window_secs);
@@ -143,6 +148,14 @@ impl RateWindow {
             return None;
         }
         let step = self.step()?;
+        let up = step.to > step.from;
+        let staircase = self
+            .last_step
+            .is_some_and(|(at, was_up)| was_up == up && step.at - at <= self.window_secs);
+        self.last_step = Some((step.at, up));
+        if staircase {
+            return None;
+        }
         while self.samples.front().is_some_and(|&(t, _)| t < step.at) {
             self.samples.pop_front();
         }
@@ -310,6 +323,19 @@ mod tests {
         let trend = window.trend().unwrap();
         assert_eq!((trend.per_sec, trend.level), (0.0, 43_000.0));
         assert_eq!(trend.eta_secs(65_530.0), None);
+    }
+
+    #[test]
+    fn steps_the_same_way_are_a_staircase_and_keep_the_trend() {
+        // +8,000 in a second every 10 s, flat in between (segments rolled in bursts, sampled
+        // once a second): one step, then growth at the average rate, 800 a second.
+        let (mut window, steps) = window_and_steps(
+            (0..60).map(|t| (f64::from(t), 40_000.0 + 8_000.0 * f64::from(t / 10))),
+        );
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        let trend = window.trend().unwrap();
+        assert!((trend.per_sec - 800.0).abs() < 80.0, "{trend:?}");
+        assert!(trend.eta_secs(200_000.0).is_some(), "{trend:?}");
     }
 
     #[test]
