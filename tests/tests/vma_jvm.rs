@@ -73,6 +73,8 @@ struct Observed {
     warning: Option<Event>,
     critical: Option<Event>,
     exit: Option<Event>,
+    /// "ts count eta" of every report, to show when an assertion on them fails.
+    reports: Vec<String>,
 }
 
 /// Follows the JVM and the tracer until the tracer reports the JVM's exit. At each pause the
@@ -103,6 +105,12 @@ fn follow_to_death(jvm: &Process, tracer: &Tracer, half_headroom: u64, exact: bo
         };
         match event.kind() {
             "vma" => {
+                seen.reports.push(format!(
+                    "{} {} {}",
+                    event.u64("ts"),
+                    event.u64("map_count"),
+                    event.json["eta_seconds"]
+                ));
                 if seen.at_half.is_none() && event.u64("map_count") >= half_headroom {
                     seen.at_half = Some(event.clone());
                 }
@@ -201,9 +209,12 @@ fn rolling_segments_to_death(mode: &[&str], pause_ms: &str) {
         "alerts came after the death"
     );
     let at_half = seen.at_half.expect("a report at half the headroom");
-    let eta = at_half.json["eta_seconds"]
-        .as_f64()
-        .expect("an ETA at half the headroom");
+    let eta = at_half.json["eta_seconds"].as_f64().unwrap_or_else(|| {
+        panic!(
+            "no ETA at half the headroom; reports (ts count eta):\n{}",
+            seen.reports.join("\n")
+        )
+    });
     let exit = seen.exit.expect("target_exit");
     let actual = (exit.u64("ts") - at_half.u64("ts")) as f64 / 1000.0;
     println!(
@@ -212,7 +223,8 @@ fn rolling_segments_to_death(mode: &[&str], pause_ms: &str) {
     );
     assert!(
         (eta - actual).abs() <= 0.15 * actual,
-        "ETA {eta} s at half the headroom, but the JVM died {actual:.1} s later"
+        "ETA {eta} s at half the headroom, but the JVM died {actual:.1} s later; reports (ts count eta):\n{}",
+        seen.reports.join("\n")
     );
     assert!(
         !jvm.wait(Duration::from_secs(10)).success(),

@@ -46,6 +46,9 @@ const STEP_OVER_SPREAD: f64 = 4.0;
 const STEP_MIN_SHARE: f64 = 0.02;
 /// ...and this many units.
 const STEP_MIN: f64 = 16.0;
+/// A step is a stair of a staircase when the count had already moved the same way, since the
+/// window began, by this share of the step or more.
+const STAIRCASE_SHARE: f64 = 0.5;
 /// z of the one-sided 97.5% quantile: [`Trend::lower_per_sec`] is the lower end of a 95%
 /// interval.
 const Z_95: f64 = 1.96;
@@ -149,9 +152,10 @@ impl RateWindow {
         }
         let step = self.step()?;
         let up = step.to > step.from;
-        let staircase = self
-            .last_step
-            .is_some_and(|(at, was_up)| was_up == up && step.at - at <= self.window_secs);
+        let staircase = self.climbed_before(&step)
+            || self
+                .last_step
+                .is_some_and(|(at, was_up)| was_up == up && step.at - at <= self.window_secs);
         self.last_step = Some((step.at, up));
         if staircase {
             return None;
@@ -160,6 +164,17 @@ impl RateWindow {
             self.samples.pop_front();
         }
         Some(step)
+    }
+
+    /// Whether the count had already moved the way `step` goes, since the window began, by
+    /// [`STAIRCASE_SHARE`] of it: the oldest samples' median against the level before the step.
+    fn climbed_before(&mut self, step: &Step) -> bool {
+        let oldest = STEP_FLAT.min(self.samples.len());
+        let Some((start, _)) = self.flat(0..oldest) else {
+            return false;
+        };
+        (step.from - start) * (step.to - step.from).signum()
+            >= STAIRCASE_SHARE * (step.to - step.from).abs()
     }
 
     /// A step ending with the newest [`STEP_FLAT`] samples, if there is one.
@@ -336,6 +351,29 @@ mod tests {
         let trend = window.trend().unwrap();
         assert!((trend.per_sec - 800.0).abs() < 80.0, "{trend:?}");
         assert!(trend.eta_secs(200_000.0).is_some(), "{trend:?}");
+    }
+
+    #[test]
+    fn a_climb_paused_then_jumping_is_a_staircase_not_a_step() {
+        // A SegmentRoller read from /proc once a second (a run that lost its ETA): +2,000/s
+        // for 4 s, flat for 6 s, again; one climb of the 4th burst lands in a single sample
+        // and makes a clean flat-jump-flat. It had climbed 24,000 before: not a one-time step.
+        let counts = [
+            157, 2160, 4161, 6162, 8162, 8168, 8168, 8168, 8168, 8168, 8168, 10164, 12164, 14164,
+            16164, 16164, 16168, 16168, 16168, 16168, 16168, 16168, 20152, 20152, 24156, 24156,
+            24156, 24168, 24168, 24168, 24168, 26158, 26158, 26158, 32160, 32160, 32160, 32168,
+            32168, 32168, 32168,
+        ];
+        let (mut window, steps) = window_and_steps(
+            counts
+                .iter()
+                .enumerate()
+                .map(|(t, &y)| (t as f64, f64::from(y))),
+        );
+        assert!(steps.is_empty(), "{steps:?}");
+        let trend = window.trend().unwrap();
+        assert!((trend.per_sec - 800.0).abs() < 100.0, "{trend:?}");
+        assert!(trend.eta_secs(65_530.0).is_some(), "{trend:?}");
     }
 
     #[test]
