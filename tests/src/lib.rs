@@ -483,6 +483,13 @@ pub fn tasks_named(pid: u32, comm: &str) -> Vec<(u32, PathBuf)> {
         .collect()
 }
 
+/// Sends `signal` to `pid` (SIGSTOP a tracer to make its rings overflow, SIGCONT it after).
+pub fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid");
+    // SAFETY: kill(2) on a process of the test's own.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+}
+
 /// Resident memory of a process in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status(pid, "VmRSS")

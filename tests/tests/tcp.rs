@@ -14,7 +14,7 @@ use std::{
 
 use tracer_tests::{
     Event, Netns, Process, TempDir, Tracer, VethPair, compile_c, compile_java, java, port_of,
-    rss_kib, ss_states, start_redis,
+    rss_kib, signal, ss_states, start_redis,
 };
 
 /// `--close-wait-after` for these tests.
@@ -526,13 +526,6 @@ fn a_surge_of_new_connections_against_the_baseline() {
             break;
         }
     }
-}
-
-/// Sends `signal` to `pid`.
-fn signal(pid: u32, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(pid).expect("pid");
-    // SAFETY: kill(2) on a process of the test's own.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
 }
 
 #[test]
