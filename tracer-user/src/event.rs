@@ -14,6 +14,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The line that tells an NDJSON reader it missed `count` events for reading too slowly
+/// (`agent`'s `/events`; `tcp_state` lines of `attach --json`).
+pub fn dropped_line(count: u64) -> String {
+    format!(
+        "{{\"type\":\"events_dropped\",\"ts\":{},\"count\":{count}}}\n",
+        now_ms()
+    )
+}
+
 /// Seconds of CLOCK_MONOTONIC: the clock of the kernel's `bpf_ktime_get_ns`, so kernel
 /// timestamps and the agent's own can be compared.
 pub fn monotonic() -> f64 {

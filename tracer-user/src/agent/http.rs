@@ -39,7 +39,7 @@ use super::{
     Hub,
     metrics::{Dropped, Metrics, Refused},
 };
-use crate::{event::now_ms, output::filter::Events};
+use crate::{event::dropped_line, output::filter::Events};
 
 /// Lines a client may be behind before it misses some.
 const CLIENT_QUEUE: usize = 4096;
@@ -213,11 +213,7 @@ impl Subscriber {
     /// has gone, or has taken nothing for `idle` (its connection is then dropped).
     pub fn offer(&mut self, line: &Bytes, idle: Duration, metrics: &Metrics) -> bool {
         if self.missed > 0 {
-            let note = format!(
-                "{{\"type\":\"events_dropped\",\"ts\":{},\"count\":{}}}\n",
-                now_ms(),
-                self.missed
-            );
+            let note = dropped_line(self.missed);
             match self.tx.try_send(self.frame(&Bytes::from(note))) {
                 Ok(()) => self.missed = 0,
                 Err(mpsc::error::TrySendError::Closed(_)) => return false,

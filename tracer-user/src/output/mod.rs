@@ -16,7 +16,7 @@ use crate::{
 
 /// The output `attach` and `demo` write to stdout.
 pub enum Output {
-    Json(json::JsonLines<std::io::Stdout>),
+    Json(json::JsonLines),
     Live(live::LiveView),
     Lines(lines::Lines),
 }
