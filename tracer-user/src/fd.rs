@@ -13,7 +13,7 @@ use crate::{
     alert::{self, Change},
     event::{AlertDetail, AlertKind, Event},
     exhaustion::{Exhaustion, Status, Thresholds},
-    vma::{maps::thousands, rate_per_min},
+    units::thousands,
 };
 
 /// The number of open file descriptors of `pid`: the entries of `/proc/{pid}/fd`, what
@@ -144,7 +144,7 @@ impl FdModel {
                     let mut message = format!(
                         "{} open file descriptors of RLIMIT_NOFILE {of}{}",
                         thousands(count.into()),
-                        reading.growth_clause(rate_per_min)
+                        reading.growth_clause()
                     );
                     message.push_str(
                         "; accept() and new files will fail with \"Too many open files\" - find what leaks \

@@ -9,7 +9,7 @@ use crate::{
     alert::{self, Change},
     event::{AlertDetail, AlertKind, Event},
     exhaustion::{Exhaustion, Status, Thresholds},
-    vma::{duration, maps::human_bytes},
+    units::{duration, human_bytes},
 };
 use cgroup::MemoryCgroup;
 

@@ -20,7 +20,7 @@ use crate::{
     alert::{self, Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Clocks, Event, PROCESS_STATES, PeerCount, StateCounts},
     probes::Lost,
-    vma::{duration, maps::thousands},
+    units::{duration, thousands},
 };
 use proc::{ProcSocket, ProcSockets, Tuple, state_name};
 

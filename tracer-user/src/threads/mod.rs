@@ -16,7 +16,7 @@ use crate::{
     alert::{self, Change, Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Event, StalledThread, ThreadGroup},
     exhaustion::rate::keep_window,
-    vma::{duration, maps::thousands},
+    units::{duration, thousands},
 };
 
 /// When the thread alerts fire.
