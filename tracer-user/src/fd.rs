@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    alert::{self, Change},
+    alert::Change,
     event::{AlertDetail, AlertKind, Event},
     exhaustion::{Exhaustion, Status, Thresholds},
     units::thousands,
@@ -157,7 +157,7 @@ impl FdModel {
                     thousands(count.into())
                 ),
             };
-            out.push(alert::event(
+            out.push(Event::alert_change(
                 self.pid,
                 ts,
                 (AlertKind::FdExhaustion, severity),

@@ -17,7 +17,7 @@ use tracer_common::tcp::{
 };
 
 use crate::{
-    alert::{self, Check, Latch, Severity},
+    alert::{Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Clocks, Event, PROCESS_STATES, PeerCount, StateCounts},
     probes::Lost,
     units::{duration, thousands},
@@ -574,7 +574,7 @@ impl TcpModel {
             oldest_seconds: round_tenths(oldest),
             peers,
         };
-        out.push(alert::event(
+        out.push(Event::alert_change(
             self.pid,
             ts,
             (AlertKind::CloseWaitLeak, Severity::Warning),
@@ -606,7 +606,7 @@ impl TcpModel {
             oldest_seconds: round_tenths(oldest),
             peers,
         };
-        out.push(alert::event(
+        out.push(Event::alert_change(
             self.pid,
             ts,
             (AlertKind::FinWait2Pileup, Severity::Warning),
@@ -649,7 +649,7 @@ impl TcpModel {
             baseline_per_second: round_tenths(baseline),
             peers,
         };
-        out.push(alert::event(
+        out.push(Event::alert_change(
             self.pid,
             ts,
             (AlertKind::ConnectionSurge, Severity::Warning),
