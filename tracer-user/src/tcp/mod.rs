@@ -5,6 +5,7 @@
 pub mod diag;
 pub mod proc;
 mod procnet;
+pub mod tuple;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -22,7 +23,8 @@ use crate::{
     probes::Lost,
     units::{duration, thousands},
 };
-use proc::{ProcSocket, ProcSockets, Tuple, state_name};
+use proc::{ProcSocket, ProcSockets, state_name};
+use tuple::Tuple;
 
 /// Seconds of per-second new-connection counts kept for the surge baseline.
 const BASELINE_SECS: usize = 600;
