@@ -4,8 +4,6 @@
 
 use serde::Serialize;
 
-use crate::event::{AlertDetail, AlertKind, Event};
-
 /// How urgent an alert is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,36 +59,6 @@ impl Latch {
             }
             _ => None,
         }
-    }
-}
-
-/// The event that reports a change of a condition: an `alert` with its detail when it is
-/// raised, an `alert_resolved` when it clears.
-pub fn event(
-    pid: u32,
-    ts: u64,
-    (kind, severity): (AlertKind, Severity),
-    change: Change,
-    message: String,
-    detail: AlertDetail,
-) -> Event {
-    match change {
-        Change::Raise => Event::Alert {
-            ts,
-            pid,
-            kind,
-            severity,
-            message,
-            detail,
-        },
-        Change::Resolve => Event::AlertResolved {
-            ts,
-            pid,
-            kind,
-            severity,
-            message,
-            group: detail.group().map(str::to_owned),
-        },
     }
 }
 

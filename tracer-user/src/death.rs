@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tracer_common::task::ProcessExit;
 
-use crate::vma::maps::thousands;
+use crate::units::thousands;
 
 /// The fields `target_exit` (and the agent's `target_died` alert) carry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::{alert::Severity, death::Death, tcp::proc::state_name};
+use crate::{
+    alert::{Change, Severity},
+    death::Death,
+    tcp::proc::state_name,
+};
 
 /// Milliseconds since the Unix epoch, the `ts` of every event.
 pub fn now_ms() -> u64 {
@@ -266,6 +270,36 @@ pub enum Event {
 }
 
 impl Event {
+    /// The event that reports a change of a condition: an `alert` with its detail when it is
+    /// raised, an `alert_resolved` when it clears.
+    pub fn alert_change(
+        pid: u32,
+        ts: u64,
+        (kind, severity): (AlertKind, Severity),
+        change: Change,
+        message: String,
+        detail: AlertDetail,
+    ) -> Self {
+        match change {
+            Change::Raise => Self::Alert {
+                ts,
+                pid,
+                kind,
+                severity,
+                message,
+                detail,
+            },
+            Change::Resolve => Self::AlertResolved {
+                ts,
+                pid,
+                kind,
+                severity,
+                message,
+                group: detail.group().map(str::to_owned),
+            },
+        }
+    }
+
     /// "resynced sockets after lost records: 12 corrected (ESTABLISHED 0 -> 200, ...)" for a
     /// [`Event::Resynced`]; empty for any other event.
     pub fn resync_line(&self) -> String {

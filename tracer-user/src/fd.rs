@@ -10,10 +10,10 @@ use std::{
 };
 
 use crate::{
-    alert::{self, Change},
+    alert::Change,
     event::{AlertDetail, AlertKind, Event},
     exhaustion::{Exhaustion, Status, Thresholds},
-    vma::{maps::thousands, rate_per_min},
+    units::thousands,
 };
 
 /// The number of open file descriptors of `pid`: the entries of `/proc/{pid}/fd`, what
@@ -144,7 +144,7 @@ impl FdModel {
                     let mut message = format!(
                         "{} open file descriptors of RLIMIT_NOFILE {of}{}",
                         thousands(count.into()),
-                        reading.growth_clause(rate_per_min)
+                        reading.growth_clause()
                     );
                     message.push_str(
                         "; accept() and new files will fail with \"Too many open files\" - find what leaks \
@@ -157,7 +157,7 @@ impl FdModel {
                     thousands(count.into())
                 ),
             };
-            out.push(alert::event(
+            out.push(Event::alert_change(
                 self.pid,
                 ts,
                 (AlertKind::FdExhaustion, severity),

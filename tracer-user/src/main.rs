@@ -21,6 +21,7 @@ mod session;
 mod target;
 mod tcp;
 mod threads;
+mod units;
 mod vma;
 
 use std::process::ExitCode;

@@ -6,7 +6,10 @@
 
 pub mod rate;
 
-use crate::alert::{Change, Check, Latch, Severity};
+use crate::{
+    alert::{Change, Check, Latch, Severity},
+    units::{duration, rate_per_min},
+};
 use rate::{RateWindow, Step, Trend};
 
 /// When an exhaustion alert fires, per severity.
@@ -103,13 +106,13 @@ pub struct Status {
 
 impl Reading {
     /// ", growing +12/min: limit reached in 3m 20s" while the count grows toward its limit;
-    /// empty otherwise. `rate` words the growth per second.
-    pub fn growth_clause(&self, rate: impl Fn(f64) -> String) -> String {
+    /// empty otherwise.
+    pub fn growth_clause(&self) -> String {
         match (self.trend, self.eta_secs) {
             (Some(trend), Some(eta)) => format!(
                 ", growing {}/min: limit reached in {}",
-                rate(trend.per_sec),
-                crate::vma::duration(eta)
+                rate_per_min(trend.per_sec),
+                duration(eta)
             ),
             _ => String::new(),
         }

@@ -6,10 +6,10 @@ pub mod cgroup;
 use std::{fmt::Write as _, io};
 
 use crate::{
-    alert::{self, Change},
+    alert::Change,
     event::{AlertDetail, AlertKind, Event},
     exhaustion::{Exhaustion, Status, Thresholds},
-    vma::{duration, maps::human_bytes},
+    units::{duration, human_bytes},
 };
 use cgroup::MemoryCgroup;
 
@@ -165,7 +165,7 @@ impl MemoryModel {
                     human_bytes(count)
                 ),
             };
-            out.push(alert::event(
+            out.push(Event::alert_change(
                 self.pid,
                 ts,
                 (AlertKind::MemoryLimit, severity),

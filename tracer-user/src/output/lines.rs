@@ -6,11 +6,7 @@ use crate::{
     event::Event,
     output::live::clock,
     session::Frame,
-    vma::{
-        duration,
-        maps::{human_bytes, thousands},
-        rate_per_min,
-    },
+    units::{duration, human_bytes, rate_per_min, thousands},
 };
 
 /// Frames between two status lines.

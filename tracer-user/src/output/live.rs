@@ -8,11 +8,7 @@ use crate::{
     alert::Severity,
     event::{Event, now_ms},
     session::Frame,
-    vma::{
-        duration,
-        maps::{human_bytes, thousands},
-        rate_per_min,
-    },
+    units::{duration, human_bytes, rate_per_min, thousands},
 };
 
 const RED: &str = "\x1b[1;31m";

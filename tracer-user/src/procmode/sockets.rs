@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use tracer_common::tcp::{Adopted, Kind, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TcpEvent};
 
-use crate::tcp::proc::{ProcSockets, Tuple};
+use crate::tcp::{proc::ProcSockets, tuple::Tuple};
 
 /// A socket as the previous sample saw it.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,7 @@
 //! A netlink socket answers for the network namespace it was created in: for a target in
 //! another namespace (a container), the socket is created on a short-lived thread that first
 //! joins the target's namespace (`setns` changes only the calling thread's). Joining needs
-//! `CAP_SYS_ADMIN`; without it the sockets are read from `/proc/P/net/tcp{,6}`
+//! `CAP_SYS_ADMIN`; without it the caller reads the sockets from `/proc/P/net/tcp{,6}`
 //! ([`super::procnet`]), which show P's namespace to anyone.
 
 use std::fs::File;
@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 
 use tracer_common::tcp::{TCP_NEW_SYN_RECV, TCP_TIME_WAIT};
 
-use super::proc::Tuple;
+use super::tuple::Tuple;
 
 /// One socket: (addresses, kernel TCP state, inode (0: no file, e.g. still in an accept
 /// queue), bytes in the receive queue (for a LISTEN socket, its accept-queue length)).
@@ -46,10 +46,11 @@ const RECV_BUF: usize = 64 * 1024;
 pub const STATES: u32 = ((1 << TCP_NEW_SYN_RECV) - 2) & !(1 << TCP_TIME_WAIT);
 
 /// The TCP sockets (IPv4 then IPv6) in the network namespace of process `pid`, in the states
-/// of [`STATES`]. A vanished process is `NotFound`.
-pub fn tcp_sockets(pid: u32) -> io::Result<Vec<Row>> {
+/// of [`STATES`]; `None` when its namespace may not be entered (no `CAP_SYS_ADMIN`). A vanished
+/// process is `NotFound`.
+pub fn tcp_sockets(pid: u32) -> io::Result<Option<Vec<Row>>> {
     let Some(sock) = socket_in(pid)? else {
-        return super::procnet::tcp_sockets(pid);
+        return Ok(None);
     };
     let mut buf = vec![0u8; RECV_BUF];
     let mut rows = Vec::new();
@@ -59,7 +60,7 @@ pub fn tcp_sockets(pid: u32) -> io::Result<Vec<Row>> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENOENT)) => {}
         other => other?,
     }
-    Ok(rows)
+    Ok(Some(rows))
 }
 
 /// A sock_diag socket in the network namespace of `pid`; `None` when the namespace may not
@@ -480,7 +481,9 @@ mod tests {
     fn live_dump_of_own_namespace() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let rows = tcp_sockets(std::process::id()).unwrap();
+        let rows = tcp_sockets(std::process::id())
+            .unwrap()
+            .expect("our own namespace is entered without setns");
         assert!(
             rows.iter()
                 .any(|(t, state, inode, _)| t.sport == port && *state == 10 && *inode != 0),

@@ -5,6 +5,7 @@
 pub mod diag;
 pub mod proc;
 mod procnet;
+pub mod tuple;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -17,12 +18,13 @@ use tracer_common::tcp::{
 };
 
 use crate::{
-    alert::{self, Check, Latch, Severity},
+    alert::{Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Clocks, Event, PROCESS_STATES, PeerCount, StateCounts},
     probes::Lost,
-    vma::{duration, maps::thousands},
+    units::{duration, thousands},
 };
-use proc::{ProcSocket, ProcSockets, Tuple, state_name};
+use proc::{ProcSocket, ProcSockets, state_name};
+use tuple::Tuple;
 
 /// Seconds of per-second new-connection counts kept for the surge baseline.
 const BASELINE_SECS: usize = 600;
@@ -574,7 +576,7 @@ impl TcpModel {
             oldest_seconds: round_tenths(oldest),
             peers,
         };
-        out.push(alert::event(
+        out.push(Event::alert_change(
             self.pid,
             ts,
             (AlertKind::CloseWaitLeak, Severity::Warning),
@@ -606,7 +608,7 @@ impl TcpModel {
             oldest_seconds: round_tenths(oldest),
             peers,
         };
-        out.push(alert::event(
+        out.push(Event::alert_change(
             self.pid,
             ts,
             (AlertKind::FinWait2Pileup, Severity::Warning),
@@ -649,7 +651,7 @@ impl TcpModel {
             baseline_per_second: round_tenths(baseline),
             peers,
         };
-        out.push(alert::event(
+        out.push(Event::alert_change(
             self.pid,
             ts,
             (AlertKind::ConnectionSurge, Severity::Warning),

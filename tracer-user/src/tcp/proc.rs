@@ -3,69 +3,18 @@
 //! When the tracer attaches to a running process P, the sockets P already holds (and the
 //! connections waiting in the accept queues of P's listeners) were created before any probe
 //! saw them. This module finds them from `/proc/P/fd`, `/proc/P/ns/net` and a sock_diag dump
-//! of P's network namespace ([`super::diag`]) so the kernel side can adopt them.
+//! of P's network namespace ([`super::diag`]; `/proc/P/net/tcp`, [`super::procnet`], when the
+//! namespace may not be entered) so the kernel side can adopt them.
 
 use std::collections::HashSet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use tracer_common::tcp::{TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_TIME_WAIT};
 
-use super::diag;
-
-/// A TCP socket's addresses, as the kernel programs report them: ports in host order,
-/// addresses as 16 bytes (IPv4 in the first 4, the rest zero).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Tuple {
-    /// 4 or 6.
-    pub family: u8,
-    pub saddr: [u8; 16],
-    pub sport: u16,
-    pub daddr: [u8; 16],
-    pub dport: u16,
-}
-
-impl Tuple {
-    /// The socket of `family` from its local and remote (address, port).
-    #[must_use]
-    pub const fn new(
-        family: u8,
-        (saddr, sport): ([u8; 16], u16),
-        (daddr, dport): ([u8; 16], u16),
-    ) -> Self {
-        Self {
-            family,
-            saddr,
-            sport,
-            daddr,
-            dport,
-        }
-    }
-
-    /// The local address (IPv6 stays IPv6 even when v4-mapped, as `ss` prints it:
-    /// `::ffff:127.0.0.1`).
-    #[must_use]
-    pub fn local(&self) -> IpAddr {
-        to_ip(self.family, &self.saddr)
-    }
-
-    /// The remote address (IPv6 stays IPv6 even when v4-mapped).
-    #[must_use]
-    pub fn remote(&self) -> IpAddr {
-        to_ip(self.family, &self.daddr)
-    }
-}
-
-fn to_ip(family: u8, addr: &[u8; 16]) -> IpAddr {
-    if family == 4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    }
-}
+use super::{diag, procnet, tuple::Tuple};
 
 /// One socket of P found at attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +81,10 @@ pub fn read(pid: u32) -> io::Result<ProcSockets> {
     })?;
     let inodes = socket_inodes(&base.join("fd"))?;
 
-    let rows = diag::tcp_sockets(pid)?;
+    let rows = match diag::tcp_sockets(pid)? {
+        Some(rows) => rows,
+        None => procnet::tcp_sockets(pid)?,
+    };
 
     let (sockets, listen_ports, unowned) = select(&rows, &inodes);
     Ok(ProcSockets {
@@ -268,7 +220,7 @@ fn parse_dec(digits: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use std::io::{BufRead as _, BufReader, Write as _};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     use std::process::{Child, Command, Stdio};
 
@@ -276,29 +228,6 @@ mod tests {
         let mut out = [0; 16];
         out[..4].copy_from_slice(&a);
         out
-    }
-
-    #[test]
-    fn tuple_display() {
-        let t = Tuple {
-            family: 4,
-            saddr: v4([192, 168, 1, 2]),
-            sport: 1,
-            daddr: v4([8, 8, 8, 8]),
-            dport: 2,
-        };
-        assert_eq!(t.local().to_string(), "192.168.1.2");
-        assert_eq!(t.remote().to_string(), "8.8.8.8");
-        let t6 = Tuple {
-            family: 6,
-            saddr: Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
-            sport: 1,
-            daddr: Ipv6Addr::LOCALHOST.octets(),
-            dport: 2,
-        };
-        assert_eq!(t6.local().to_string(), "::ffff:127.0.0.1");
-        assert!(t6.local().is_ipv6());
-        assert_eq!(t6.remote().to_string(), "::1");
     }
 
     #[test]

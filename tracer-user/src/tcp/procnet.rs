@@ -13,7 +13,7 @@
 use std::io;
 
 use super::diag::{Row, STATES};
-use super::proc::Tuple;
+use super::tuple::Tuple;
 
 /// The sockets of P's namespace in the states of [`STATES`], IPv4 then IPv6 (a kernel
 /// without IPv6 has no `tcp6`).
@@ -124,7 +124,9 @@ mod tests {
         );
         assert_eq!(
             from_proc,
-            key(super::super::diag::tcp_sockets(pid).unwrap())
+            key(super::super::diag::tcp_sockets(pid)
+                .unwrap()
+                .expect("our own namespace is entered without setns"))
         );
         drop(server);
     }

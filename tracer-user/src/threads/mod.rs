@@ -13,10 +13,10 @@ use std::collections::{HashMap, VecDeque};
 use tracer_common::task::{ASLEEP, TASK_EXIT, TASK_NEW, TASK_RENAME, TaskEvent, ThreadSched};
 
 use crate::{
-    alert::{self, Change, Check, Latch, Severity},
+    alert::{Change, Check, Latch, Severity},
     event::{AlertDetail, AlertKind, Event, StalledThread, ThreadGroup},
     exhaustion::rate::keep_window,
-    vma::{duration, maps::thousands},
+    units::{duration, thousands},
 };
 
 /// When the thread alerts fire.
@@ -377,7 +377,7 @@ impl Judge<'_> {
         };
         if let Some(change) = history.leak.update(leak) {
             let oldest = history.counts.front().map_or(t_secs, |&(t, _)| t);
-            out.push(alert::event(
+            out.push(Event::alert_change(
                 self.pid,
                 self.ts,
                 (AlertKind::ThreadLeak, Severity::Warning),
@@ -411,7 +411,7 @@ impl Judge<'_> {
         };
         if let Some(change) = history.saturated.update(saturated) {
             let idle = idle_ratio.unwrap_or(0.0);
-            out.push(alert::event(
+            out.push(Event::alert_change(
                 self.pid,
                 self.ts,
                 (AlertKind::ThreadsSaturated, Severity::Warning),
@@ -486,7 +486,7 @@ impl Judge<'_> {
                 }
                 Change::Resolve => format!("{name} threads are running again"),
             };
-            out.push(alert::event(
+            out.push(Event::alert_change(
                 self.pid,
                 self.ts,
                 (AlertKind::Stall, Severity::Critical),

@@ -22,7 +22,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::maps::thousands;
+use crate::units::thousands;
 
 /// The main class of a broker (`kafka-server-start.sh` runs `kafka.Kafka server.properties`).
 const MAIN_CLASS: &str = "kafka.Kafka";

@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 
+use crate::units::{human_bytes, thousands};
+
 /// What kind of mapping a group holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
@@ -194,41 +196,6 @@ impl MapsReader {
     #[must_use]
     pub fn text(&self) -> &[u8] {
         &self.buf
-    }
-}
-
-/// 65530 -> "65,530".
-#[must_use]
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Bytes for humans: "812.0 MiB", "1.1 GiB", "4.0 KiB", "12 B".
-#[must_use]
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    // Integer tenths, rounded half up; move to the next unit when rounding reaches 1024.0.
-    let n = u128::from(n);
-    let mut div: u128 = 1024;
-    let mut unit = 0;
-    loop {
-        let tenths = (n * 10 + div / 2) / div;
-        if tenths < 10_240 || unit == UNITS.len() - 1 {
-            return format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit]);
-        }
-        div *= 1024;
-        unit += 1;
     }
 }
 
@@ -1099,27 +1066,6 @@ c000-d000 rw-s 00000000 00:0e 1028                       anon_inode:[io_uring]
                 "kernel"
             ]
         );
-    }
-
-    #[test]
-    fn thousands_and_bytes() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(65_530), "65,530");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(thousands(u64::MAX), "18,446,744,073,709,551,615");
-
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(12), "12 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(4096), "4.0 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB");
-        assert_eq!(human_bytes(812 << 20), "812.0 MiB");
-        assert_eq!(human_bytes(1_181_116_006), "1.1 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
     }
 
     #[test]

@@ -15,9 +15,9 @@ use crate::{
     alert::{Change, Severity},
     event::{AlertDetail, AlertKind, Event},
     exhaustion::{Exhaustion, Hold, Thresholds, rate::Trend},
+    units::{duration, thousands},
 };
 use kafka::SteadyState;
-use maps::thousands;
 
 /// Where the kernel's limit lives.
 pub const MAX_MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
@@ -301,7 +301,7 @@ impl VmaModel {
             thousands(self.count.into()),
             thousands(self.limit.into()),
         );
-        message.push_str(&self.reading().growth_clause(rate_per_min));
+        message.push_str(&self.reading().growth_clause());
         if let Some(steady) = self
             .steady_state
             .as_ref()
@@ -328,30 +328,8 @@ impl VmaModel {
     }
 }
 
-/// A growth rate for humans: "+1,203", "+2.5", "-40".
-pub fn rate_per_min(per_sec: f64) -> String {
-    let per_min = per_sec * 60.0;
-    if per_min.abs() >= 100.0 {
-        let sign = if per_min < 0.0 { "-" } else { "+" };
-        format!("{sign}{}", thousands(per_min.abs().round() as u64))
-    } else {
-        format!("{per_min:+.1}")
-    }
-}
-
 fn round_secs(secs: f64) -> u64 {
     secs.round() as u64
-}
-
-/// Seconds for humans: "45s", "12m 5s", "3h 20m", "4d 2h".
-pub fn duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
 }
 
 #[cfg(test)]
@@ -598,21 +576,5 @@ mod tests {
                 growth_per_day_7d: None,
             }
         );
-    }
-
-    #[test]
-    fn rates_for_humans() {
-        assert_eq!(rate_per_min(20.05), "+1,203");
-        assert_eq!(rate_per_min(-1.0), "-60.0");
-        assert_eq!(rate_per_min(-10.0), "-600");
-        assert_eq!(rate_per_min(0.0), "+0.0");
-    }
-
-    #[test]
-    fn durations_for_humans() {
-        assert_eq!(duration(44.6), "45s");
-        assert_eq!(duration(725.0), "12m 5s");
-        assert_eq!(duration(12_000.0), "3h 20m");
-        assert_eq!(duration(360_000.0), "4d 4h");
     }
 }
