@@ -199,25 +199,6 @@ fn run_as_unit(families: &[String], args: &[&str]) -> Output {
         .map(|f| u32::try_from(family(f)).expect("family"))
         .collect();
     let n = u8::try_from(allowed.len()).expect("few families");
-    // struct seccomp_data: nr at 0, arch at 4, instruction_pointer at 8, args[6] at 16.
-    let ld = |offset: u32| libc::sock_filter {
-        code: 0x20,
-        jt: 0,
-        jf: 0,
-        k: offset,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: 0x15,
-        jt,
-        jf,
-        k,
-    };
-    let ret = |k: u32| libc::sock_filter {
-        code: 0x06,
-        jt: 0,
-        jf: 0,
-        k,
-    };
     let mut filter = vec![
         ld(0),
         jeq(u32::try_from(libc::SYS_socket).expect("nr"), 0, n + 2),
@@ -226,12 +207,49 @@ fn run_as_unit(families: &[String], args: &[&str]) -> Output {
     for (i, &f) in allowed.iter().enumerate() {
         filter.push(jeq(f, n - u8::try_from(i).expect("few"), 0));
     }
-    filter.push(ret(
-        libc::SECCOMP_RET_ERRNO | u32::try_from(libc::EAFNOSUPPORT).expect("errno")
-    ));
+    filter.push(ret(errno(libc::EAFNOSUPPORT)));
     filter.push(ret(libc::SECCOMP_RET_ALLOW));
     let mut command = tracer_as_nobody(&unit_capabilities());
     command.args(args);
+    with_seccomp(&mut command, filter);
+    command.output().expect("run the tracer as the unit")
+}
+
+// Classic BPF for a seccomp filter over `struct seccomp_data`: nr at 0, arch at 4,
+// instruction_pointer at 8, args[6] at 16.
+fn ld(offset: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: offset,
+    }
+}
+
+fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: 0x15,
+        jt,
+        jf,
+        k,
+    }
+}
+
+fn ret(k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn errno(errno: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | u32::try_from(errno).expect("errno")
+}
+
+/// Makes `command` run under the seccomp `filter` (and `NoNewPrivileges`).
+fn with_seccomp(command: &mut Command, filter: Vec<libc::sock_filter>) {
     // SAFETY: only prctl between fork and exec; the filter lives in the closure, which the
     // child owns.
     unsafe {
@@ -252,7 +270,6 @@ fn run_as_unit(families: &[String], args: &[&str]) -> Output {
             Ok(())
         });
     }
-    command.output().expect("run the tracer as the unit")
 }
 
 /// A root process holding a listener and two connections.
@@ -383,4 +400,51 @@ fn the_documented_capabilities_reach_a_broker_in_another_network_namespace() {
     let expected = ss_states(server.pid, Some(&net));
     assert_eq!(expected.get("ESTABLISHED"), Some(&3), "{expected:?}");
     assert_eq!(last_states(&events), expected);
+}
+
+/// A kernel without sock_diag for TCP (before 3.3, as CentOS 6's 2.6.32, or built without
+/// `tcp_diag`), imitated by failing `socket(AF_NETLINK, _, NETLINK_SOCK_DIAG)` with
+/// EPROTONOSUPPORT: in either mode the sockets come from /proc/PID/net/tcp, equal to `ss`.
+#[test]
+fn without_sock_diag_the_sockets_come_from_proc_net_tcp() {
+    let dir = TempDir::new("no-sock-diag");
+    let (server, _clients) = server_with_clients(&dir);
+    let filter = vec![
+        ld(0),
+        jeq(u32::try_from(libc::SYS_socket).expect("nr"), 0, 4),
+        ld(16),
+        jeq(u32::try_from(libc::AF_NETLINK).expect("family"), 0, 2),
+        ld(32),
+        jeq(
+            u32::try_from(libc::NETLINK_SOCK_DIAG).expect("protocol"),
+            1,
+            0,
+        ),
+        ret(libc::SECCOMP_RET_ALLOW),
+        ret(errno(libc::EPROTONOSUPPORT)),
+    ];
+    for mode in ["ebpf", "proc"] {
+        let mut command = Command::new(tracer_bin());
+        command.args([
+            "attach",
+            "--json",
+            "--duration",
+            "3",
+            "--mode",
+            mode,
+            "--pid",
+            &server.pid.to_string(),
+        ]);
+        with_seccomp(&mut command, filter.clone());
+        let output = command.output().expect("run tracer");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{mode}: {:?}: {stderr}",
+            output.status
+        );
+        let expected = ss_states(server.pid, None);
+        assert_eq!(expected.get("ESTABLISHED"), Some(&2), "{expected:?}");
+        assert_eq!(last_states(&events(&output)), expected, "{mode}");
+    }
 }

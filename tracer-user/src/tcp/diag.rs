@@ -46,15 +46,22 @@ const RECV_BUF: usize = 64 * 1024;
 pub const STATES: u32 = ((1 << TCP_NEW_SYN_RECV) - 2) & !(1 << TCP_TIME_WAIT);
 
 /// The TCP sockets (IPv4 then IPv6) in the network namespace of process `pid`, in the states
-/// of [`STATES`]; `None` when its namespace may not be entered (no `CAP_SYS_ADMIN`). A vanished
-/// process is `NotFound`.
+/// of [`STATES`]; `None` when its namespace may not be entered (no `CAP_SYS_ADMIN`) or the
+/// kernel has no sock_diag for TCP (before 3.3, or `tcp_diag` not built): /proc/P/net/tcp
+/// has them then. A vanished process is `NotFound`.
 pub fn tcp_sockets(pid: u32) -> io::Result<Option<Vec<Row>>> {
     let Some(sock) = socket_in(pid)? else {
         return Ok(None);
     };
     let mut buf = vec![0u8; RECV_BUF];
     let mut rows = Vec::new();
-    dump(&sock, libc::AF_INET as u8, 1, &mut buf, &mut rows)?;
+    match dump(&sock, libc::AF_INET as u8, 1, &mut buf, &mut rows) {
+        Err(e) if no_tcp_diag(&e) => {
+            log::debug!("sock_diag for TCP: {e}; reading /proc/{pid}/net/tcp instead");
+            return Ok(None);
+        }
+        other => other?,
+    }
     match dump(&sock, libc::AF_INET6 as u8, 2, &mut buf, &mut rows) {
         // No IPv6 in this kernel: no IPv6 sockets either.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENOENT)) => {}
@@ -63,8 +70,18 @@ pub fn tcp_sockets(pid: u32) -> io::Result<Option<Vec<Row>>> {
     Ok(Some(rows))
 }
 
+/// Whether a failed sock_diag request or socket says the kernel cannot answer for TCP at all:
+/// no `SOCK_DIAG_BY_FAMILY` before 3.3 (`EINVAL`), no `inet_diag`/`tcp_diag` handler
+/// (`ENOENT`), no `NETLINK_SOCK_DIAG` protocol (`EPROTONOSUPPORT`).
+fn no_tcp_diag(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP | libc::EPROTONOSUPPORT)
+    )
+}
+
 /// A sock_diag socket in the network namespace of `pid`; `None` when the namespace may not
-/// be entered (no `CAP_SYS_ADMIN`).
+/// be entered (no `CAP_SYS_ADMIN`) or the kernel has no `NETLINK_SOCK_DIAG`.
 fn socket_in(pid: u32) -> io::Result<Option<OwnedFd>> {
     let path = format!("/proc/{pid}/ns/net");
     let ns = File::open(&path)?;
@@ -72,7 +89,7 @@ fn socket_in(pid: u32) -> io::Result<Option<OwnedFd>> {
     // The calling thread's namespace, where a socket made here would answer for.
     let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
     if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-        return diag_socket().map(Some);
+        return diag_socket();
     }
     std::thread::Builder::new()
         .name("tracer-netns".into())
@@ -87,14 +104,14 @@ fn socket_in(pid: u32) -> io::Result<Option<OwnedFd>> {
                 }
                 return Err(io::Error::new(e.kind(), format!("setns({path}): {e}")));
             }
-            diag_socket().map(Some)
+            diag_socket()
         })?
         .join()
         .map_err(|_| io::Error::other("the network namespace thread panicked"))?
 }
 
-/// A sock_diag socket in the calling thread's network namespace.
-fn diag_socket() -> io::Result<OwnedFd> {
+/// A sock_diag socket in the calling thread's network namespace; `None` without the protocol.
+fn diag_socket() -> io::Result<Option<OwnedFd>> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe {
         libc::socket(
@@ -105,6 +122,9 @@ fn diag_socket() -> io::Result<OwnedFd> {
     };
     if fd < 0 {
         let e = io::Error::last_os_error();
+        if no_tcp_diag(&e) {
+            return Ok(None);
+        }
         if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
             // What systemd's RestrictAddressFamilies= and seccomp profiles answer.
             return Err(io::Error::new(
@@ -117,7 +137,7 @@ fn diag_socket() -> io::Result<OwnedFd> {
         return Err(e);
     }
     // SAFETY: `fd` is a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Dumps the TCP sockets of `family` (`AF_INET` or `AF_INET6`) into `rows`.
@@ -457,11 +477,15 @@ mod tests {
         buf.extend(header(72, SOCK_DIAG_BY_FAMILY, 0x301, 3));
         let err = parse_reply(&buf, 3, &mut Vec::new()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        // No TCP handler: the sockets come from /proc/P/net/tcp instead.
+        assert!(no_tcp_diag(&err));
 
         let mut done = header(NLMSG_HDRLEN + 4, NLMSG_DONE, 2, 3);
         done.extend_from_slice(&(-libc::EINTR).to_ne_bytes());
         let err = parse_reply(&done, 3, &mut Vec::new()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINTR));
+        assert!(!no_tcp_diag(&err));
+        assert!(!no_tcp_diag(&invalid("short NLMSG_ERROR")));
     }
 
     #[test]
