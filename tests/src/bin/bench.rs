@@ -2,7 +2,8 @@
 //! this machine, as ratios between runs interleaved round by round (noise on a shared VM hits
 //! every side alike), medians of the rounds. Needs root, bpftrace, bpftool.
 //!
-//! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone.
+//! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone, or
+//! bench --run-time OUTPUT.md for section (d) alone.
 
 use std::{
     fmt::Write as _,
@@ -167,8 +168,28 @@ fn cpu_seconds(pid: u32) -> f64 {
     (fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")) / ticks
 }
 
-/// (run_time_ns, run_cnt) of every loaded tracepoint program, by name, from bpftool.
-fn prog_stats() -> Vec<(String, u64, u64)> {
+/// Ids of the BPF programs that process `pid` holds (its program and link fds say
+/// `prog_id:` in /proc/PID/fdinfo).
+fn prog_ids(pid: u32) -> Vec<u64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    let mut ids: Vec<u64> = entries
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// (name, run_time_ns, run_cnt) of the loaded programs of `owners` (pids), from bpftool: only
+/// theirs, as other tracers on the machine may run programs of the same names.
+fn prog_stats(owners: &[u32]) -> Vec<(String, u64, u64)> {
+    let ids: Vec<u64> = owners.iter().flat_map(|&pid| prog_ids(pid)).collect();
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -178,6 +199,7 @@ fn prog_stats() -> Vec<(String, u64, u64)> {
     json.as_array()
         .expect("a list of programs")
         .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .map(|p| {
             let field = |f: &str| p[f].as_u64().unwrap_or(0);
             let name = p["name"].as_str().unwrap_or_default().to_owned();
@@ -203,9 +225,10 @@ fn ns_per_hit(bench: &Bench, (program, empty): (&str, &str), mode: &str, bystand
     let floor = bpftrace(EMPTY_SCRIPT);
     workload.send("GO");
     thread::sleep(Duration::from_millis(300));
-    let (before, started) = (prog_stats(), Instant::now());
+    let owners = [tracer.process.pid, floor.pid];
+    let (before, started) = (prog_stats(&owners), Instant::now());
     thread::sleep(Duration::from_secs_f64(bench.plan.seconds));
-    let (after, sampled) = (prog_stats(), started.elapsed().as_secs_f64());
+    let (after, sampled) = (prog_stats(&owners), started.elapsed().as_secs_f64());
     let (_, result) = workload.expect_line("RESULT", Duration::from_mins(1));
     let mut per_hit = |name: &str| {
         let mut find = |stats: &[(String, u64, u64)]| {
@@ -253,12 +276,14 @@ impl Hits {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (flag, output) = match (args.next(), args.next()) {
-        (Some(flag), Some(out)) if flag == "--smoke" || flag == "--proc-mode" => {
+        (Some(flag), Some(out))
+            if flag == "--smoke" || flag == "--proc-mode" || flag == "--run-time" =>
+        {
             (Some(flag), PathBuf::from(out))
         }
         (Some(out), None) => (None, PathBuf::from(out)),
         _ => {
-            eprintln!("usage: bench [--smoke | --proc-mode] OUTPUT.md");
+            eprintln!("usage: bench [--smoke | --proc-mode | --run-time] OUTPUT.md");
             std::process::exit(2);
         }
     };
@@ -277,9 +302,16 @@ fn main() {
         loops: compile_c("loops", dir.path()),
         plan: if smoke { &SMOKE } else { &FULL },
     };
-    if flag.as_deref() == Some("--proc-mode") {
+    let part: Option<fn(&Bench, &mut String)> = match flag.as_deref() {
+        Some("--proc-mode") => Some(proc_mode),
+        Some("--run-time") => Some(|bench, md| {
+            run_time(bench, md);
+        }),
+        _ => None,
+    };
+    if let Some(part) = part {
         let mut md = String::new();
-        proc_mode(&bench, &mut md);
+        part(&bench, &mut md);
         std::fs::write(&output, md).unwrap_or_else(|e| panic!("writing {}: {e}", output.display()));
         println!("wrote {}", output.display());
         return;
