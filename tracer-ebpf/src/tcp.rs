@@ -21,7 +21,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{read, wakeup_flags},
+    kernel::{Ring, read, wakeup_flags},
     lost,
     target::{self, layout},
 };
@@ -87,7 +87,7 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     };
     if describe(sk, Kind::Transition, (old, new), adopted, &mut entry).is_some() {
-        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
+        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp));
     } else {
         entry.discard(0);
     }
@@ -200,7 +200,7 @@ fn report_if_held(sk: *const u8) {
     .is_some()
         && entry_ref(&entry).held != 0
     {
-        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
+        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp));
     } else {
         entry.discard(0);
     }
