@@ -3,7 +3,7 @@
 //! every side alike), medians of the rounds. Needs root, bpftrace, bpftool.
 //!
 //! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone, or
-//! bench --run-time OUTPUT.md for section (d) alone.
+//! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone.
 
 use std::{
     fmt::Write as _,
@@ -57,9 +57,14 @@ enum Side {
     Bpftrace,
     /// bpftrace's empty programs on tracer's hooks, for scale.
     Floor,
+    /// bpftrace counting every TCP state change by its new state.
+    Counting,
 }
 
 const SIDES: [Side; 4] = [Side::Untraced, Side::Tracer, Side::Bpftrace, Side::Floor];
+
+/// bpftrace counting state changes by new state, as a new user would try it.
+const COUNT_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { @s[args->newstate] = count(); }";
 
 /// bpftrace's empty programs on tracer's hooks: what any BPF program costs per hit there
 /// (dispatch; with `kernel.bpf_stats_enabled`, also the two clock reads around the run).
@@ -75,6 +80,7 @@ fn watch(side: Side, pid: u32) -> Option<Process> {
             &BPFTRACE_SCRIPT.replace("TARGET", &pid.to_string()),
         )),
         Side::Floor => Some(bpftrace(EMPTY_SCRIPT)),
+        Side::Counting => Some(bpftrace(COUNT_SCRIPT)),
     }
 }
 
@@ -128,11 +134,21 @@ impl Bench {
 
     /// Interleaved rounds of every side; medians.
     fn compare(&self, mode: &str, bystander: bool) -> [f64; 4] {
-        let mut runs: [Vec<f64>; 4] = Default::default();
+        self.compare_sides(mode, bystander, SIDES)
+    }
+
+    /// Interleaved rounds of `sides`; medians.
+    fn compare_sides<const N: usize>(
+        &self,
+        mode: &str,
+        bystander: bool,
+        sides: [Side; N],
+    ) -> [f64; N] {
+        let mut runs: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
         for round in 0..self.plan.rounds {
-            for offset in 0..SIDES.len() {
-                let index = (round + offset) % SIDES.len();
-                runs[index].push(self.run(mode, None, SIDES[index], bystander));
+            for offset in 0..N {
+                let index = (round + offset) % N;
+                runs[index].push(self.run(mode, None, sides[index], bystander));
             }
         }
         runs.map(|mut r| median(&mut r))
@@ -277,13 +293,13 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (flag, output) = match (args.next(), args.next()) {
         (Some(flag), Some(out))
-            if flag == "--smoke" || flag == "--proc-mode" || flag == "--run-time" =>
+            if ["--smoke", "--proc-mode", "--run-time", "--states"].contains(&flag.as_str()) =>
         {
             (Some(flag), PathBuf::from(out))
         }
         (Some(out), None) => (None, PathBuf::from(out)),
         _ => {
-            eprintln!("usage: bench [--smoke | --proc-mode | --run-time] OUTPUT.md");
+            eprintln!("usage: bench [--smoke | --proc-mode | --run-time | --states] OUTPUT.md");
             std::process::exit(2);
         }
     };
@@ -307,6 +323,7 @@ fn main() {
         Some("--run-time") => Some(|bench, md| {
             run_time(bench, md);
         }),
+        Some("--states") => Some(state_counting),
         _ => None,
     };
     if let Some(part) = part {
@@ -322,6 +339,7 @@ fn main() {
     let mut run_time_md = String::new();
     let per_hit = run_time(&bench, &mut run_time_md);
     let slowdown = slowdown(&bench, &mut md);
+    state_counting(&bench, &mut md);
     let bystanders = bystanders(&bench, &mut md);
     let own = own_cost(&bench, &mut md);
     md.push_str(&run_time_md);
@@ -417,6 +435,38 @@ fn slowdown(bench: &Bench, md: &mut String) -> Vec<Slowdown> {
     }
 
     added
+}
+
+/// (a2) The tcp loop as fast as it goes, untraced, under `tracer attach --json` and under
+/// bpftrace counting the state changes by new state: the time each adds per state change.
+fn state_counting(bench: &Bench, md: &mut String) {
+    let [untraced, ours, theirs] =
+        bench.compare_sides("tcp", false, [Side::Untraced, Side::Tracer, Side::Counting]);
+    let add = |traced: f64| (1.0 / traced - 1.0 / untraced) * 1e9 / TCP_TRANSITIONS;
+    let _ = writeln!(
+        md,
+        "\n## (a2) The tcp loop beside bpftrace counting state changes\n"
+    );
+    let _ = writeln!(
+        md,
+        "Iterations per second of the `tcp` loop of (a) ({} interleaved rounds of {} s, medians): untraced, watched by \
+         `tracer attach --json > /dev/null`, and under `bpftrace -e '{COUNT_SCRIPT}'`. Added time per state change: \
+         (1/traced - 1/untraced) / {TCP_TRANSITIONS} state changes per iteration.\n",
+        bench.plan.rounds, bench.plan.seconds
+    );
+    let _ = writeln!(
+        md,
+        "| untraced | tracer attach --json | bpftrace counting | tracer / untraced | bpftrace / untraced | added per state change: tracer | bpftrace |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {:.3} | {:.3} | {:.0} ns | {:.0} ns |",
+        ours / untraced,
+        theirs / untraced,
+        add(ours),
+        add(theirs)
+    );
 }
 
 /// (b) A process nobody watches: a null-syscall loop, a loop that maps and unmaps (which takes
