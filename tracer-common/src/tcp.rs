@@ -114,8 +114,9 @@ pub struct TcpEvent {
     /// Local and remote port, host order.
     pub sport: u16,
     pub dport: u16,
-    /// Explicit padding; always zero.
-    pub pad: [u8; 6],
+    /// Explicit padding; always zero. (Half-words, which the kernel program writes as such: a
+    /// byte array there it would zero with a byte-by-byte `memset` call.)
+    pub pad: [u16; 3],
     /// Local and remote address; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],

@@ -2,6 +2,12 @@
 //! sockets; decisions and arithmetic live in userspace.
 #![no_std]
 #![no_main]
+// Atomic adds to map values (`tcp::count_known`).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics, for atomic adds (see above)"
+)]
 
 mod kernel;
 mod lost;

@@ -21,7 +21,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{read, wakeup_flags},
+    kernel::{Ring, read, wakeup_flags},
     lost,
     target::{self, layout},
     vma,
@@ -213,5 +213,5 @@ fn emit(kind: u32, tid: u32, comm: [u8; 16]) {
         return;
     };
     entry.write(TaskEvent { kind, tid, comm });
-    entry.submit(wakeup_flags(&TASK_EVENTS, TASK_WAKEUP_BYTES));
+    entry.submit(wakeup_flags(&TASK_EVENTS, TASK_WAKEUP_BYTES, Ring::Task));
 }

@@ -1,12 +1,14 @@
 //! The target's TCP sockets: which sockets are its (see `tracer_common::tcp` for the rules),
 //! and every state transition of those, whoever's context it runs in.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_ns,
-    helpers::bpf_probe_read_kernel_buf,
+    helpers::generated::bpf_probe_read_kernel,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use tracer_common::{
@@ -21,7 +23,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{read, wakeup_flags},
+    kernel::{Ring, read, wakeup_flags},
     lost,
     target::{self, layout},
 };
@@ -31,10 +33,38 @@ const MAX_SOCKETS: u32 = 131_072;
 
 /// The target's sockets, by `struct sock *`, each with its local port while it listens (the
 /// kernel zeroes the port before it reports the listener's close). Entries go at TCP_CLOSE.
-/// Not preallocated: memory follows the number of sockets, up to the capacity; a full map
-/// counts the socket in `UNTRACKED_TCP`.
+/// Preallocated (bpftool shows 10 MiB of kernel memory at the default capacity, where without
+/// preallocation the empty table took 2 MiB): every short connection inserts and removes an
+/// entry, and a table without preallocation allocates each entry on insert and frees it after
+/// an RCU grace period, on the target's transitions. A full map counts the socket in
+/// `UNTRACKED_TCP`.
 #[map]
-static TCP_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+static TCP_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Slots of [`TCP_KNOWN`]: 128 KiB, small enough to stay in the CPU's caches.
+const KNOWN_SLOTS: u32 = 8192;
+
+/// Per slot of a hash of the `struct sock *`, in one array lookup (the verifier inlines it),
+/// whether a socket is in [`TCP_SOCKETS`] without the hash lookup there (a walk of a bucket
+/// array of 2 MiB at the default capacity, missing the caches) that every transition would
+/// otherwise take: no when the slot counts no entry, which dismisses other processes' sockets;
+/// yes when it is the socket the slot last saw entered, the usual case for the target's.
+/// Only sockets whose slot is shared take the hash lookup.
+#[map]
+static TCP_KNOWN: Array<KnownSlot> = Array::with_max_entries(KNOWN_SLOTS, 0);
+
+/// A slot of [`TCP_KNOWN`].
+#[repr(C)]
+struct KnownSlot {
+    /// Entries of [`TCP_SOCKETS`] whose socket hashes here, updated atomically (softirqs on
+    /// other CPUs update it too) around each insert and removal, so that it is never below the
+    /// table's own count.
+    count: u64,
+    /// The `struct sock *` last entered of those, while it is in the table; else 0 or another
+    /// of them. Written after the insert and cleared before the removal: a socket's own
+    /// transitions, which alone insert and remove it, do not run at once.
+    last: u64,
+}
 
 /// Per local port, how many listeners and seeds of the target use it ([`PortUse`]): one array
 /// lookup (the verifier inlines it) dismisses a transition on any other port.
@@ -61,9 +91,9 @@ static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// stack beside the rest, would take a call chain past the 512 bytes that verifiers before
 /// 6.13 allow, and that the programs index at offsets known only at load (a map value may be
 /// read at a bounded variable offset on every kernel; the stack only since 5.12). One entry,
-/// overwritten by each run on the CPU. (Records are built in place in the ring buffer instead,
-/// so a run nested in another on the same CPU, a softirq interrupting a process-context run,
-/// can at worst hand the outer run the inner socket's addresses, never a torn record.)
+/// overwritten by each run on the CPU. (Records are built on the stack, so a run nested in
+/// another on the same CPU, a softirq interrupting a process-context run, can at worst hand
+/// the outer run the inner socket's addresses, never a torn record.)
 #[map]
 static TCP_SCRATCH: PerCpuArray<Common> = PerCpuArray::with_max_entries(1, 0);
 
@@ -80,25 +110,20 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
         let _ = listener_changed(sk, new == TCP_LISTEN);
     }
     if new == TCP_CLOSE {
-        let _ = TCP_SOCKETS.remove(&(sk as u64));
+        forget(sk);
     }
-    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
-        lost::count(LOST_TCP);
-        return None;
-    };
-    if describe(sk, Kind::Transition, (old, new), adopted, &mut entry).is_some() {
-        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
-    } else {
-        entry.discard(0);
-    }
+    publish(&describe(sk, Kind::Transition, (old, new), adopted)?);
     Some(())
 }
 
-/// A record being built in the ring buffer, read back.
+/// Copies a record into [`TCP_EVENTS`] (one helper call, where reserving and submitting take
+/// two), or counts it lost when the ring is full.
 #[inline(always)]
-fn entry_ref(entry: &RingBufEntry<TcpEvent>) -> &TcpEvent {
-    // SAFETY: `describe` wrote every field.
-    unsafe { entry.assume_init_ref() }
+fn publish(event: &TcpEvent) {
+    let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp);
+    if TCP_EVENTS.output::<TcpEvent>(event, flags).is_err() {
+        lost::count(LOST_TCP);
+    }
 }
 
 /// One of the target's sockets started (`listens`) or stopped listening: its address enters
@@ -186,23 +211,10 @@ fn report_if_held(sk: *const u8) {
     let Some(state) = read::<u8>(sk, layout!(skc_state)) else {
         return;
     };
-    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
-        lost::count(LOST_TCP);
-        return;
-    };
-    if describe(
-        sk,
-        Kind::Accepted,
-        (state, state),
-        Adopted::Known,
-        &mut entry,
-    )
-    .is_some()
-        && entry_ref(&entry).held != 0
+    if let Some(event) = describe(sk, Kind::Accepted, (state, state), Adopted::Known)
+        && event.held != 0
     {
-        entry.submit(wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES));
-    } else {
-        entry.discard(0);
+        publish(&event);
     }
 }
 
@@ -211,18 +223,61 @@ fn report_if_held(sk: *const u8) {
 #[inline(always)]
 fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopted> {
     let key = sk as u64;
-    if TCP_SOCKETS.get_ptr(&key).is_some() {
+    let slot = TCP_KNOWN.get_ptr_mut(known_slot(sk))?;
+    // SAFETY (here and below): an entry of an array map, valid and aligned for the run.
+    let KnownSlot { count, last } = unsafe { &*slot };
+    if *last == key || (*count != 0 && TCP_SOCKETS.get_ptr(&key).is_some()) {
         return Some(Adopted::Known);
     }
     let how = adopt()?;
     if read::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
         return None;
     }
+    // Counted before it can be found, uncounted after it cannot.
+    count_known(slot, 1);
     if TCP_SOCKETS.insert(&key, &0, 0).is_err() {
+        count_known(slot, u64::MAX);
         lost::count(UNTRACKED_TCP);
         return None;
     }
+    unsafe { (*slot).last = key };
     Some(how)
+}
+
+/// Takes a closed socket out of [`TCP_SOCKETS`] and [`TCP_KNOWN`].
+#[inline(always)]
+fn forget(sk: *const u8) {
+    let key = sk as u64;
+    let Some(slot) = TCP_KNOWN.get_ptr_mut(known_slot(sk)) else {
+        return;
+    };
+    // SAFETY: an entry of an array map, valid and aligned for the run.
+    unsafe {
+        if (*slot).last == key {
+            (*slot).last = 0;
+        }
+    }
+    if TCP_SOCKETS.remove(&key).is_ok() {
+        count_known(slot, u64::MAX);
+    }
+}
+
+/// `sk`'s slot of [`TCP_KNOWN`] (Fibonacci hashing: the top bits of a product by 2^64 / phi
+/// depend on every bit of the pointer).
+#[inline(always)]
+fn known_slot(sk: *const u8) -> u32 {
+    ((sk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - KNOWN_SLOTS.trailing_zeros())) as u32
+}
+
+/// Adds `step` (1, or `u64::MAX` for -1) to a slot's count, atomically: the BPF target has no
+/// compare-and-swap, so core offers no `AtomicU64::fetch_add` there, but the kernel's atomic
+/// add exists on every kernel, as long as the old value is not wanted.
+#[inline(always)]
+fn count_known(slot: *mut KnownSlot, step: u64) {
+    // SAFETY: an entry of an array map, valid and aligned for the program's run.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).count, step);
+    }
 }
 
 /// Whether an unknown socket is the target's, and why. Most sockets on a host are not, and
@@ -275,73 +330,52 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
 }
 
 /// The start of a `struct sock` (its `sock_common`: addresses, ports, family, state, network
-/// namespace), read in one go instead of field by field, into [`TCP_SCRATCH`].
+/// namespace), read in one go instead of field by field, into [`TCP_SCRATCH`]. Held as 32-bit
+/// words, read whole (the agent checked that every field is aligned to its size, up to 4):
+/// read as bytes, at offsets known only at load, the addresses took a load and a store per byte.
 #[repr(C)]
-pub struct Common([u8; SOCK_COMMON_BYTES]);
+pub struct Common([u32; SOCK_COMMON_BYTES / 4]);
 
 impl Common {
     /// Copies `sk`'s block into this CPU's scratch entry.
     #[inline(always)]
     fn read(sk: *const u8) -> Option<&'static Self> {
         let scratch = TCP_SCRATCH.get_ptr_mut(0)?;
-        // SAFETY: an entry of a per-CPU array, valid for the program's run; the helper checks
-        // the kernel address.
+        // SAFETY: an entry of a per-CPU array, valid for the program's run, of the size given;
+        // the helper checks the kernel address.
         unsafe {
-            bpf_probe_read_kernel_buf(sk, &mut (*scratch).0).ok()?;
-            Some(&*scratch)
+            let ret = bpf_probe_read_kernel(scratch.cast(), SOCK_COMMON_BYTES as u32, sk.cast());
+            (ret == 0).then(|| &*scratch)
         }
     }
 
-    /// `N` bytes at a field offset (the agent checked that they lie within the block).
+    /// The word at a field offset (within the block, as the agent checked).
     #[inline(always)]
-    fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
-        let start = offset as usize;
-        self.0.get(start..start + N)?.try_into().ok()
+    fn u32(&self, offset: u32) -> Option<u32> {
+        self.0.get((offset / 4) as usize).copied()
     }
 
+    /// A 16-bit field: half of its word (the programs run little-endian).
     #[inline(always)]
     fn u16(&self, offset: u32) -> Option<u16> {
-        self.bytes(offset).map(u16::from_ne_bytes)
+        Some((self.u32(offset)? >> ((offset & 2) * 8)) as u16)
+    }
+
+    /// A pointer field: two words.
+    #[inline(always)]
+    fn u64(&self, offset: u32) -> Option<u64> {
+        Some(u64::from(self.u32(offset)?) | u64::from(self.u32(offset + 4)?) << 32)
     }
 }
 
-/// Writes a record of `sk` as it is now, with the given kind and states, into `entry`.
+/// A record of `sk` as it is now, with the given kind and states: addresses, ports, whether it
+/// has a file, and, in the record that adopts it, its namespace. Every helper call counts on
+/// this path (each returns through the CPU's return-stack mitigations): `sk_shutdown` is read
+/// only while the socket has a file, the namespace only once per socket. Built on the stack
+/// whole, field by field (zeroing a record in the ring first and filling it in took two calls
+/// of a byte-by-byte `memset`), and inlined: its 72 bytes fit beside its callers' stack.
 #[inline(always)]
-fn describe(
-    sk: *const u8,
-    kind: Kind,
-    (old, new): (u8, u8),
-    adopted: Adopted,
-    entry: &mut RingBufEntry<TcpEvent>,
-) -> Option<()> {
-    entry.write(TcpEvent {
-        ts_ns: 0,
-        sk: sk as u64,
-        reserved: 0,
-        netns: 0,
-        kind: kind as u8,
-        old,
-        new,
-        family: 0,
-        held: 0,
-        adopted: adopted as u8,
-        sport: 0,
-        dport: 0,
-        pad: [0; 6],
-        saddr: [0; 16],
-        daddr: [0; 16],
-    });
-    // SAFETY: written just above.
-    fill(sk, unsafe { entry.assume_init_mut() })
-}
-
-/// Fills in what the socket is now: addresses, ports, whether it has a file, and, in the
-/// record that adopts it, its namespace. Every helper call counts on this path (each returns
-/// through the CPU's return-stack mitigations): `sk_shutdown` is read only while the socket
-/// has a file, the namespace only once per socket. Inlined: the stack it needs (the block is
-/// in the per-CPU scratch, the record in the ring) fits beside its callers'.
-#[inline(always)]
-fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
+fn describe(sk: *const u8, kind: Kind, (old, new): (u8, u8), adopted: Adopted) -> Option<TcpEvent> {
     let common = Common::read(sk)?;
     let family = common.u16(layout!(skc_family))?;
     let socket: u64 = read(sk, layout!(sk_socket))?;
@@ -349,16 +383,28 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
     let closed = socket != 0
         && shutdown_offset != ABSENT
         && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
-    if event.adopted != Adopted::Known as u8 {
-        let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
-        event.netns = read(net, layout!(net_ns_inum))?;
-    }
+    let netns = if adopted == Adopted::Known {
+        0
+    } else {
+        let net = common.u64(layout!(skc_net))? as *const u8;
+        read(net, layout!(net_ns_inum))?
+    };
+    // SAFETY: every field of a record is an integer or an array of them; all-zero is one.
+    let mut event: TcpEvent = unsafe { core::mem::zeroed() };
+    // SAFETY: the helper has no preconditions.
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.sk = sk as u64;
+    event.netns = netns;
+    event.kind = kind as u8;
+    event.old = old;
+    event.new = new;
     event.family = if family == AF_INET6 { 6 } else { 4 };
     event.held = u8::from(socket != 0 && !closed);
+    event.adopted = adopted as u8;
     event.sport = common.u16(layout!(skc_num))?;
     event.dport = u16::from_be(common.u16(layout!(skc_dport))?);
-    copy_addresses(common, family, &mut event.saddr, &mut event.daddr)
+    copy_addresses(common, family, &mut event.saddr, &mut event.daddr)?;
+    Some(event)
 }
 
 /// The namespace, family, ports and addresses of `sk`, as a seed's key. A call of its own, so
@@ -367,7 +413,7 @@ fn fill(sk: *const u8, event: &mut TcpEvent) -> Option<()> {
 fn key_of(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
     let common = Common::read(sk)?;
     let family = common.u16(layout!(skc_family))?;
-    let net = u64::from_ne_bytes(common.bytes(layout!(skc_net))?) as *const u8;
+    let net = common.u64(layout!(skc_net))? as *const u8;
     tuple.netns = read(net, layout!(net_ns_inum))?;
     tuple.family = if family == AF_INET6 { 6 } else { 4 };
     tuple.sport = common.u16(layout!(skc_num))?;
@@ -375,7 +421,9 @@ fn key_of(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
     copy_addresses(common, family, &mut tuple.saddr, &mut tuple.daddr)
 }
 
-/// Local and remote address out of the block; IPv4 in the first 4 bytes.
+/// Local and remote address out of the block into the 16-byte fields of a record or key, which
+/// lie at multiples of 4 (so that they are written a word at a time); IPv4 in the first 4 bytes,
+/// the rest left as it is.
 #[inline(always)]
 fn copy_addresses(
     common: &Common,
@@ -383,12 +431,28 @@ fn copy_addresses(
     saddr: &mut [u8; 16],
     daddr: &mut [u8; 16],
 ) -> Option<()> {
-    if family == AF_INET6 {
-        *saddr = common.bytes(layout!(skc_v6_rcv_saddr))?;
-        *daddr = common.bytes(layout!(skc_v6_daddr))?;
-    } else {
-        saddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_rcv_saddr))?);
-        daddr[..4].copy_from_slice(&common.bytes::<4>(layout!(skc_daddr))?);
+    let (saddr, daddr) = (
+        core::ptr::from_mut(saddr).cast::<u32>(),
+        core::ptr::from_mut(daddr).cast::<u32>(),
+    );
+    // SAFETY: 16 bytes each, aligned to 4 (asserted below for the types that hold them).
+    unsafe {
+        if family == AF_INET6 {
+            let (from_s, from_d) = (layout!(skc_v6_rcv_saddr), layout!(skc_v6_daddr));
+            for i in 0..4 {
+                *saddr.add(i) = common.u32(from_s + 4 * i as u32)?;
+                *daddr.add(i) = common.u32(from_d + 4 * i as u32)?;
+            }
+        } else {
+            *saddr = common.u32(layout!(skc_rcv_saddr))?;
+            *daddr = common.u32(layout!(skc_daddr))?;
+        }
     }
     Some(())
 }
+
+const _: () = assert!(core::mem::offset_of!(TcpEvent, saddr) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(TcpEvent, daddr) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(TupleKey, saddr) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(TupleKey, daddr) % 4 == 0);
+const _: () = assert!(align_of::<TcpEvent>() >= 4 && align_of::<TupleKey>() >= 4);

@@ -20,7 +20,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{read, wakeup_flags},
+    kernel::{Ring, read, wakeup_flags},
     lost,
     target::{self, layout},
 };
@@ -183,5 +183,5 @@ fn emit(count: u32) {
         tid: target::current_thread().unwrap_or(0),
         map_count: count,
     });
-    entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES));
+    entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES, Ring::Vma));
 }

@@ -30,19 +30,31 @@ use crate::{
 /// The eBPF object built by `build.rs`, embedded so `tracer` is one self-contained file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
+/// Why the programs cannot take a `sock_common` field of `size` bytes at `offset` out of the
+/// block they copy: they read the first `SOCK_COMMON_BYTES` of a socket in one go, and the
+/// fields out of it by 32-bit words.
+fn misplaced_in_block(offset: u32, size: u32) -> Option<&'static str> {
+    if (offset + size) as usize > SOCK_COMMON_BYTES {
+        Some("lies beyond the bytes the programs read")
+    } else if !offset.is_multiple_of(size.min(4)) {
+        Some("is not aligned to its size, as the programs read it")
+    } else {
+        None
+    }
+}
+
 /// Resolves where the programs' kernel fields are in the running kernel, from its BTF.
 pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
-    // The programs read the first SOCK_COMMON_BYTES of a socket in one go.
     let sock_common = |field: &str, size: u32| {
         let offset = btf.member_offset("sock_common", field)?;
-        if (offset + size) as usize > SOCK_COMMON_BYTES {
-            return Err(BtfError::Misplaced {
+        match misplaced_in_block(offset, size) {
+            None => Ok(offset),
+            Some(why) => Err(BtfError::Misplaced {
                 ty: "sock_common".into(),
                 member: field.into(),
-                why: "lies beyond the bytes the programs read",
-            });
+                why,
+            }),
         }
-        Ok(offset)
     };
     Ok(KernelLayout {
         task_mm: btf.member_offset("task_struct", "mm")?,
@@ -604,6 +616,20 @@ mod tests {
             (VmaSource::SyscallFexit, denied),
         ]);
         assert!(matches!(e, ProbeError::Permission(_)), "{e:?}");
+    }
+
+    #[test]
+    fn socket_fields_must_lie_aligned_within_the_block() {
+        assert_eq!(misplaced_in_block(0, 4), None);
+        assert_eq!(misplaced_in_block(14, 2), None);
+        assert_eq!(misplaced_in_block(18, 1), None);
+        assert_eq!(misplaced_in_block(48, 8), None);
+        assert_eq!(misplaced_in_block(112, 16), None);
+        assert!(misplaced_in_block(113, 16).is_some());
+        assert!(misplaced_in_block(13, 2).is_some());
+        assert!(misplaced_in_block(6, 4).is_some());
+        assert_eq!(misplaced_in_block(52, 8), None);
+        assert!(misplaced_in_block(50, 8).is_some());
     }
 
     #[test]

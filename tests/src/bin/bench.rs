@@ -2,7 +2,8 @@
 //! this machine, as ratios between runs interleaved round by round (noise on a shared VM hits
 //! every side alike), medians of the rounds. Needs root, bpftrace, bpftool.
 //!
-//! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone.
+//! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone, or
+//! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone.
 
 use std::{
     fmt::Write as _,
@@ -56,9 +57,14 @@ enum Side {
     Bpftrace,
     /// bpftrace's empty programs on tracer's hooks, for scale.
     Floor,
+    /// bpftrace counting every TCP state change by its new state.
+    Counting,
 }
 
 const SIDES: [Side; 4] = [Side::Untraced, Side::Tracer, Side::Bpftrace, Side::Floor];
+
+/// bpftrace counting state changes by new state, as a new user would try it.
+const COUNT_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state { @s[args->newstate] = count(); }";
 
 /// bpftrace's empty programs on tracer's hooks: what any BPF program costs per hit there
 /// (dispatch; with `kernel.bpf_stats_enabled`, also the two clock reads around the run).
@@ -74,6 +80,7 @@ fn watch(side: Side, pid: u32) -> Option<Process> {
             &BPFTRACE_SCRIPT.replace("TARGET", &pid.to_string()),
         )),
         Side::Floor => Some(bpftrace(EMPTY_SCRIPT)),
+        Side::Counting => Some(bpftrace(COUNT_SCRIPT)),
     }
 }
 
@@ -127,11 +134,21 @@ impl Bench {
 
     /// Interleaved rounds of every side; medians.
     fn compare(&self, mode: &str, bystander: bool) -> [f64; 4] {
-        let mut runs: [Vec<f64>; 4] = Default::default();
+        self.compare_sides(mode, bystander, SIDES)
+    }
+
+    /// Interleaved rounds of `sides`; medians.
+    fn compare_sides<const N: usize>(
+        &self,
+        mode: &str,
+        bystander: bool,
+        sides: [Side; N],
+    ) -> [f64; N] {
+        let mut runs: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
         for round in 0..self.plan.rounds {
-            for offset in 0..SIDES.len() {
-                let index = (round + offset) % SIDES.len();
-                runs[index].push(self.run(mode, None, SIDES[index], bystander));
+            for offset in 0..N {
+                let index = (round + offset) % N;
+                runs[index].push(self.run(mode, None, sides[index], bystander));
             }
         }
         runs.map(|mut r| median(&mut r))
@@ -167,8 +184,28 @@ fn cpu_seconds(pid: u32) -> f64 {
     (fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")) / ticks
 }
 
-/// (run_time_ns, run_cnt) of every loaded tracepoint program, by name, from bpftool.
-fn prog_stats() -> Vec<(String, u64, u64)> {
+/// Ids of the BPF programs that process `pid` holds (its program and link fds say
+/// `prog_id:` in /proc/PID/fdinfo).
+fn prog_ids(pid: u32) -> Vec<u64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    let mut ids: Vec<u64> = entries
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// (name, run_time_ns, run_cnt) of the loaded programs of `owners` (pids), from bpftool: only
+/// theirs, as other tracers on the machine may run programs of the same names.
+fn prog_stats(owners: &[u32]) -> Vec<(String, u64, u64)> {
+    let ids: Vec<u64> = owners.iter().flat_map(|&pid| prog_ids(pid)).collect();
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -178,6 +215,7 @@ fn prog_stats() -> Vec<(String, u64, u64)> {
     json.as_array()
         .expect("a list of programs")
         .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .map(|p| {
             let field = |f: &str| p[f].as_u64().unwrap_or(0);
             let name = p["name"].as_str().unwrap_or_default().to_owned();
@@ -203,9 +241,10 @@ fn ns_per_hit(bench: &Bench, (program, empty): (&str, &str), mode: &str, bystand
     let floor = bpftrace(EMPTY_SCRIPT);
     workload.send("GO");
     thread::sleep(Duration::from_millis(300));
-    let (before, started) = (prog_stats(), Instant::now());
+    let owners = [tracer.process.pid, floor.pid];
+    let (before, started) = (prog_stats(&owners), Instant::now());
     thread::sleep(Duration::from_secs_f64(bench.plan.seconds));
-    let (after, sampled) = (prog_stats(), started.elapsed().as_secs_f64());
+    let (after, sampled) = (prog_stats(&owners), started.elapsed().as_secs_f64());
     let (_, result) = workload.expect_line("RESULT", Duration::from_mins(1));
     let mut per_hit = |name: &str| {
         let mut find = |stats: &[(String, u64, u64)]| {
@@ -253,12 +292,14 @@ impl Hits {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (flag, output) = match (args.next(), args.next()) {
-        (Some(flag), Some(out)) if flag == "--smoke" || flag == "--proc-mode" => {
+        (Some(flag), Some(out))
+            if ["--smoke", "--proc-mode", "--run-time", "--states"].contains(&flag.as_str()) =>
+        {
             (Some(flag), PathBuf::from(out))
         }
         (Some(out), None) => (None, PathBuf::from(out)),
         _ => {
-            eprintln!("usage: bench [--smoke | --proc-mode] OUTPUT.md");
+            eprintln!("usage: bench [--smoke | --proc-mode | --run-time | --states] OUTPUT.md");
             std::process::exit(2);
         }
     };
@@ -277,9 +318,17 @@ fn main() {
         loops: compile_c("loops", dir.path()),
         plan: if smoke { &SMOKE } else { &FULL },
     };
-    if flag.as_deref() == Some("--proc-mode") {
+    let part: Option<fn(&Bench, &mut String)> = match flag.as_deref() {
+        Some("--proc-mode") => Some(proc_mode),
+        Some("--run-time") => Some(|bench, md| {
+            run_time(bench, md);
+        }),
+        Some("--states") => Some(state_counting),
+        _ => None,
+    };
+    if let Some(part) = part {
         let mut md = String::new();
-        proc_mode(&bench, &mut md);
+        part(&bench, &mut md);
         std::fs::write(&output, md).unwrap_or_else(|e| panic!("writing {}: {e}", output.display()));
         println!("wrote {}", output.display());
         return;
@@ -290,6 +339,7 @@ fn main() {
     let mut run_time_md = String::new();
     let per_hit = run_time(&bench, &mut run_time_md);
     let slowdown = slowdown(&bench, &mut md);
+    state_counting(&bench, &mut md);
     let bystanders = bystanders(&bench, &mut md);
     let own = own_cost(&bench, &mut md);
     md.push_str(&run_time_md);
@@ -385,6 +435,38 @@ fn slowdown(bench: &Bench, md: &mut String) -> Vec<Slowdown> {
     }
 
     added
+}
+
+/// (a2) The tcp loop as fast as it goes, untraced, under `tracer attach --json` and under
+/// bpftrace counting the state changes by new state: the time each adds per state change.
+fn state_counting(bench: &Bench, md: &mut String) {
+    let [untraced, ours, theirs] =
+        bench.compare_sides("tcp", false, [Side::Untraced, Side::Tracer, Side::Counting]);
+    let add = |traced: f64| (1.0 / traced - 1.0 / untraced) * 1e9 / TCP_TRANSITIONS;
+    let _ = writeln!(
+        md,
+        "\n## (a2) The tcp loop beside bpftrace counting state changes\n"
+    );
+    let _ = writeln!(
+        md,
+        "Iterations per second of the `tcp` loop of (a) ({} interleaved rounds of {} s, medians): untraced, watched by \
+         `tracer attach --json > /dev/null`, and under `bpftrace -e '{COUNT_SCRIPT}'`. Added time per state change: \
+         (1/traced - 1/untraced) / {TCP_TRANSITIONS} state changes per iteration.\n",
+        bench.plan.rounds, bench.plan.seconds
+    );
+    let _ = writeln!(
+        md,
+        "| untraced | tracer attach --json | bpftrace counting | tracer / untraced | bpftrace / untraced | added per state change: tracer | bpftrace |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {:.3} | {:.3} | {:.0} ns | {:.0} ns |",
+        ours / untraced,
+        theirs / untraced,
+        add(ours),
+        add(theirs)
+    );
 }
 
 /// (b) A process nobody watches: a null-syscall loop, a loop that maps and unmaps (which takes

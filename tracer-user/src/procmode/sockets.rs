@@ -98,7 +98,7 @@ impl SocketDiff {
                 adopted: adopted as u8,
                 sport: tuple.sport,
                 dport: tuple.dport,
-                pad: [0; 6],
+                pad: [0; 3],
                 saddr: tuple.saddr,
                 daddr: tuple.daddr,
             }

@@ -717,7 +717,7 @@ mod tests {
             adopted: adopted as u8,
             sport: 9092,
             dport: 40_000 + sk as u16,
-            pad: [0; 6],
+            pad: [0; 3],
             saddr,
             daddr,
         }
