@@ -2,8 +2,9 @@
 //!
 //! Where the kernel's `mmap_lock` tracepoints are cheap (6.18 passes a cgroup id; 6.1 and 6.12 build a
 //! memcg path string for every event), the
-//! count is read under the lock, as below; elsewhere at the exit of the target's syscalls that
-//! change its map (the agent picks, see `tracer-user/src/vma/source.rs`).
+//! count is read under the lock, as below; elsewhere at the entry of the target's syscalls that
+//! change its map, or at the exit of all its syscalls (the agent picks, see
+//! `tracer-user/src/vma/source.rs`).
 //!
 //! Every change to a process's memory map happens under its `mmap_lock` held for writing, and
 //! the `mmap_lock:mmap_lock_released` tracepoint fires just before the lock is let go. Reading
@@ -28,8 +29,9 @@ pub struct VmaRegister {
     pub changes: u32,
     /// 1 once `count` holds a reading.
     pub valid: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// `syscall_fentry` source: the thread that entered the latest syscall that changes memory
+    /// maps, to which the change the next reading shows is put down. 0 for the other sources.
+    pub tid: u32,
 }
 
 const _: () = assert!(size_of::<VmaRegister>() == 24);
@@ -53,7 +55,8 @@ pub const RECORD_EVERY: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmaEvent {
-    /// Thread that released the lock: the one that changed the map (or a reader after it).
+    /// Thread that changed the map: the one that released the lock (or a reader after it), or
+    /// for `syscall_fentry` the one that entered the syscall before the reading.
     pub tid: u32,
     /// `mm->map_count` after the change.
     pub map_count: u32,

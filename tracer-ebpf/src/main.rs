@@ -17,8 +17,8 @@ mod tcp;
 mod vma;
 
 use aya_ebpf::{
-    macros::{fexit, raw_tracepoint},
-    programs::{FExitContext, RawTracePointContext},
+    macros::{fentry, raw_tracepoint},
+    programs::{FEntryContext, RawTracePointContext},
 };
 
 /// `mmap_lock:mmap_lock_released` (VMA source `mmap_lock`): every release of a process's
@@ -29,42 +29,43 @@ pub fn tracer_mmaplock(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// One fexit program per syscall that can change the number of VMAs (VMA source
-/// `syscall_fexit`), on its x86-64 entry function `__x64_sys_NAME`. The agent loads those the
+/// One fentry program per syscall that can change the number of VMAs (VMA source
+/// `syscall_fentry`), on its x86-64 entry function `__x64_sys_NAME`. The agent loads those the
 /// kernel's BTF has (`mseal` since 6.10) and derives the function from the program's name
-/// (`tracer_fx_NAME`).
+/// (`tracer_fe_NAME`). fentry rather than fexit: a trampoline that need not call the function
+/// itself costs other processes' calls of it less (BENCHMARKS.md table (g)).
 macro_rules! vma_syscalls {
     ($($program:ident => $function:literal,)*) => {$(
-        #[doc = concat!("fexit of `", $function, "`: the target's VMA count after the syscall.")]
-        #[fexit(function = $function)]
-        pub fn $program(_ctx: FExitContext) -> i32 {
-            let _ = vma::on_syscall_exit();
+        #[doc = concat!("fentry of `", $function, "`: the target's VMA count before the syscall.")]
+        #[fentry(function = $function)]
+        pub fn $program(_ctx: FEntryContext) -> i32 {
+            let _ = vma::on_syscall_entry();
             0
         }
     )*};
 }
 
 vma_syscalls! {
-    tracer_fx_mmap => "__x64_sys_mmap",
-    tracer_fx_munmap => "__x64_sys_munmap",
-    tracer_fx_mremap => "__x64_sys_mremap",
-    tracer_fx_mprotect => "__x64_sys_mprotect",
-    tracer_fx_pkey_mprotect => "__x64_sys_pkey_mprotect",
-    tracer_fx_brk => "__x64_sys_brk",
-    tracer_fx_madvise => "__x64_sys_madvise",
-    tracer_fx_mlock => "__x64_sys_mlock",
-    tracer_fx_mlock2 => "__x64_sys_mlock2",
-    tracer_fx_munlock => "__x64_sys_munlock",
-    tracer_fx_mlockall => "__x64_sys_mlockall",
-    tracer_fx_munlockall => "__x64_sys_munlockall",
-    tracer_fx_mbind => "__x64_sys_mbind",
-    tracer_fx_shmat => "__x64_sys_shmat",
-    tracer_fx_shmdt => "__x64_sys_shmdt",
-    tracer_fx_remap_file_pages => "__x64_sys_remap_file_pages",
-    tracer_fx_mseal => "__x64_sys_mseal",
-    tracer_fx_prctl => "__x64_sys_prctl",
-    tracer_fx_execve => "__x64_sys_execve",
-    tracer_fx_execveat => "__x64_sys_execveat",
+    tracer_fe_mmap => "__x64_sys_mmap",
+    tracer_fe_munmap => "__x64_sys_munmap",
+    tracer_fe_mremap => "__x64_sys_mremap",
+    tracer_fe_mprotect => "__x64_sys_mprotect",
+    tracer_fe_pkey_mprotect => "__x64_sys_pkey_mprotect",
+    tracer_fe_brk => "__x64_sys_brk",
+    tracer_fe_madvise => "__x64_sys_madvise",
+    tracer_fe_mlock => "__x64_sys_mlock",
+    tracer_fe_mlock2 => "__x64_sys_mlock2",
+    tracer_fe_munlock => "__x64_sys_munlock",
+    tracer_fe_mlockall => "__x64_sys_mlockall",
+    tracer_fe_munlockall => "__x64_sys_munlockall",
+    tracer_fe_mbind => "__x64_sys_mbind",
+    tracer_fe_shmat => "__x64_sys_shmat",
+    tracer_fe_shmdt => "__x64_sys_shmdt",
+    tracer_fe_remap_file_pages => "__x64_sys_remap_file_pages",
+    tracer_fe_mseal => "__x64_sys_mseal",
+    tracer_fe_prctl => "__x64_sys_prctl",
+    tracer_fe_execve => "__x64_sys_execve",
+    tracer_fe_execveat => "__x64_sys_execveat",
 }
 
 /// `raw_syscalls:sys_exit` (VMA source `syscall_tracepoint`, where neither of the above

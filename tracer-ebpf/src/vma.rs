@@ -2,11 +2,13 @@
 //! feed it depends on the kernel (`tracer_common::vma::VmaSource`, chosen by the agent):
 //! - `mmap_lock`: at every release of the target's `mmap_lock` (see `tracer_common::vma` for
 //!   why that is exact);
-//! - `syscall_fexit`: at the exit of each syscall that changes memory maps (BPF trampolines);
+//! - `syscall_fentry`: at the entry of each syscall that changes memory maps (BPF trampolines),
+//!   so a reading is the count the previous change left;
 //! - `syscall_tracepoint`: at the exit of every syscall of the target (`raw_syscalls:sys_exit`).
 //!
-//! The syscall sources read after the lock is dropped, so two threads can publish their
-//! readings out of order; `heal` (run by the agent every report) puts the current count back.
+//! The syscall sources read without the lock, so two threads can publish their readings out of
+//! order, and `syscall_fentry` sees the last change before a pause only at the next syscall;
+//! `heal` (run by the agent every report) puts the current count back.
 
 use aya_ebpf::{
     helpers::bpf_get_current_task,
@@ -49,12 +51,12 @@ pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
         }
         learn(register, mm);
     }
-    publish(register, read_count(mm)?);
+    publish(register, read_count(mm)?, current_tid);
     Some(())
 }
 
-/// The exit of a syscall (the `syscall_fexit` and `syscall_tracepoint` sources): when the
-/// current task is one of the target's, its count as the syscall left it.
+/// The exit of any syscall (the `syscall_tracepoint` source): when the current task is one of
+/// the target's, its count as the syscall left it.
 #[inline(always)]
 pub fn on_syscall_exit() -> Option<()> {
     let mm = current_mm()?;
@@ -62,7 +64,22 @@ pub fn on_syscall_exit() -> Option<()> {
     if mm != register.mm {
         learn(register, mm);
     }
-    publish(register, read_count(mm)?);
+    publish(register, read_count(mm)?, current_tid);
+    Some(())
+}
+
+/// The entry of a syscall that changes memory maps (the `syscall_fentry` source): when the
+/// current task is one of the target's, its count as the previous such syscall left it. That
+/// change is put down to the thread that entered the previous one (`VmaRegister::tid`).
+#[inline(always)]
+pub fn on_syscall_entry() -> Option<()> {
+    let (tid, mm) = current_thread_mm()?;
+    let register = register()?;
+    if mm != register.mm {
+        learn(register, mm);
+    }
+    let changer = core::mem::replace(&mut register.tid, tid);
+    publish(register, read_count(mm)?, || changer);
     Some(())
 }
 
@@ -126,11 +143,23 @@ fn register() -> Option<&'static mut VmaRegister> {
 /// The current task's mm, when the current task is one of the target's.
 #[inline(always)]
 fn current_mm() -> Option<u64> {
-    if !target::is_current() {
-        return None;
-    }
+    current_thread_mm().map(|(_, mm)| mm)
+}
+
+/// The current task's thread id and mm, when the current task is one of the target's.
+#[inline(always)]
+fn current_thread_mm() -> Option<(u32, u64)> {
+    let tid = target::current_thread()?;
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)
+    let mm = read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)?;
+    Some((tid, mm))
+}
+
+/// The thread a record of a change made in the current context is put down to: 0 when
+/// another process held the lock (a reader of /proc/PID/maps).
+#[inline(always)]
+fn current_tid() -> u32 {
+    target::current_thread().unwrap_or(0)
 }
 
 #[inline(always)]
@@ -147,10 +176,10 @@ fn read_count(mm: u64) -> Option<u32> {
     }
 }
 
-/// Stores a reading in the register; records it when it is a new high or one in
-/// `RECORD_EVERY` changes.
+/// Stores a reading in the register; records it, with the thread `tid` names, when it is a
+/// new high or one in `RECORD_EVERY` changes.
 #[inline(always)]
-fn publish(register: &mut VmaRegister, count: u32) {
+fn publish(register: &mut VmaRegister, count: u32, tid: impl FnOnce() -> u32) {
     if register.valid != 0 && register.count == count {
         return;
     }
@@ -168,19 +197,18 @@ fn publish(register: &mut VmaRegister, count: u32) {
         *high = count;
     }
     if new_high || register.changes % RECORD_EVERY == 0 {
-        emit(count);
+        emit(count, tid());
     }
 }
 
 #[inline(always)]
-fn emit(count: u32) {
+fn emit(count: u32, tid: u32) {
     let Some(mut entry) = VMA_EVENTS.reserve::<VmaEvent>(0) else {
         lost::count(LOST_VMA);
         return;
     };
     entry.write(VmaEvent {
-        // 0 when another process held the lock (a reader of /proc/PID/maps).
-        tid: target::current_thread().unwrap_or(0),
+        tid,
         map_count: count,
     });
     entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES, Ring::Vma));

@@ -74,7 +74,7 @@ pub enum Event {
         cmdline: String,
         /// "ebpf" or "proc".
         mode: &'static str,
-        /// Where the VMA count comes from on this kernel: `mmap_lock`, `syscall_fexit` or
+        /// Where the VMA count comes from on this kernel: `mmap_lock`, `syscall_fentry` or
         /// `syscall_tracepoint` (README: what each can miss).
         vma_source: &'static str,
     },

@@ -9,7 +9,7 @@ use std::fmt;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FExit, RawTracePoint, RawTracePointRunOptions, TestRun as _},
+    programs::{FEntry, RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
 use tracer_common::{
     config::{
@@ -220,8 +220,8 @@ const LEVEL_PROBE: &str = "tracer_pidlevel";
 /// The program that reads the target's current VMA count into the register, run on demand.
 const HEAL_PROBE: &str = "tracer_vmaheal";
 
-/// Prefix of the `syscall_fexit` programs: `tracer_fx_NAME` attaches to `__x64_sys_NAME`.
-const FEXIT_PREFIX: &str = "tracer_fx_";
+/// Prefix of the `syscall_fentry` programs: `tracer_fe_NAME` attaches to `__x64_sys_NAME`.
+const FENTRY_PREFIX: &str = "tracer_fe_";
 
 impl Probes {
     /// Loads the embedded object for `tgid` (a pid in `pidns`) and attaches every program,
@@ -507,17 +507,17 @@ fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
     match source {
         VmaSource::MmapLock => attach_raw(ebpf, "tracer_mmaplock", "mmap_lock_released"),
         VmaSource::SyscallTracepoint => attach_raw(ebpf, "tracer_sysexit", "sys_exit"),
-        VmaSource::SyscallFexit => {
+        VmaSource::SyscallFentry => {
             let btf = aya::Btf::from_sys_fs()
                 .map_err(|e| classify("reading the kernel's BTF for trampolines", &e))?;
             let names: Vec<String> = ebpf
                 .programs()
-                .filter_map(|(name, _)| name.strip_prefix(FEXIT_PREFIX).map(str::to_owned))
+                .filter_map(|(name, _)| name.strip_prefix(FENTRY_PREFIX).map(str::to_owned))
                 .collect();
             let result = names.iter().try_for_each(|syscall| {
                 let function = format!("__x64_sys_{syscall}");
-                let name = format!("{FEXIT_PREFIX}{syscall}");
-                let program: &mut FExit = program(ebpf, &name)?;
+                let name = format!("{FENTRY_PREFIX}{syscall}");
+                let program: &mut FEntry = program(ebpf, &name)?;
                 match program.load(&function, &btf) {
                     // A syscall this kernel does not have (mseal before 6.10).
                     Err(aya::programs::ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
@@ -528,12 +528,13 @@ fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
                 program
                     .attach()
                     .map(drop)
-                    .map_err(|e| classify(&format!("attaching {name} to fexit of {function}"), &e))
+                    .map_err(|e| classify(&format!("attaching {name} to fentry of {function}"), &e))
             });
             if result.is_err() {
                 // Detach what did attach: a source runs whole or not at all.
                 for syscall in &names {
-                    if let Ok(program) = program::<FExit>(ebpf, &format!("{FEXIT_PREFIX}{syscall}"))
+                    if let Ok(program) =
+                        program::<FEntry>(ebpf, &format!("{FENTRY_PREFIX}{syscall}"))
                     {
                         let _ = program.unload();
                     }
@@ -604,7 +605,7 @@ mod tests {
         let refused = ProbeError::Rejected("loading: Verifier output".to_owned());
         let e = none_works(&[
             (VmaSource::MmapLock, absent()),
-            (VmaSource::SyscallFexit, refused),
+            (VmaSource::SyscallFentry, refused),
         ]);
         assert!(matches!(e, ProbeError::Rejected(_)), "{e:?}");
         assert!(e.to_string().contains("mmap_lock: attaching"), "{e}");
@@ -613,7 +614,7 @@ mod tests {
         let denied = ProbeError::Permission("loading: Operation not permitted".to_owned());
         let e = none_works(&[
             (VmaSource::MmapLock, absent()),
-            (VmaSource::SyscallFexit, denied),
+            (VmaSource::SyscallFentry, denied),
         ]);
         assert!(matches!(e, ProbeError::Permission(_)), "{e:?}");
     }

@@ -283,7 +283,7 @@ impl Metrics {
         );
         r.register(
             "tracer_vma_source",
-            "Where the VMA count comes from on this kernel (1 for the source in use): mmap_lock, syscall_fexit or syscall_tracepoint (eBPF), proc_maps (proc mode)",
+            "Where the VMA count comes from on this kernel (1 for the source in use): mmap_lock, syscall_fentry or syscall_tracepoint (eBPF), proc_maps (proc mode)",
             self.vma_source.clone(),
         );
         r.register(

@@ -346,7 +346,7 @@ mod tests {
             count,
             changes: 1,
             valid: 1,
-            pad: 0,
+            tid: 0,
         }
     }
 

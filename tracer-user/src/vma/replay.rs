@@ -50,7 +50,7 @@ impl Replay {
             count,
             changes: 1,
             valid: 1,
-            pad: 0,
+            tid: 0,
         };
         self.model.register(&register, count);
         let ts = self.start_ms + (t_secs * 1000.0) as u64;

@@ -12,22 +12,23 @@ pub enum VmaSource {
     /// release of every process (5.11 to 6.1 and 6.12, where before 6.4 each page fault takes
     /// the lock too).
     MmapLock,
-    /// fexit programs (BPF trampolines) on the x86-64 entry functions of the syscalls that
+    /// fentry programs (BPF trampolines) on the x86-64 entry functions of the syscalls that
     /// change memory maps: the cost falls on those syscalls alone, filtered by the target first.
-    SyscallFexit,
+    /// Each reads the count the previous change left; the agent's heal reads the last one.
+    SyscallFentry,
     /// `raw_syscalls:sys_exit`, filtered by the target first: every task's syscalls take the
     /// kernel's slower tracing path while it is attached.
     SyscallTracepoint,
 }
 
 impl VmaSource {
-    pub const ALL: [Self; 3] = [Self::MmapLock, Self::SyscallFexit, Self::SyscallTracepoint];
+    pub const ALL: [Self; 3] = [Self::MmapLock, Self::SyscallFentry, Self::SyscallTracepoint];
 
     /// The name events, the live view and metrics carry.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MmapLock => "mmap_lock",
-            Self::SyscallFexit => "syscall_fexit",
+            Self::SyscallFentry => "syscall_fentry",
             Self::SyscallTracepoint => "syscall_tracepoint",
         }
     }
@@ -65,7 +66,7 @@ pub fn candidates(features: Features) -> Vec<VmaSource> {
         sources.push(VmaSource::MmapLock);
     }
     if features.syscall_functions {
-        sources.push(VmaSource::SyscallFexit);
+        sources.push(VmaSource::SyscallFentry);
     }
     sources.push(VmaSource::SyscallTracepoint);
     if features.mmap_lock && !cheap_lock {
@@ -77,7 +78,7 @@ pub fn candidates(features: Features) -> Vec<VmaSource> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use VmaSource::{MmapLock, SyscallFexit, SyscallTracepoint};
+    use VmaSource::{MmapLock, SyscallFentry, SyscallTracepoint};
 
     #[test]
     fn picks_per_kernel() {
@@ -89,7 +90,7 @@ mod tests {
         };
         assert_eq!(
             candidates(k6_18),
-            [MmapLock, SyscallFexit, SyscallTracepoint]
+            [MmapLock, SyscallFentry, SyscallTracepoint]
         );
         // 6.1, 6.12: a path string per lock release of every process.
         let k6_1 = Features {
@@ -98,7 +99,7 @@ mod tests {
         };
         assert_eq!(
             candidates(k6_1),
-            [SyscallFexit, SyscallTracepoint, MmapLock]
+            [SyscallFentry, SyscallTracepoint, MmapLock]
         );
         // 5.10: no mmap_lock tracepoints.
         let k5_10 = Features {
@@ -106,7 +107,7 @@ mod tests {
             mmap_lock_builds_path: false,
             syscall_functions: true,
         };
-        assert_eq!(candidates(k5_10), [SyscallFexit, SyscallTracepoint]);
+        assert_eq!(candidates(k5_10), [SyscallFentry, SyscallTracepoint]);
         // A BTFHub file instead of the kernel's own BTF: no trampolines.
         assert_eq!(candidates(Features::default()), [SyscallTracepoint]);
     }
