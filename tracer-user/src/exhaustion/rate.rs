@@ -46,8 +46,8 @@ const STEP_OVER_SPREAD: f64 = 4.0;
 const STEP_MIN_SHARE: f64 = 0.02;
 /// ...and this many units.
 const STEP_MIN: f64 = 16.0;
-/// A step is a stair of a staircase when the count had already moved the same way, since the
-/// window began, by this share of the step or more.
+/// A step is a stair of a staircase when the count had already jumped the same way, since the
+/// window began, by this share of the step or more within a step's span of samples.
 const STAIRCASE_SHARE: f64 = 0.5;
 /// z of the one-sided 97.5% quantile: [`Trend::lower_per_sec`] is the lower end of a 95%
 /// interval.
@@ -166,15 +166,21 @@ impl RateWindow {
         Some(step)
     }
 
-    /// Whether the count had already moved the way `step` goes, since the window began, by
-    /// [`STAIRCASE_SHARE`] of it: the oldest samples' median against the level before the step.
-    fn climbed_before(&mut self, step: &Step) -> bool {
-        let oldest = STEP_FLAT.min(self.samples.len());
-        let Some((start, _)) = self.flat(0..oldest) else {
-            return false;
-        };
-        (step.from - start) * (step.to - step.from).signum()
-            >= STAIRCASE_SHARE * (step.to - step.from).abs()
+    /// Whether the count had already jumped the way `step` goes, since the window began: by
+    /// [`STAIRCASE_SHARE`] of the step within a step's span of samples (flat stretch and
+    /// inside), an earlier stair. Slow steady growth before a jump is no stair: the jump stays
+    /// a step, and the growth after it is the growth since.
+    fn climbed_before(&self, step: &Step) -> bool {
+        let span = STEP_FLAT + STEP_INSIDE;
+        let size = step.to - step.from;
+        let before = self
+            .samples
+            .iter()
+            .take_while(|&&(t, _)| t < step.at - step.secs);
+        let counts: Vec<f64> = before.map(|&(_, y)| y).collect();
+        counts
+            .windows(span + 1)
+            .any(|w| (w[span] - w[0]) * size.signum() >= STAIRCASE_SHARE * size.abs())
     }
 
     /// A step ending with the newest [`STEP_FLAT`] samples, if there is one.
@@ -374,6 +380,18 @@ mod tests {
         let trend = window.trend().unwrap();
         assert!((trend.per_sec - 800.0).abs() < 100.0, "{trend:?}");
         assert!(trend.eta_secs(65_530.0).is_some(), "{trend:?}");
+    }
+
+    #[test]
+    fn slow_growth_then_a_jump_is_still_a_step() {
+        // +1/s for 10 minutes, +1,000 in one second, +1/s again: the climb before is no
+        // stair, and the jump must not read as fast growth (a false ETA of 2.4 h, where the
+        // growth since leaves 6.6 h).
+        let y = |t: u32| 40_000.0 + f64::from(t) + if t >= 600 { 1000.0 } else { 0.0 };
+        let (mut window, steps) = window_and_steps((0..700).map(|t| (f64::from(t), y(t))));
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        let trend = window.trend().unwrap();
+        assert!((trend.per_sec - 1.0).abs() < 0.05, "{trend:?}");
     }
 
     #[test]
