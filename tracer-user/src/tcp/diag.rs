@@ -71,8 +71,9 @@ pub fn tcp_sockets(pid: u32) -> io::Result<Option<Vec<Row>>> {
 }
 
 /// Whether a failed sock_diag request or socket says the kernel cannot answer for TCP at all:
-/// no `SOCK_DIAG_BY_FAMILY` before 3.3 (`EINVAL`), no `inet_diag`/`tcp_diag` handler
-/// (`ENOENT`), no `NETLINK_SOCK_DIAG` protocol (`EPROTONOSUPPORT`).
+/// before 3.3 `NETLINK_INET_DIAG` refuses a `SOCK_DIAG_BY_FAMILY` request shorter than its
+/// own (`EINVAL`) or of a type it has no handler for (`ENOENT`, as without `tcp_diag`); no
+/// `NETLINK_SOCK_DIAG` protocol at all (`EPROTONOSUPPORT`, `EOPNOTSUPP`).
 fn no_tcp_diag(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -86,8 +87,11 @@ fn socket_in(pid: u32) -> io::Result<Option<OwnedFd>> {
     let path = format!("/proc/{pid}/ns/net");
     let ns = File::open(&path)?;
     let theirs = ns.metadata()?;
-    // The calling thread's namespace, where a socket made here would answer for.
-    let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
+    // The calling thread's namespace, where a socket made here would answer for
+    // (/proc/thread-self only since 3.17).
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let ours = std::fs::metadata(format!("/proc/self/task/{tid}/ns/net"))?;
     if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
         return diag_socket();
     }
@@ -486,6 +490,13 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EINTR));
         assert!(!no_tcp_diag(&err));
         assert!(!no_tcp_diag(&invalid("short NLMSG_ERROR")));
+        // 2.6.32's inet_diag refusing the request's length.
+        let mut old = header(NLMSG_HDRLEN + 4 + NLMSG_HDRLEN, NLMSG_ERROR, 0, 3);
+        old.extend_from_slice(&(-libc::EINVAL).to_ne_bytes());
+        old.extend(header(72, SOCK_DIAG_BY_FAMILY, 0x301, 3));
+        assert!(no_tcp_diag(
+            &parse_reply(&old, 3, &mut Vec::new()).unwrap_err()
+        ));
     }
 
     #[test]

@@ -72,18 +72,27 @@ pub fn state_name(state: u8) -> &'static str {
 /// No IPv6 in the kernel is not an error; a vanished `/proc/P` is (`NotFound`).
 pub fn read(pid: u32) -> io::Result<ProcSockets> {
     let base = Path::new("/proc").join(pid.to_string());
-    let netns_ino = std::fs::metadata(base.join("ns/net"))?.ino();
-    let netns = u32::try_from(netns_ino).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("network namespace inode {netns_ino} does not fit in u32"),
-        )
-    })?;
     let inodes = socket_inodes(&base.join("fd"))?;
-
-    let rows = match diag::tcp_sockets(pid)? {
-        Some(rows) => rows,
-        None => procnet::tcp_sockets(pid)?,
+    // Kernels before 3.0 have no /proc/P/ns: one namespace (0), and no sock_diag (3.3) either.
+    let (netns, rows) = match std::fs::metadata(base.join("ns/net")) {
+        Ok(ns) => {
+            let ino = ns.ino();
+            let netns = u32::try_from(ino).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("network namespace inode {ino} does not fit in u32"),
+                )
+            })?;
+            let rows = match diag::tcp_sockets(pid)? {
+                Some(rows) => rows,
+                None => procnet::tcp_sockets(pid)?,
+            };
+            (netns, rows)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && base.exists() => {
+            (0, procnet::tcp_sockets(pid)?)
+        }
+        Err(e) => return Err(e),
     };
 
     let (sockets, listen_ports, unowned) = select(&rows, &inodes);
