@@ -13,6 +13,7 @@ use std::{
         mpsc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -33,6 +34,7 @@ pub struct JsonLines {
     /// `tcp_state` lines dropped since the reader last kept up.
     dropped: u64,
     backlog_limit: usize,
+    drain_at_end: Duration,
 }
 
 /// The thread that writes the batches, and the bytes queued for it.
@@ -44,13 +46,14 @@ struct Writer {
 
 impl JsonLines {
     pub fn new(out: impl Write + Send + 'static, events: Events) -> Self {
-        Self::with_backlog(out, events, BACKLOG_BYTES)
+        Self::with_limits(out, events, BACKLOG_BYTES, DRAIN_AT_END)
     }
 
-    fn with_backlog(
+    fn with_limits(
         mut out: impl Write + Send + 'static,
         events: Events,
         backlog_limit: usize,
+        drain_at_end: Duration,
     ) -> Self {
         let (queue, batches) = mpsc::channel::<Bytes>();
         let backlog = Arc::new(AtomicUsize::new(0));
@@ -78,6 +81,7 @@ impl JsonLines {
             }),
             dropped: 0,
             backlog_limit,
+            drain_at_end,
         }
     }
 
@@ -117,11 +121,27 @@ impl JsonLines {
     }
 }
 
+/// How long the end of a session waits for the reader to take what is queued: a reader that
+/// reads has it at once; one that never reads (a stopped pager) must not keep the tracer, told
+/// to stop, from exiting.
+const DRAIN_AT_END: Duration = Duration::from_secs(5);
+
 impl Drop for JsonLines {
-    /// Writes what is queued before the process goes on (to exit, most often).
+    /// Writes what is queued, and what was dropped, before the process goes on (to exit, most
+    /// often), for at most [`DRAIN_AT_END`] (`drain_at_end`).
     fn drop(&mut self) {
-        if let Some(Writer { queue, thread, .. }) = self.writer.take() {
-            drop(queue);
+        let Some(Writer { queue, thread, .. }) = self.writer.take() else {
+            return;
+        };
+        if self.dropped > 0 {
+            let _ = queue.send(Bytes::from(dropped_line(self.dropped)));
+        }
+        drop(queue);
+        let deadline = Instant::now() + self.drain_at_end;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
             let _ = thread.join();
         }
     }
@@ -206,7 +226,7 @@ mod tests {
         };
         // The reader takes nothing until the gate opens: once the first batch waits for it,
         // the writer is behind.
-        let mut out = JsonLines::with_backlog(reader.clone(), Events::All, 1);
+        let mut out = JsonLines::with_limits(reader.clone(), Events::All, 1, DRAIN_AT_END);
         out.events(&[transition(), transition(), transition()])
             .unwrap();
         for ts in 0..10 {
@@ -235,5 +255,39 @@ mod tests {
             .find(|l| l.contains("events_dropped"))
             .expect("an events_dropped line");
         assert!(note.ends_with(",\"count\":20}"), "{note}");
+    }
+
+    #[test]
+    fn the_end_does_not_wait_for_a_reader_that_never_reads_and_announces_what_was_dropped() {
+        let (open, gate) = mpsc::channel();
+        let reader = Reader {
+            text: Arc::default(),
+            gate: Some(Arc::new(Mutex::new(gate))),
+        };
+        let mut out =
+            JsonLines::with_limits(reader.clone(), Events::All, 1, Duration::from_millis(50));
+        out.events(&[exit(1)]).unwrap();
+        out.events(&[transition(), transition()]).unwrap();
+        // The reader has taken nothing: the end gives up on it instead of hanging...
+        drop(out);
+        assert!(reader.text.lock().unwrap().is_empty());
+        // ...and what it queued, the count of the dropped lines last, is there for it if it
+        // reads after all.
+        drop(open);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = String::from_utf8(reader.text.lock().unwrap().clone()).unwrap();
+            if text.lines().count() == 2 || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::yield_now();
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("target_exit"), "{text}");
+        assert!(
+            lines[1].contains("events_dropped") && lines[1].ends_with(",\"count\":2}"),
+            "{text}"
+        );
     }
 }
