@@ -186,9 +186,9 @@ pub struct WatchArgs {
     /// ...when there are also at least this many per second.
     #[arg(long, default_value_t = 100.0)]
     pub surge_min: f64,
-    /// Sockets of the target the kernel follows at most (memory grows with the sockets, up to
-    /// about 100 bytes each); more are counted as untracked.
-    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    /// Sockets of the target the kernel follows at most (its table is preallocated at load,
+    /// about 80 bytes a socket: 10 MiB at the default); more are counted as untracked.
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_sockets: u32,
     /// A group of threads (same name, less its number) that grew by this many threads within
     /// --thread-leak-window raises thread_leak.
