@@ -7,7 +7,10 @@
  * Usage: churn THREADS SECONDS
  * Protocol: prints "READY pid=<pid>", waits for "GO" on stdin, then churns. On "PAUSE" every
  * thread stops at a point where its mappings are stable and "PAUSED <ops>" is printed; on
- * "RESUME" they continue ("RESUMED"). After SECONDS of churn it prints "DONE <ops>" and exits 0.
+ * "RESUME" they continue ("RESUMED"). "SPIKE N" (while paused) maps N pages, splits them into
+ * about N mappings with mprotect, counts its mappings, unmaps them all in one call and prints
+ * "SPIKED peak=<mappings at the top>": a peak that is gone well before the next report.
+ * After SECONDS of churn it prints "DONE <ops>" and exits 0.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -59,6 +62,20 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* Lines of /proc/self/maps less [vsyscall]: mm->map_count, as tracer reports it. */
+static long maps_lines(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps)
+        return -1;
+    long lines = 0;
+    char text[512];
+    while (fgets(text, sizeof text, maps))
+        if (strchr(text, '\n') && !strstr(text, "[vsyscall]"))
+            lines++;
+    fclose(maps);
+    return lines;
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -103,6 +120,18 @@ int main(int argc, char **argv) {
             while (atomic_load(&parked) < threads)
                 usleep(1000);
             printf("PAUSED %ld\n", atomic_load(&ops));
+        } else if (strncmp(line, "SPIKE ", 6) == 0) {
+            long n = atol(line + 6);
+            char *spike = mmap(NULL, n * page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (spike == MAP_FAILED) {
+                perror("mmap");
+                return 1;
+            }
+            for (long i = 1; i < n; i += 2)
+                mprotect(spike + i * page, page, PROT_READ | PROT_WRITE);
+            long peak = maps_lines();
+            munmap(spike, n * page);
+            printf("SPIKED peak=%ld\n", peak);
         } else if (strncmp(line, "RESUME", 6) == 0) {
             atomic_store(&paused, 0);
             printf("RESUMED\n");

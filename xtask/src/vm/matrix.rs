@@ -90,6 +90,11 @@ pub fn run(
     report(&outcomes, matrix_seconds, jobs)
 }
 
+/// The VMA source tracer must pick on every kernel of the matrix: none has an `mmap_lock`
+/// event without the memcg path string (only 6.14+ do), and all have BPF trampolines and
+/// the `__x64_sys_*` functions in their BTF.
+const GUEST_VMA_SOURCE: &str = "syscall_fentry";
+
 /// One kernel: initramfs, boot, parse.
 fn guest(
     root: &Path,
@@ -110,7 +115,9 @@ fn guest(
             kernel,
             tracer,
             binaries: &[checker.to_path_buf()],
-            script: "TRACER_BIN=/bin/tracer vm-checks /bin --exclusive",
+            script: &format!(
+                "TRACER_BIN=/bin/tracer vm-checks /bin --exclusive --vma-source {GUEST_VMA_SOURCE}"
+            ),
             cpu: qemu::Cpu::Fast,
             timeout: GUEST_TIMEOUT,
         },
