@@ -12,6 +12,7 @@
 
 pub mod maps;
 pub mod sockets;
+pub mod steal;
 pub mod tasks;
 
 use std::{

@@ -14,6 +14,7 @@
 
 use std::{collections::HashMap, io};
 
+use super::steal::StealClock;
 use crate::target::stat_fields;
 use tracer_common::task::{
     ASLEEP, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME, TaskEvent, ThreadSched,
@@ -47,6 +48,8 @@ pub struct TaskSampler {
     kept: HashMap<u32, Kept>,
     /// Nanoseconds per clock tick of `stat`'s CPU times.
     tick_ns: u64,
+    /// CPU time falls short of the time held on a CPU by what the hypervisor stole.
+    steal: StealClock,
 }
 
 impl TaskSampler {
@@ -57,6 +60,7 @@ impl TaskSampler {
             pid,
             kept: HashMap::new(),
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
+            steal: StealClock::default(),
         }
     }
 
@@ -78,7 +82,8 @@ impl TaskSampler {
                 readings.push((tid, reading));
             }
         }
-        self.update(now_ns, &readings, events, accounts);
+        let stolen = self.steal.factor();
+        self.update(now_ns, stolen, &readings, events, accounts);
         Ok(())
     }
 
@@ -89,10 +94,12 @@ impl TaskSampler {
         parse(&stat, schedstat.as_deref(), self.tick_ns)
     }
 
-    /// Folds one sample's readings in (the pure part of [`Self::sample`]).
+    /// Folds one sample's readings in (the pure part of [`Self::sample`]); CPU time since the
+    /// previous sample is multiplied by `stolen` (see `StealClock::factor`).
     fn update(
         &mut self,
         now_ns: u64,
+        stolen: f64,
         readings: &[(u32, Reading)],
         events: &mut Vec<TaskEvent>,
         accounts: &mut Vec<(u32, ThreadSched)>,
@@ -106,8 +113,8 @@ impl TaskSampler {
                 let ran = reading.running
                     || reading.cpu_ns != before.reading.cpu_ns
                     || reading.runs != before.reading.runs;
-                let busy = (reading.cpu_ns.saturating_sub(before.reading.cpu_ns))
-                    + reading.wait_ns.saturating_sub(before.reading.wait_ns);
+                let cpu = reading.cpu_ns.saturating_sub(before.reading.cpu_ns) as f64 * stolen;
+                let busy = cpu as u64 + reading.wait_ns.saturating_sub(before.reading.wait_ns);
                 Kept {
                     reading,
                     at_ns: now_ns,
@@ -248,6 +255,7 @@ mod tests {
         let (mut events, mut accounts) = (Vec::new(), Vec::new());
         sampler.update(
             0,
+            1.0,
             &[
                 (1, reading("java", false, 0, 1)),
                 (2, reading("java", false, 0, 1)),
@@ -259,6 +267,7 @@ mod tests {
         events.clear();
         sampler.update(
             SEC,
+            1.0,
             &[
                 (1, reading("java", false, 0, 1)),
                 (2, reading("GC Thread#0", false, 0, 1)),
@@ -277,6 +286,7 @@ mod tests {
         events.clear();
         sampler.update(
             2 * SEC,
+            1.0,
             &[(2, reading("GC Thread#0", false, 0, 1))],
             &mut events,
             &mut accounts,
@@ -291,18 +301,21 @@ mod tests {
         // Runs a quarter of the first two seconds, then never again.
         sampler.update(
             0,
+            1.0,
             &[(7, reading("handler", false, 0, 10))],
             &mut events,
             &mut accounts,
         );
         sampler.update(
             SEC,
+            1.0,
             &[(7, reading("handler", false, SEC / 4, 20))],
             &mut events,
             &mut accounts,
         );
         sampler.update(
             2 * SEC,
+            1.0,
             &[(7, reading("handler", false, SEC / 2, 30))],
             &mut events,
             &mut accounts,
@@ -312,6 +325,7 @@ mod tests {
             accounts.clear();
             sampler.update(
                 s * SEC,
+                1.0,
                 &[(7, reading("handler", false, SEC / 2, 30))],
                 &mut events,
                 &mut accounts,
@@ -333,6 +347,7 @@ mod tests {
         accounts.clear();
         sampler.update(
             0,
+            1.0,
             &[(8, reading("busy", true, 0, 1))],
             &mut events,
             &mut accounts,
@@ -340,12 +355,28 @@ mod tests {
         accounts.clear();
         sampler.update(
             SEC,
+            1.0,
             &[(8, reading("busy", true, SEC, 1))],
             &mut events,
             &mut accounts,
         );
         assert_eq!(accounts[0].1.state, RUNNING);
         assert_eq!(accounts[0].1.asleep_ns, 0);
+
+        // On a host that stole a tenth of the machine's busy time, a thread that held its CPU
+        // all along has 0.9 s of CPU time a second: still never asleep.
+        let mut sampler = TaskSampler::new(1);
+        for s in 0..=2 {
+            accounts.clear();
+            sampler.update(
+                s * SEC,
+                1.0 / 0.9,
+                &[(9, reading("busy", false, s * SEC * 9 / 10, s + 1))],
+                &mut events,
+                &mut accounts,
+            );
+        }
+        assert!(accounts[0].1.asleep_ns < SEC / 1000, "{:?}", accounts[0].1);
     }
 
     #[test]
