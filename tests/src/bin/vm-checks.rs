@@ -3,7 +3,7 @@
 //! and prints one line on stdout, which the host parses:
 //!
 //! ```text
-//! vm-check plan starts unloaded vma sockets threads
+//! vm-check plan starts unloaded vma sockets threads proc_mode
 //! vm-check <name> ok: <what was compared>
 //! vm-check <name> FAIL: <why, in the kernel's and tracer's words>
 //! vm-check done
@@ -26,13 +26,23 @@ use std::{
 
 use tracer_tests::{Process, Tracer, maps_count, proc_status, proc_tcp_states, tracer_bin};
 
-const PLAN: &[&str] = &["starts", "unloaded", "vma", "sockets", "threads"];
+const PLAN: &[&str] = &[
+    "starts",
+    "unloaded",
+    "vma",
+    "sockets",
+    "threads",
+    "proc_mode",
+];
 
 /// How long tracer may take to verify and attach its programs: an emulated CPU runs the
 /// verifier tens of times slower than this machine does.
 const ATTACH_TIMEOUT: Duration = Duration::from_mins(2);
 /// Reports read sooner than this after a workload froze may have been computed before.
 const SETTLE: Duration = Duration::from_millis(300);
+/// In proc mode (`--mode proc`, sampled every second), a report that follows a sample taken
+/// after the moment: two samples and the settling time.
+const SAMPLED_SETTLE: Duration = Duration::from_millis(2300);
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() {
@@ -71,6 +81,7 @@ fn main() {
             report("vma", run(&|| vma(&workloads, expected_source.as_deref())));
             report("sockets", run(&|| sockets(&workloads)));
             report("threads", run(&|| threads(&workloads)));
+            report("proc_mode", run(&|| proc_mode(&workloads)));
         }
         Err(why) => {
             report("starts", Err(why));
@@ -236,33 +247,7 @@ fn vma(workloads: &Path, expected_source: Option<&str>) -> String {
     let mut churn = Process::spawn(Command::new(workloads.join("churn")).args(["2", "3600"]));
     churn.expect_line("READY", LINE_TIMEOUT);
     let tracer = Tracer::attach_within(churn.pid, &[], ATTACH_TIMEOUT);
-    churn.send("GO");
-    let mut counts = Vec::new();
-    for round in 0..5 {
-        thread::sleep(Duration::from_secs(1));
-        let stopped_at = freeze(churn.pid);
-        let expected = maps_count(churn.pid).expect("churn alive");
-        let event = tracer.vma_after(stopped_at + SETTLE);
-        assert_eq!(
-            maps_count(churn.pid),
-            Some(expected),
-            "the stopped churn changed its mappings"
-        );
-        assert_eq!(
-            event.u64("map_count"),
-            u64::from(expected),
-            "frozen moment {round}: /proc/{}/maps says {expected} mappings, tracer says {}",
-            churn.pid,
-            event.json
-        );
-        counts.push(expected);
-        signal(churn.pid, libc::SIGCONT);
-    }
-    let distinct: BTreeSet<u32> = counts.iter().copied().collect();
-    assert!(
-        distinct.len() > 1,
-        "the churn never changed the count between frozen moments ({counts:?}): nothing was tested"
-    );
+    let counts = frozen_counts(&mut churn, &tracer, 5, SETTLE);
     churn.send("PAUSE");
     let (_, ops) = churn.expect_line("PAUSED", LINE_TIMEOUT);
     // A peak the heal cannot see: ~300 mappings made and unmapped within milliseconds. Only
@@ -301,9 +286,74 @@ fn vma(workloads: &Path, expected_source: Option<&str>) -> String {
 /// Pages of the spike `vma` makes and undoes between two reports.
 const SPIKE: u32 = 300;
 
+/// Starts `churn` (from `READY`) and freezes it `rounds` times a second apart: at each frozen
+/// moment the first `vma` report `settle` after it must equal /proc/PID/maps. Returns the
+/// counts, which must not all be the same (else nothing was tested); leaves it running.
+fn frozen_counts(
+    churn: &mut Process,
+    tracer: &Tracer,
+    rounds: usize,
+    settle: Duration,
+) -> Vec<u32> {
+    churn.send("GO");
+    let mut counts = Vec::new();
+    for round in 0..rounds {
+        thread::sleep(Duration::from_secs(1));
+        let stopped_at = freeze(churn.pid);
+        let expected = maps_count(churn.pid).expect("churn alive");
+        let event = tracer.vma_after(stopped_at + settle);
+        assert_eq!(
+            maps_count(churn.pid),
+            Some(expected),
+            "the stopped churn changed its mappings"
+        );
+        assert_eq!(
+            event.u64("map_count"),
+            u64::from(expected),
+            "frozen moment {round}: /proc/{}/maps says {expected} mappings, tracer says {}",
+            churn.pid,
+            event.json
+        );
+        counts.push(expected);
+        signal(churn.pid, libc::SIGCONT);
+    }
+    let distinct: BTreeSet<u32> = counts.iter().copied().collect();
+    assert!(
+        distinct.len() > 1,
+        "the churn never changed the count between frozen moments ({counts:?}): nothing was tested"
+    );
+    counts
+}
+
+/// Proc mode (`--mode proc`) on this kernel: the VMA count at frozen moments of the churn and
+/// the server's socket states after its clients closed equal the kernel's own view, once a
+/// sample after the moment is in (what the mode cannot see, changes between samples, is not
+/// asked of it).
+fn proc_mode(workloads: &Path) -> String {
+    let mut churn = Process::spawn(Command::new(workloads.join("churn")).args(["2", "3600"]));
+    churn.expect_line("READY", LINE_TIMEOUT);
+    let tracer = Tracer::attach_within(churn.pid, &["--mode", "proc"], ATTACH_TIMEOUT);
+    let mode = tracer.seen("target_attached")[0].json["mode"].clone();
+    assert_eq!(mode, "proc", "target_attached's mode under --mode proc");
+    let counts = frozen_counts(&mut churn, &tracer, 3, SAMPLED_SETTLE);
+    drop(tracer);
+    drop(churn);
+    let sockets = sockets_with(workloads, &["--mode", "proc"], SAMPLED_SETTLE);
+    format!(
+        "sampled: {} frozen moments of churn, counts {counts:?} equal /proc/PID/maps; {sockets}",
+        counts.len()
+    )
+}
+
 /// CLOSE_WAIT and ESTABLISHED per the tracer equal /proc/net/tcp for the server's sockets,
 /// after clients closed 20 of its 27 connections while it was stopped.
 fn sockets(workloads: &Path) -> String {
+    sockets_with(workloads, &[], SETTLE)
+}
+
+/// [`sockets`] with tracer run with `args`, its reports read `settle` after the kernel's view
+/// settled.
+fn sockets_with(workloads: &Path, args: &[&str], settle: Duration) -> String {
     const CLOSING: u64 = 20;
     const KEPT: u64 = 7;
     let server = Process::spawn(Command::new(workloads.join("acceptor")).arg("0"));
@@ -313,7 +363,7 @@ fn sockets(workloads: &Path) -> String {
         .next()
         .and_then(|p| p.trim().parse::<u16>().ok())
         .unwrap_or_else(|| panic!("no port in {ready:?}"));
-    let tracer = Tracer::attach_within(server.pid, &[], ATTACH_TIMEOUT);
+    let tracer = Tracer::attach_within(server.pid, args, ATTACH_TIMEOUT);
     let client = |n: u64| {
         let process = Process::spawn(Command::new(workloads.join("halfclose")).args([
             "127.0.0.1",
@@ -357,7 +407,7 @@ fn sockets(workloads: &Path) -> String {
     }
     let settled = Instant::now();
     // Nothing changes while the server is stopped: a mismatch over three reports is real.
-    let mut reported = tracer.states_after(settled + SETTLE);
+    let mut reported = tracer.states_after(settled + settle);
     for _ in 0..2 {
         if reported == kernel {
             break;
