@@ -3,7 +3,8 @@
 //! every side alike), medians of the rounds. Needs root, bpftrace, bpftool.
 //!
 //! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone, or
-//! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone.
+//! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone,
+//! or bench --own-cpu OUTPUT.md for the CPU and memory table of (c) alone.
 
 use std::{
     fmt::Write as _,
@@ -293,13 +294,22 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (flag, output) = match (args.next(), args.next()) {
         (Some(flag), Some(out))
-            if ["--smoke", "--proc-mode", "--run-time", "--states"].contains(&flag.as_str()) =>
+            if [
+                "--smoke",
+                "--proc-mode",
+                "--run-time",
+                "--states",
+                "--own-cpu",
+            ]
+            .contains(&flag.as_str()) =>
         {
             (Some(flag), PathBuf::from(out))
         }
         (Some(out), None) => (None, PathBuf::from(out)),
         _ => {
-            eprintln!("usage: bench [--smoke | --proc-mode | --run-time | --states] OUTPUT.md");
+            eprintln!(
+                "usage: bench [--smoke | --proc-mode | --run-time | --states | --own-cpu] OUTPUT.md"
+            );
             std::process::exit(2);
         }
     };
@@ -324,6 +334,9 @@ fn main() {
             run_time(bench, md);
         }),
         Some("--states") => Some(state_counting),
+        Some("--own-cpu") => Some(|bench, md| {
+            own_cpu(bench, md);
+        }),
         _ => None,
     };
     if let Some(part) = part {
@@ -556,6 +569,19 @@ fn paced_tcp(bench: &Bench, rate: f64, seconds: f64, watcher: &[&str]) -> (f64, 
 
 /// (c) The tracer's CPU and memory at 100k records/s, and the top rates it drains with no loss.
 fn own_cost(bench: &Bench, md: &mut String) -> OwnCost {
+    let (per_100k, rss_mib) = own_cpu(bench, md);
+    let (lost, top) = zero_loss(bench, md);
+    OwnCost {
+        per_100k,
+        rss_mib,
+        lost,
+        top,
+    }
+}
+
+/// (c)'s first table: the tracer's CPU and peak RSS at 100k records/s, as `agent` and as
+/// `attach --json`. Returns the agent's CPU per 100k records/s and the larger RSS.
+fn own_cpu(bench: &Bench, md: &mut String) -> (f64, f64) {
     let _ = writeln!(md, "\n## (c) The tracer's own CPU and memory\n");
     // TCP transitions are the record-heavy stream (VMA changes are coalesced in the kernel):
     // ten per iteration of the tcp loop, both ends being the target's.
@@ -591,7 +617,12 @@ fn own_cost(bench: &Bench, md: &mut String) -> OwnCost {
             cpu * 100.0 * 100_000.0 / records(rate)
         );
     }
+    (per_100k, agent_rss.max(json_rss))
+}
 
+/// (c)'s second table: each loop unpaced, with the records lost. Returns the records lost and
+/// the mm loop's rate of changes.
+fn zero_loss(bench: &Bench, md: &mut String) -> (u64, f64) {
     let mut lost = 0;
     let mut top = 0.0;
     let _ = writeln!(
@@ -625,12 +656,7 @@ fn own_cost(bench: &Bench, md: &mut String) -> OwnCost {
         }
         let _ = writeln!(md, "| {mode} | {rate:.0} | {missed} |");
     }
-    OwnCost {
-        per_100k,
-        rss_mib: agent_rss.max(json_rss),
-        lost,
-        top,
-    }
+    (lost, top)
 }
 
 /// (d) Program run time per hit, less what any program costs there with the statistics on.

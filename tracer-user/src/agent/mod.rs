@@ -11,7 +11,7 @@ mod webhook;
 
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use clap::ArgMatches;
 use tokio::{
     io::AsyncWriteExt as _,
@@ -74,11 +74,9 @@ impl Hub {
             }
             let line = {
                 let mut buf = self.line.borrow_mut();
-                let mut writer = (&mut *buf).writer();
-                if serde_json::to_writer(&mut writer, event).is_err() {
+                if event.write_line(&mut buf).is_err() {
                     continue;
                 }
-                buf.put_u8(b'\n');
                 buf.split().freeze()
             };
             let mut subscribers = self.subscribers.borrow_mut();

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::filter::Events;
 use crate::event::{Event, dropped_line};
@@ -92,18 +92,17 @@ impl JsonLines {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         };
         let behind = writer.backlog.load(Ordering::Relaxed) >= self.backlog_limit;
-        let mut out = (&mut self.buf).writer();
         for event in events.iter().filter(|e| self.events.admits(e)) {
             if behind && matches!(event, Event::TcpState { .. }) {
                 self.dropped += 1;
                 continue;
             }
             if self.dropped > 0 && !behind {
-                out.write_all(dropped_line(self.dropped).as_bytes())?;
+                self.buf
+                    .extend_from_slice(dropped_line(self.dropped).as_bytes());
                 self.dropped = 0;
             }
-            serde_json::to_writer(&mut out, event)?;
-            out.write_all(b"\n")?;
+            event.write_line(&mut self.buf)?;
         }
         if self.buf.is_empty() {
             return Ok(());
