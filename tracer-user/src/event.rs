@@ -349,8 +349,8 @@ impl Event {
     }
 
     /// "resynced sockets after lost records: 12 corrected (ESTABLISHED 0 -> 200, ...)" for a
-    /// [`Event::Resynced`]; empty for any other event.
-    pub fn resync_line(&self) -> String {
+    /// [`Event::Resynced`]; `None` for any other event.
+    pub fn resync_line(&self) -> Option<String> {
         let Self::Resynced {
             table,
             reason,
@@ -360,7 +360,7 @@ impl Event {
             ..
         } = self
         else {
-            return String::new();
+            return None;
         };
         let why = if *reason == "audit" {
             "by the audit"
@@ -377,14 +377,14 @@ impl Event {
                 (was != is).then(|| format!("{key} {} -> {}", was.unwrap_or(0), is.unwrap_or(0)))
             })
             .collect();
-        format!(
+        Some(format!(
             "resynced {table} {why}: {corrected} corrected{}",
             if changes.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", changes.join(", "))
             }
-        )
+        ))
     }
 }
 

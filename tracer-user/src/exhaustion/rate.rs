@@ -176,11 +176,12 @@ impl RateWindow {
         let before = self
             .samples
             .iter()
-            .take_while(|&&(t, _)| t < step.at - step.secs);
-        let counts: Vec<f64> = before.map(|&(_, y)| y).collect();
-        counts
-            .windows(span + 1)
-            .any(|w| (w[span] - w[0]) * size.signum() >= STAIRCASE_SHARE * size.abs())
+            .take_while(|&&(t, _)| t < step.at - step.secs)
+            .count();
+        (span..before).any(|i| {
+            (self.samples[i].1 - self.samples[i - span].1) * size.signum()
+                >= STAIRCASE_SHARE * size.abs()
+        })
     }
 
     /// A step ending with the newest [`STEP_FLAT`] samples, if there is one.

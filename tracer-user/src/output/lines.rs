@@ -79,7 +79,9 @@ pub fn events(events: &[Event]) -> std::io::Result<()> {
                 clock(*ts)
             )?,
             Event::Resynced { ts, pid, .. } => {
-                writeln!(out, "{} {pid} {}", clock(*ts), event.resync_line())?;
+                if let Some(line) = event.resync_line() {
+                    writeln!(out, "{} {pid} {line}", clock(*ts))?;
+                }
             }
             Event::Vma { .. }
             | Event::VmaBreakdown { .. }

@@ -81,9 +81,10 @@ impl LiveView {
                     clock(*ts),
                     death.reason
                 ),
-                Event::Resynced { ts, .. } => {
-                    format!("{} {DIM}{}{RESET}", clock(*ts), event.resync_line())
-                }
+                Event::Resynced { ts, .. } => match event.resync_line() {
+                    Some(line) => format!("{} {DIM}{line}{RESET}", clock(*ts)),
+                    None => continue,
+                },
                 _ => continue,
             };
             if self.alerts.len() == ALERT_LINES {
