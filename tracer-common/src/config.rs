@@ -83,6 +83,12 @@ pub struct KernelLayout {
     /// (6.x: `TP_PROTO(struct task_struct *task, uid_t uid)`), 0 where a host pid (5.10:
     /// `TP_PROTO(int pid)`), [`ABSENT`] where it does not exist.
     pub mark_victim_task: u32,
+    /// `task_struct.sched_info.run_delay` (`CONFIG_SCHED_INFO`, on in distribution kernels;
+    /// the second field of /proc/PID/task/TID/schedstat): nanoseconds the task has waited on
+    /// a run queue, added up when it gets a CPU. [`ABSENT`] without it.
+    pub task_run_delay: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 25 * 4);
+const _: () = assert!(size_of::<KernelLayout>() == 27 * 4);

@@ -14,17 +14,22 @@ pub struct ThreadSched {
     pub on_cpu_ns: u64,
     /// Nanoseconds switched out asleep (blocked by its own choice: a read, a futex, a poll),
     /// over completed sleeps. Time switched out while still runnable (preempted, waiting for a
-    /// CPU) is not sleep: for a thread pool that time is busy, not idle.
+    /// CPU) is not sleep: for a thread pool that time is busy, not idle. Nor is the wait for a
+    /// CPU once woken: a sleep ends at the wakeup, taken off at the next switch out, when the
+    /// kernel has added that wait to the thread's `run_delay`.
     pub asleep_ns: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last switch in or out.
     pub since_ns: u64,
+    /// The thread's `sched_info.run_delay` at its last switch out (0 before the first, or
+    /// where the kernel has none).
+    pub run_delay_ns: u64,
     /// [`RUNNING`], [`PREEMPTED`] or [`ASLEEP`] since `since_ns`.
     pub state: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// 1 while the thread runs after a sleep (its wait for a CPU is still in `asleep_ns`).
+    pub woke: u32,
 }
 
-const _: () = assert!(size_of::<ThreadSched>() == 32);
+const _: () = assert!(size_of::<ThreadSched>() == 40);
 
 /// On a CPU.
 pub const RUNNING: u32 = 0;

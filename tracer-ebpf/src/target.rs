@@ -51,6 +51,8 @@ pub static KERNEL_LAYOUT: KernelLayout = KernelLayout {
     signal_live: 0,
     task_exit_code: 0,
     mark_victim_task: 0,
+    task_run_delay: 0,
+    pad: 0,
 };
 
 /// One field of [`KERNEL_LAYOUT`], read so the compiler cannot fold the load-time value.

@@ -144,10 +144,14 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
         if prev_state & TASK_DEAD != 0 {
             // The exiting thread's last switch: its account goes with it.
             let _ = THREADS.remove(&tid);
-        } else if preempt & 1 != 0 || prev_state == 0 {
-            switch_out(tid, now, PREEMPTED);
         } else {
-            switch_out(tid, now, ASLEEP);
+            let prev_task: *const u8 = ctx.arg(1);
+            let state = if preempt & 1 != 0 || prev_state == 0 {
+                PREEMPTED
+            } else {
+                ASLEEP
+            };
+            switch_out(prev_task, tid, now, state);
         }
     }
     if next_is_target {
@@ -156,11 +160,18 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
-/// The thread leaves its CPU: its run is added up.
+/// The thread (`task`, the current one) leaves its CPU: its run is added up, and, after a
+/// sleep, the wait for a CPU since its wakeup is taken off the sleep: the kernel added that
+/// wait to `sched_info.run_delay` when the thread got its CPU (after this tracepoint's run
+/// that switched it in, so it is read here, at the next switch out).
 #[inline(always)]
-fn switch_out(tid: u32, now: u64, state: u32) {
+fn switch_out(task: *const u8, tid: u32, now: u64, state: u32) {
     let Some(account) = account(tid, now) else {
         return;
+    };
+    let run_delay = match layout!(task_run_delay) {
+        ABSENT => None,
+        offset => read::<u64>(task, offset),
     };
     // SAFETY: an entry of a hash map, valid for this run; a thread switches on one CPU at a
     // time, so its entry is never written by two at once.
@@ -168,11 +179,20 @@ fn switch_out(tid: u32, now: u64, state: u32) {
     if account.state == RUNNING {
         account.on_cpu_ns += now.saturating_sub(account.since_ns);
     }
+    if let Some(run_delay) = run_delay {
+        if account.woke != 0 && account.run_delay_ns != 0 {
+            let waited = run_delay.saturating_sub(account.run_delay_ns);
+            account.asleep_ns = account.asleep_ns.saturating_sub(waited);
+        }
+        account.run_delay_ns = run_delay;
+    }
+    account.woke = 0;
     account.since_ns = now;
     account.state = state;
 }
 
-/// The thread gets a CPU: a sleep it comes back from is added up.
+/// The thread gets a CPU: a sleep it comes back from is added up (less, at its next switch
+/// out, the part it spent waiting for this CPU).
 #[inline(always)]
 fn switch_in(tid: u32, now: u64) {
     let Some(account) = account(tid, now) else {
@@ -182,6 +202,7 @@ fn switch_in(tid: u32, now: u64) {
     let account = unsafe { &mut *account };
     if account.state == ASLEEP {
         account.asleep_ns += now.saturating_sub(account.since_ns);
+        account.woke = 1;
     }
     account.since_ns = now;
     account.state = RUNNING;

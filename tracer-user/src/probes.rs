@@ -101,6 +101,10 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             Some(_) => 1,
             None => ABSENT,
         },
+        task_run_delay: btf
+            .field_offset("task_struct", &["sched_info", "run_delay"])
+            .unwrap_or(ABSENT),
+        pad: 0,
     })
 }
 

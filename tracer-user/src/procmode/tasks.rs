@@ -149,7 +149,7 @@ fn account(kept: &Kept, now_ns: u64) -> ThreadSched {
             asleep_ns: kept.asleep_ns,
             since_ns: now_ns,
             state: RUNNING,
-            pad: 0,
+            ..ThreadSched::default()
         }
     } else {
         ThreadSched {
@@ -159,7 +159,7 @@ fn account(kept: &Kept, now_ns: u64) -> ThreadSched {
                 .saturating_sub(now_ns.saturating_sub(kept.ran_at_ns)),
             since_ns: kept.ran_at_ns,
             state: ASLEEP,
-            pad: 0,
+            ..ThreadSched::default()
         }
     }
 }

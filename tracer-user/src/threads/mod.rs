@@ -626,7 +626,7 @@ mod tests {
                         asleep_ns: (t * (1.0 - busy) * 1e9) as u64,
                         since_ns: (t * 1e9) as u64,
                         state: tracer_common::task::RUNNING,
-                        pad: 0,
+                        ..ThreadSched::default()
                     },
                 )
             })
