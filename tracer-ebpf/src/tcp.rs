@@ -120,7 +120,7 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
 /// two), or counts it lost when the ring is full.
 #[inline(always)]
 fn publish(event: &TcpEvent) {
-    let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp);
+    let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp, size_of::<TcpEvent>());
     if TCP_EVENTS.output::<TcpEvent>(event, flags).is_err() {
         lost::count(LOST_TCP);
     }
