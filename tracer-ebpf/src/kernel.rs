@@ -15,6 +15,37 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()).ok() }
 }
 
+/// How a program reads a field of a kernel structure at an offset handed in at load time.
+pub trait Fields {
+    /// The `T` at `base + offset`.
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T>;
+}
+
+/// With `bpf_probe_read_kernel` ([`read`]): in any program, one helper call per field.
+pub struct Probed;
+
+impl Fields for Probed {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+        read(base, offset)
+    }
+}
+
+/// By plain loads from a pointer whose type the verifier knows from the kernel's BTF (the
+/// arguments of a BTF-enabled tracepoint, 5.5+, and the pointers read from them): no helper
+/// call. The verifier checks each load against the type at its offset, which it sees as a
+/// constant (the offsets are read from the frozen read-only globals), and a load that faults
+/// reads 0.
+pub struct Direct;
+
+impl Fields for Direct {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+        // SAFETY: the kernel turns a faulting load from a BTF pointer into 0 (PROBE_MEM).
+        Some(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) })
+    }
+}
+
 /// The ring buffers, as slots of [`WAKEUP_WRITTEN`].
 #[derive(Clone, Copy)]
 pub enum Ring {
