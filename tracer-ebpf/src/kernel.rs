@@ -2,7 +2,7 @@
 //! every program shares.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -15,7 +15,38 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()).ok() }
 }
 
-/// The ring buffers, as slots of [`WAKEUP_STRETCH`].
+/// How a program reads a field of a kernel structure at an offset handed in at load time.
+pub trait Fields {
+    /// The `T` at `base + offset`.
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T>;
+}
+
+/// With `bpf_probe_read_kernel` ([`read`]): in any program, one helper call per field.
+pub struct Probed;
+
+impl Fields for Probed {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+        read(base, offset)
+    }
+}
+
+/// By plain loads from a pointer whose type the verifier knows from the kernel's BTF (the
+/// arguments of a BTF-enabled tracepoint, 5.5+, and the pointers read from them): no helper
+/// call. The verifier checks each load against the type at its offset, which it sees as a
+/// constant (the offsets are read from the frozen read-only globals), and a load that faults
+/// reads 0.
+pub struct Direct;
+
+impl Fields for Direct {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+        // SAFETY: the kernel turns a faulting load from a BTF pointer into 0 (PROBE_MEM).
+        Some(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) })
+    }
+}
+
+/// The ring buffers, as slots of [`WAKEUP_WRITTEN`].
 #[derive(Clone, Copy)]
 pub enum Ring {
     Vma = 0,
@@ -23,31 +54,36 @@ pub enum Ring {
     Task = 2,
 }
 
-/// Per CPU and ring ([`Ring`]), the stretch of the ring (its producer position divided by the
-/// wakeup threshold) in which this CPU last looked at the backlog. One entry each, overwritten
-/// by each check.
+/// Per CPU and ring ([`Ring`]), the bytes this CPU wrote to the ring since it last looked at
+/// the backlog. One entry each, updated by each record.
 #[map]
-static WAKEUP_STRETCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+static WAKEUP_WRITTEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
-/// Submit flags: no wakeup until `threshold` bytes are pending, so the agent wakes once per
-/// batch (it also drains on a short timer); then a forced wakeup. The backlog is looked at
-/// once per CPU per `threshold` bytes written: a forced wakeup is an interrupt the CPU sends
-/// itself (on a VM, a trap to the hypervisor costing microseconds), and forcing one with every
-/// record until the agent has drained cost more than the rest of the program. The agent is
-/// then woken by the time `2 * threshold` bytes wait.
+/// Each CPU looks at a ring's backlog once per this share of its wakeup threshold written.
+const LOOKS_PER_THRESHOLD: u64 = 8;
+
+/// Submit flags for a record of `size` bytes: no wakeup until `threshold` bytes are pending,
+/// so the agent wakes once per batch (it also drains on a short timer); then a forced wakeup.
+/// The backlog is looked at (a helper call) once per `threshold / 8` bytes a CPU writes, not
+/// with every record: a forced wakeup is an interrupt the CPU sends itself (on a VM, a trap to
+/// the hypervisor costing microseconds), and forcing one with every record until the agent
+/// has drained cost more than the rest of the program. The agent is then woken by the time
+/// `threshold + CPUs * threshold / 8` bytes wait.
 #[inline(always)]
-pub fn wakeup_flags(ring: &RingBuf, threshold: u64, slot: Ring) -> u64 {
-    let stretch = ring.query(u64::from(BPF_RB_PROD_POS)) / threshold;
-    let Some(last) = WAKEUP_STRETCH.get_ptr_mut(slot as u32) else {
+pub fn wakeup_flags(ring: &RingBuf, threshold: u64, slot: Ring, size: usize) -> u64 {
+    let Some(written) = WAKEUP_WRITTEN.get_ptr_mut(slot as u32) else {
         return u64::from(BPF_RB_NO_WAKEUP);
     };
+    // A record takes its size and an 8-byte header, rounded up to 8.
+    let bytes = (size as u64 + 8).next_multiple_of(8);
     // SAFETY: this CPU's entry of a per-CPU array, valid for the program's run; a run nested
-    // in this one can at worst make one more check.
+    // in this one can at worst make one more check or one fewer.
     unsafe {
-        if *last == stretch {
+        if *written + bytes < threshold / LOOKS_PER_THRESHOLD {
+            *written += bytes;
             return u64::from(BPF_RB_NO_WAKEUP);
         }
-        *last = stretch;
+        *written = 0;
     }
     let flags = if ring.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
         BPF_RB_FORCE_WAKEUP

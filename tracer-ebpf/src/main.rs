@@ -17,8 +17,8 @@ mod tcp;
 mod vma;
 
 use aya_ebpf::{
-    macros::{fentry, raw_tracepoint},
-    programs::{FEntryContext, RawTracePointContext},
+    macros::{btf_tracepoint, fentry, raw_tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, RawTracePointContext},
 };
 
 /// `mmap_lock:mmap_lock_released` (VMA source `mmap_lock`): every release of a process's
@@ -99,9 +99,10 @@ pub fn tracer_exec(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// `sock:inet_sock_set_state`: every TCP (and SCTP, MPTCP) state change on the machine, often
-/// in softirq context; follows the target's sockets.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn tracer_tcpstate(ctx: RawTracePointContext) -> i32 {
+/// in softirq context; follows the target's sockets. BTF-enabled (5.5+), so that the socket's
+/// fields are plain loads rather than helper calls.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tracer_tcpstate(ctx: BtfTracePointContext) -> i32 {
     let _ = tcp::on_set_state(&ctx);
     0
 }

@@ -234,5 +234,10 @@ fn emit(kind: u32, tid: u32, comm: [u8; 16]) {
         return;
     };
     entry.write(TaskEvent { kind, tid, comm });
-    entry.submit(wakeup_flags(&TASK_EVENTS, TASK_WAKEUP_BYTES, Ring::Task));
+    entry.submit(wakeup_flags(
+        &TASK_EVENTS,
+        TASK_WAKEUP_BYTES,
+        Ring::Task,
+        size_of::<TaskEvent>(),
+    ));
 }

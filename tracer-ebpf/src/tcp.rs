@@ -6,24 +6,22 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_ns,
-    helpers::generated::bpf_probe_read_kernel,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    maps::{Array, HashMap, RingBuf},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use tracer_common::{
     config::ABSENT,
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
         AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, ListenKey, PortUse, SHUTDOWN_MASK,
-        SOCK_COMMON_BYTES, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_child_of_listener,
-        is_owner_transition,
+        TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_child_of_listener, is_owner_transition,
     },
     vma::WAKEUP_BYTES,
 };
 
 use crate::{
-    kernel::{Ring, read, wakeup_flags},
+    kernel::{Direct, Fields, Probed, Ring, wakeup_flags},
     lost,
     target::{self, layout},
 };
@@ -87,19 +85,10 @@ static TCP_SEED: HashMap<TupleKey, u32> = HashMap::with_max_entries(MAX_SOCKETS,
 #[map]
 static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Per-CPU room for the copy of a socket's `sock_common` ([`Common`]): 128 bytes that, on the
-/// stack beside the rest, would take a call chain past the 512 bytes that verifiers before
-/// 6.13 allow, and that the programs index at offsets known only at load (a map value may be
-/// read at a bounded variable offset on every kernel; the stack only since 5.12). One entry,
-/// overwritten by each run on the CPU. (Records are built on the stack, so a run nested in
-/// another on the same CPU, a softirq interrupting a process-context run, can at worst hand
-/// the outer run the inner socket's addresses, never a torn record.)
-#[map]
-static TCP_SCRATCH: PerCpuArray<Common> = PerCpuArray::with_max_entries(1, 0);
-
 /// `sock:inet_sock_set_state` (`TP_PROTO(const struct sock *sk, const int oldstate, const int
-/// newstate)`).
-pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
+/// newstate)`), as a BTF-enabled tracepoint: `sk` is a pointer the verifier knows the type of,
+/// whose fields are read by plain loads ([`Direct`]).
+pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
@@ -112,7 +101,12 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     if new == TCP_CLOSE {
         forget(sk);
     }
-    publish(&describe(sk, Kind::Transition, (old, new), adopted)?);
+    publish(&describe::<Direct>(
+        sk,
+        Kind::Transition,
+        (old, new),
+        adopted,
+    )?);
     Some(())
 }
 
@@ -120,7 +114,7 @@ pub fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
 /// two), or counts it lost when the ring is full.
 #[inline(always)]
 fn publish(event: &TcpEvent) {
-    let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp);
+    let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp, size_of::<TcpEvent>());
     if TCP_EVENTS.output::<TcpEvent>(event, flags).is_err() {
         lost::count(LOST_TCP);
     }
@@ -205,13 +199,13 @@ fn report_if_held(sk: *const u8) {
     }
     // Most probed sockets are still queued, with no file: they take no room in the ring (a
     // reserved and discarded slot would crowd out real records, and count as lost when full).
-    if read::<u64>(sk, layout!(sk_socket)).is_none_or(|socket| socket == 0) {
+    if Probed::get::<u64>(sk, layout!(sk_socket)).is_none_or(|socket| socket == 0) {
         return;
     }
-    let Some(state) = read::<u8>(sk, layout!(skc_state)) else {
+    let Some(state) = Probed::get::<u8>(sk, layout!(skc_state)) else {
         return;
     };
-    if let Some(event) = describe(sk, Kind::Accepted, (state, state), Adopted::Known)
+    if let Some(event) = describe::<Probed>(sk, Kind::Accepted, (state, state), Adopted::Known)
         && event.held != 0
     {
         publish(&event);
@@ -230,7 +224,7 @@ fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopt
         return Some(Adopted::Known);
     }
     let how = adopt()?;
-    if read::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
+    if Direct::get::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
         return None;
     }
     // Counted before it can be found, uncounted after it cannot.
@@ -263,10 +257,16 @@ fn forget(sk: *const u8) {
 }
 
 /// `sk`'s slot of [`TCP_KNOWN`] (Fibonacci hashing: the top bits of a product by 2^64 / phi
-/// depend on every bit of the pointer).
+/// depend on every bit of the pointer). The verifier allows no arithmetic but adding and
+/// subtracting on a BTF pointer: the distance from a fixed address (a global's), a number to
+/// it, stands in for the pointer.
 #[inline(always)]
 fn known_slot(sk: *const u8) -> u32 {
-    ((sk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - KNOWN_SLOTS.trailing_zeros())) as u32
+    let anchor = (&raw const target::KERNEL_LAYOUT).addr() as u64;
+    ((sk as u64)
+        .wrapping_sub(anchor)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> (64 - KNOWN_SLOTS.trailing_zeros())) as u32
 }
 
 /// Adds `step` (1, or `u64::MAX` for -1) to a slot's count, atomically: the BPF target has no
@@ -288,7 +288,7 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
     if is_owner_transition(old, new) && target::is_current() {
         return Some(Adopted::ByOwner);
     }
-    let sport = read::<u16>(sk, layout!(skc_num))?;
+    let sport = Direct::get::<u16>(sk, layout!(skc_num))?;
     let ports = TCP_PORTS.get_ptr_mut(u32::from(sport))?;
     // SAFETY: an entry of an array map, valid for the program's run.
     let PortUse { listeners, seeds } = unsafe { *ports };
@@ -329,65 +329,28 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
     Some(Adopted::FromProc)
 }
 
-/// The start of a `struct sock` (its `sock_common`: addresses, ports, family, state, network
-/// namespace), read in one go instead of field by field, into [`TCP_SCRATCH`]. Held as 32-bit
-/// words, read whole (the agent checked that every field is aligned to its size, up to 4):
-/// read as bytes, at offsets known only at load, the addresses took a load and a store per byte.
-#[repr(C)]
-pub struct Common([u32; SOCK_COMMON_BYTES / 4]);
-
-impl Common {
-    /// Copies `sk`'s block into this CPU's scratch entry.
-    #[inline(always)]
-    fn read(sk: *const u8) -> Option<&'static Self> {
-        let scratch = TCP_SCRATCH.get_ptr_mut(0)?;
-        // SAFETY: an entry of a per-CPU array, valid for the program's run, of the size given;
-        // the helper checks the kernel address.
-        unsafe {
-            let ret = bpf_probe_read_kernel(scratch.cast(), SOCK_COMMON_BYTES as u32, sk.cast());
-            (ret == 0).then(|| &*scratch)
-        }
-    }
-
-    /// The word at a field offset (within the block, as the agent checked).
-    #[inline(always)]
-    fn u32(&self, offset: u32) -> Option<u32> {
-        self.0.get((offset / 4) as usize).copied()
-    }
-
-    /// A 16-bit field: half of its word (the programs run little-endian).
-    #[inline(always)]
-    fn u16(&self, offset: u32) -> Option<u16> {
-        Some((self.u32(offset)? >> ((offset & 2) * 8)) as u16)
-    }
-
-    /// A pointer field: two words.
-    #[inline(always)]
-    fn u64(&self, offset: u32) -> Option<u64> {
-        Some(u64::from(self.u32(offset)?) | u64::from(self.u32(offset + 4)?) << 32)
-    }
-}
-
 /// A record of `sk` as it is now, with the given kind and states: addresses, ports, whether it
-/// has a file, and, in the record that adopts it, its namespace. Every helper call counts on
-/// this path (each returns through the CPU's return-stack mitigations): `sk_shutdown` is read
-/// only while the socket has a file, the namespace only once per socket. Built on the stack
-/// whole, field by field (zeroing a record in the ring first and filling it in took two calls
-/// of a byte-by-byte `memset`), and inlined: its 72 bytes fit beside its callers' stack.
+/// has a file, and, in the record that adopts it, its namespace. `sk_shutdown` is read only
+/// while the socket has a file, the namespace only once per socket. Built on the stack whole,
+/// field by field (zeroing a record in the ring first and filling it in took two calls of a
+/// byte-by-byte `memset`), and inlined: its 72 bytes fit beside its callers' stack.
 #[inline(always)]
-fn describe(sk: *const u8, kind: Kind, (old, new): (u8, u8), adopted: Adopted) -> Option<TcpEvent> {
-    let common = Common::read(sk)?;
-    let family = common.u16(layout!(skc_family))?;
-    let socket: u64 = read(sk, layout!(sk_socket))?;
+fn describe<F: Fields>(
+    sk: *const u8,
+    kind: Kind,
+    (old, new): (u8, u8),
+    adopted: Adopted,
+) -> Option<TcpEvent> {
+    let family: u16 = F::get(sk, layout!(skc_family))?;
+    let socket: u64 = F::get(sk, layout!(sk_socket))?;
     let shutdown_offset = layout!(sk_shutdown);
     let closed = socket != 0
         && shutdown_offset != ABSENT
-        && read::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
+        && F::get::<u8>(sk, shutdown_offset)? == SHUTDOWN_MASK;
     let netns = if adopted == Adopted::Known {
         0
     } else {
-        let net = common.u64(layout!(skc_net))? as *const u8;
-        read(net, layout!(net_ns_inum))?
+        netns_of::<F>(sk)?
     };
     // SAFETY: every field of a record is an integer or an array of them; all-zero is one.
     let mut event: TcpEvent = unsafe { core::mem::zeroed() };
@@ -401,32 +364,43 @@ fn describe(sk: *const u8, kind: Kind, (old, new): (u8, u8), adopted: Adopted) -
     event.family = if family == AF_INET6 { 6 } else { 4 };
     event.held = u8::from(socket != 0 && !closed);
     event.adopted = adopted as u8;
-    event.sport = common.u16(layout!(skc_num))?;
-    event.dport = u16::from_be(common.u16(layout!(skc_dport))?);
-    copy_addresses(common, family, &mut event.saddr, &mut event.daddr)?;
+    event.sport = F::get(sk, layout!(skc_num))?;
+    event.dport = u16::from_be(F::get(sk, layout!(skc_dport))?);
+    copy_addresses::<F>(sk, family, &mut event.saddr, &mut event.daddr)?;
+    // Zero already, but left to the compiler its 6 bytes took a call of a byte-by-byte
+    // `memset`: written as the half-words they are.
+    for half in &mut event.pad {
+        // SAFETY: a field of a local.
+        unsafe { core::ptr::write_volatile(half, 0) };
+    }
     Some(event)
+}
+
+/// The inode of `sk`'s network namespace (`sk->__sk_common.skc_net.net->ns.inum`).
+#[inline(always)]
+fn netns_of<F: Fields>(sk: *const u8) -> Option<u32> {
+    let net: *const u8 = F::get(sk, layout!(skc_net))?;
+    F::get(net, layout!(net_ns_inum))
 }
 
 /// The namespace, family, ports and addresses of `sk`, as a seed's key. A call of its own, so
 /// that its stack is needed once however many callers it has.
 #[inline(never)]
 fn key_of(sk: *const u8, tuple: &mut TupleKey) -> Option<()> {
-    let common = Common::read(sk)?;
-    let family = common.u16(layout!(skc_family))?;
-    let net = common.u64(layout!(skc_net))? as *const u8;
-    tuple.netns = read(net, layout!(net_ns_inum))?;
+    let family: u16 = Direct::get(sk, layout!(skc_family))?;
+    tuple.netns = netns_of::<Direct>(sk)?;
     tuple.family = if family == AF_INET6 { 6 } else { 4 };
-    tuple.sport = common.u16(layout!(skc_num))?;
-    tuple.dport = u16::from_be(common.u16(layout!(skc_dport))?);
-    copy_addresses(common, family, &mut tuple.saddr, &mut tuple.daddr)
+    tuple.sport = Direct::get(sk, layout!(skc_num))?;
+    tuple.dport = u16::from_be(Direct::get(sk, layout!(skc_dport))?);
+    copy_addresses::<Direct>(sk, family, &mut tuple.saddr, &mut tuple.daddr)
 }
 
-/// Local and remote address out of the block into the 16-byte fields of a record or key, which
-/// lie at multiples of 4 (so that they are written a word at a time); IPv4 in the first 4 bytes,
-/// the rest left as it is.
+/// Local and remote address of `sk` into the 16-byte fields of a record or key, which lie at
+/// multiples of 4 (so that they are written a word at a time); IPv4 in the first 4 bytes, the
+/// rest left as it is.
 #[inline(always)]
-fn copy_addresses(
-    common: &Common,
+fn copy_addresses<F: Fields>(
+    sk: *const u8,
     family: u16,
     saddr: &mut [u8; 16],
     daddr: &mut [u8; 16],
@@ -440,12 +414,12 @@ fn copy_addresses(
         if family == AF_INET6 {
             let (from_s, from_d) = (layout!(skc_v6_rcv_saddr), layout!(skc_v6_daddr));
             for i in 0..4 {
-                *saddr.add(i) = common.u32(from_s + 4 * i as u32)?;
-                *daddr.add(i) = common.u32(from_d + 4 * i as u32)?;
+                *saddr.add(i) = F::get(sk, from_s + 4 * i as u32)?;
+                *daddr.add(i) = F::get(sk, from_d + 4 * i as u32)?;
             }
         } else {
-            *saddr = common.u32(layout!(skc_rcv_saddr))?;
-            *daddr = common.u32(layout!(skc_daddr))?;
+            *saddr = F::get(sk, layout!(skc_rcv_saddr))?;
+            *daddr = F::get(sk, layout!(skc_daddr))?;
         }
     }
     Some(())

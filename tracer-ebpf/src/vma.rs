@@ -211,5 +211,10 @@ fn emit(count: u32, tid: u32) {
         tid,
         map_count: count,
     });
-    entry.submit(wakeup_flags(&VMA_EVENTS, WAKEUP_BYTES, Ring::Vma));
+    entry.submit(wakeup_flags(
+        &VMA_EVENTS,
+        WAKEUP_BYTES,
+        Ring::Vma,
+        size_of::<VmaEvent>(),
+    ));
 }

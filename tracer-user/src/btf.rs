@@ -34,12 +34,6 @@ pub enum BtfError {
     NoMember { ty: String, member: String },
     /// The member is a bitfield, which the programs cannot read at a byte offset.
     Bitfield { ty: String, member: String },
-    /// The member is not where the programs can read it.
-    Misplaced {
-        ty: String,
-        member: String,
-        why: &'static str,
-    },
 }
 
 impl fmt::Display for BtfError {
@@ -49,7 +43,6 @@ impl fmt::Display for BtfError {
             Self::NoStruct(ty) => write!(f, "the kernel's BTF has no struct {ty}"),
             Self::NoMember { ty, member } => write!(f, "struct {ty} has no member {member}"),
             Self::Bitfield { ty, member } => write!(f, "{ty}.{member} is a bitfield"),
-            Self::Misplaced { ty, member, why } => write!(f, "{ty}.{member} {why}"),
         }
     }
 }

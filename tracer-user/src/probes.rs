@@ -9,7 +9,7 @@ use std::fmt;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, RawTracePoint, RawTracePointRunOptions, TestRun as _},
+    programs::{BtfTracePoint, FEntry, RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
 use tracer_common::{
     config::{
@@ -18,7 +18,7 @@ use tracer_common::{
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
     task::{ProcessExit, TaskEvent, ThreadSched},
-    tcp::{HELD_PROBE_BATCH, ListenKey, PortUse, SOCK_COMMON_BYTES, TcpEvent, TupleKey},
+    tcp::{HELD_PROBE_BATCH, ListenKey, PortUse, TcpEvent, TupleKey},
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
 };
 
@@ -30,48 +30,21 @@ use crate::{
 /// The eBPF object built by `build.rs`, embedded so `tracer` is one self-contained file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
-/// Why the programs cannot take a `sock_common` field of `size` bytes at `offset` out of the
-/// block they copy: they read the first `SOCK_COMMON_BYTES` of a socket in one go, and the
-/// fields out of it by 32-bit words.
-fn misplaced_in_block(offset: u32, size: u32) -> Option<&'static str> {
-    if (offset + size) as usize > SOCK_COMMON_BYTES {
-        Some("lies beyond the bytes the programs read")
-    } else if !offset.is_multiple_of(size.min(4)) {
-        Some("is not aligned to its size, as the programs read it")
-    } else {
-        None
-    }
-}
-
 /// Resolves where the programs' kernel fields are in the running kernel, from its BTF.
 pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
-    let sock_common = |field: &str, size: u32| {
-        let offset = btf.member_offset("sock_common", field)?;
-        match misplaced_in_block(offset, size) {
-            None => Ok(offset),
-            Some(why) => Err(BtfError::Misplaced {
-                ty: "sock_common".into(),
-                member: field.into(),
-                why,
-            }),
-        }
-    };
+    let sock_common = |field: &str| btf.member_offset("sock_common", field);
     Ok(KernelLayout {
         task_mm: btf.member_offset("task_struct", "mm")?,
         mm_map_count: btf.member_offset("mm_struct", "map_count")?,
-        skc_family: sock_common("skc_family", 2)?,
-        skc_state: sock_common("skc_state", 1)?,
-        skc_num: sock_common("skc_num", 2)?,
-        skc_dport: sock_common("skc_dport", 2)?,
-        skc_rcv_saddr: sock_common("skc_rcv_saddr", 4)?,
-        skc_daddr: sock_common("skc_daddr", 4)?,
-        skc_v6_rcv_saddr: sock_common("skc_v6_rcv_saddr", 16)?,
-        skc_v6_daddr: sock_common("skc_v6_daddr", 16)?,
-        skc_net: {
-            let offset = btf.field_offset("sock_common", &["skc_net", "net"])?;
-            sock_common("skc_net", 8)?;
-            offset
-        },
+        skc_family: sock_common("skc_family")?,
+        skc_state: sock_common("skc_state")?,
+        skc_num: sock_common("skc_num")?,
+        skc_dport: sock_common("skc_dport")?,
+        skc_rcv_saddr: sock_common("skc_rcv_saddr")?,
+        skc_daddr: sock_common("skc_daddr")?,
+        skc_v6_rcv_saddr: sock_common("skc_v6_rcv_saddr")?,
+        skc_v6_daddr: sock_common("skc_v6_daddr")?,
+        skc_net: btf.field_offset("sock_common", &["skc_net", "net"])?,
         net_ns_inum: btf.field_offset("net", &["ns", "inum"])?,
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
         sk_socket: btf.member_offset("sock", "sk_socket")?,
@@ -204,16 +177,20 @@ pub struct Probes {
 }
 
 /// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand. The
-/// VMA source's programs are attached apart (see [`attach_vma_source`]).
-const PROGRAMS: [(&str, Option<&str>); 7] = [
+/// VMA source's programs and the socket probe ([`SOCKET_PROBE`]) are attached apart.
+const PROGRAMS: [(&str, Option<&str>); 6] = [
     ("tracer_exec", Some("sched_process_exec")),
-    ("tracer_tcpstate", Some("inet_sock_set_state")),
     ("tracer_newtask", Some("task_newtask")),
     ("tracer_rename", Some("task_rename")),
     ("tracer_taskexit", Some("sched_process_exit")),
     ("tracer_switch", Some("sched_switch")),
     (HELD_PROBE, None),
 ];
+
+/// The program that follows the target's sockets, a BTF-enabled tracepoint (5.5+), and its
+/// tracepoint.
+const SOCKET_PROBE: &str = "tracer_tcpstate";
+const SOCKET_TRACEPOINT: &str = "inet_sock_set_state";
 
 /// The program that tells which queued sockets have been accepted.
 const HELD_PROBE: &str = "tracer_tcpheld";
@@ -273,7 +250,19 @@ impl Probes {
                 })?;
             }
         }
-        let vma_source = attach_vma_source(&mut ebpf, vma_sources)?;
+        let btf = aya::Btf::from_sys_fs()
+            .map_err(|e| classify("reading the kernel's BTF for its BTF-enabled programs", &e))?;
+        let program: &mut BtfTracePoint = program(&mut ebpf, SOCKET_PROBE)?;
+        program
+            .load(SOCKET_TRACEPOINT, &btf)
+            .map_err(|e| classify(&format!("loading {SOCKET_PROBE}"), &e))?;
+        program.attach().map_err(|e| {
+            classify(
+                &format!("attaching {SOCKET_PROBE} to BTF tracepoint {SOCKET_TRACEPOINT}"),
+                &e,
+            )
+        })?;
+        let vma_source = attach_vma_source(&mut ebpf, vma_sources, &btf)?;
         if layout.mark_victim_task == ABSENT {
             log::warn!(
                 "this kernel has no oom:mark_victim tracepoint: an OOM kill is told as a SIGKILL"
@@ -457,10 +446,14 @@ pub struct Rings {
 
 /// Loads and attaches the programs of the first source of `sources` that works here; the
 /// reasons the others did not are logged, and all of them make the error when none works.
-fn attach_vma_source(ebpf: &mut Ebpf, sources: &[VmaSource]) -> Result<VmaSource, ProbeError> {
+fn attach_vma_source(
+    ebpf: &mut Ebpf,
+    sources: &[VmaSource],
+    btf: &aya::Btf,
+) -> Result<VmaSource, ProbeError> {
     let mut failures = Vec::new();
     for &source in sources {
-        match attach_source(ebpf, source) {
+        match attach_source(ebpf, source, btf) {
             Ok(()) => return Ok(source),
             Err(e) => {
                 log::info!("VMA source {}: {e}", source.as_str());
@@ -507,13 +500,11 @@ fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), Probe
     })
 }
 
-fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
+fn attach_source(ebpf: &mut Ebpf, source: VmaSource, btf: &aya::Btf) -> Result<(), ProbeError> {
     match source {
         VmaSource::MmapLock => attach_raw(ebpf, "tracer_mmaplock", "mmap_lock_released"),
         VmaSource::SyscallTracepoint => attach_raw(ebpf, "tracer_sysexit", "sys_exit"),
         VmaSource::SyscallFentry => {
-            let btf = aya::Btf::from_sys_fs()
-                .map_err(|e| classify("reading the kernel's BTF for trampolines", &e))?;
             let names: Vec<String> = ebpf
                 .programs()
                 .filter_map(|(name, _)| name.strip_prefix(FENTRY_PREFIX).map(str::to_owned))
@@ -522,7 +513,7 @@ fn attach_source(ebpf: &mut Ebpf, source: VmaSource) -> Result<(), ProbeError> {
                 let function = format!("__x64_sys_{syscall}");
                 let name = format!("{FENTRY_PREFIX}{syscall}");
                 let program: &mut FEntry = program(ebpf, &name)?;
-                match program.load(&function, &btf) {
+                match program.load(&function, btf) {
                     // A syscall this kernel does not have (mseal before 6.10).
                     Err(aya::programs::ProgramError::Btf(aya::BtfError::UnknownBtfTypeName {
                         ..
@@ -621,20 +612,6 @@ mod tests {
             (VmaSource::SyscallFentry, denied),
         ]);
         assert!(matches!(e, ProbeError::Permission(_)), "{e:?}");
-    }
-
-    #[test]
-    fn socket_fields_must_lie_aligned_within_the_block() {
-        assert_eq!(misplaced_in_block(0, 4), None);
-        assert_eq!(misplaced_in_block(14, 2), None);
-        assert_eq!(misplaced_in_block(18, 1), None);
-        assert_eq!(misplaced_in_block(48, 8), None);
-        assert_eq!(misplaced_in_block(112, 16), None);
-        assert!(misplaced_in_block(113, 16).is_some());
-        assert!(misplaced_in_block(13, 2).is_some());
-        assert!(misplaced_in_block(6, 4).is_some());
-        assert_eq!(misplaced_in_block(52, 8), None);
-        assert!(misplaced_in_block(50, 8).is_some());
     }
 
     #[test]
