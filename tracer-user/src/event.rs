@@ -252,7 +252,8 @@ pub enum Event {
         pid: u32,
         /// `sockets` (from sock_diag and /proc/PID/fd) or `threads` (from /proc/PID/task).
         table: &'static str,
-        /// `records_lost` or `audit`.
+        /// `records_lost`, `missed_runs` (socket-probe runs the kernel skipped, a resync
+        /// told only when it corrected something) or `audit`.
         reason: &'static str,
         /// Entries added, removed or changed.
         corrected: u32,
@@ -362,10 +363,10 @@ impl Event {
         else {
             return None;
         };
-        let why = if *reason == "audit" {
-            "by the audit"
-        } else {
-            "after lost records"
+        let why = match *reason {
+            "audit" => "by the audit",
+            "missed_runs" => "after probe runs the kernel skipped",
+            _ => "after lost records",
         };
         let changes: Vec<String> = before
             .keys()

@@ -4,7 +4,10 @@
 //! Everything is owned by [`Probes`]: dropping it detaches the programs and frees the maps, so
 //! nothing is left attached when the agent exits, by any path.
 
-use std::fmt;
+use std::{
+    fmt,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -416,7 +419,20 @@ impl Probes {
             tcp_untracked: slot(UNTRACKED_TCP)?,
             task_records: slot(LOST_TASK)?,
             threads_untracked: slot(UNTRACKED_THREADS)?,
+            tcp_missed_runs: self.socket_probe_misses(),
         })
+    }
+
+    /// Runs of the socket probe the kernel skipped because it was already running on that CPU
+    /// (a transition in a softirq that interrupted the probe's run for another): the program's
+    /// `recursion_misses`. They may be anyone's sockets; a missed one of the target's leaves
+    /// its count wrong until a resync, which a rise starts. 0 where the kernel does not count
+    /// them (before 5.12).
+    pub fn socket_probe_misses(&self) -> u64 {
+        self.ebpf
+            .program(SOCKET_PROBE)
+            .and_then(|program| program.fd().ok())
+            .map_or(0, |fd| recursion_misses(fd.as_fd().as_raw_fd()))
     }
 
     /// Forwards pending kernel-side log lines.
@@ -427,6 +443,30 @@ impl Probes {
     }
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` of `enum bpf_cmd` (include/uapi/linux/bpf.h, 4.13+).
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// `bpf_prog_info.recursion_misses` of the program `fd` (5.12+); 0 where the kernel fills in
+/// less of the struct, or the call fails.
+fn recursion_misses(fd: std::os::fd::RawFd) -> u64 {
+    // SAFETY (both): all-zero is a valid value of these plain C structs.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: aya_obj::generated::bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd as u32;
+    attr.info.info_len = size_of_val(&info) as u32;
+    attr.info.info = (&raw mut info) as u64;
+    // SAFETY: the kernel writes at most `info_len` bytes to `info`, which outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of_val(&attr),
+        )
+    };
+    if ret == 0 { info.recursion_misses } else { 0 }
+}
+
 /// Counts of what the kernel side dropped (see `tracer_common::lost`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lost {
@@ -435,6 +475,8 @@ pub struct Lost {
     pub tcp_untracked: u64,
     pub task_records: u64,
     pub threads_untracked: u64,
+    /// Socket-probe runs the kernel skipped (`Probes::socket_probe_misses`), anyone's.
+    pub tcp_missed_runs: u64,
 }
 
 /// The ring buffers, one per kind of record.

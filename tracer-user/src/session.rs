@@ -70,6 +70,10 @@ const AUDIT_INTERVAL: Duration = Duration::from_mins(1);
 /// the ring buffer holds), one snapshot every few seconds heals the counts without the
 /// snapshots themselves taking the CPU the drain needs.
 const RESYNC_MIN_GAP: Duration = Duration::from_secs(3);
+/// The least time between two resyncs for socket-probe runs the kernel skipped (which may be
+/// any process's sockets, so a busy host has some every few seconds): the counts are right
+/// again within this and a snapshot's time after a skipped run of the target's.
+const MISSED_RUNS_GAP: Duration = Duration::from_secs(5);
 
 /// A read of /proc/PID/maps under way: the reader back, its breakdown, and the steady state
 /// projected from it (a Kafka broker's).
@@ -158,6 +162,8 @@ pub struct Session {
     task_lost: u64,
     /// Socket records lost as of the last resync: more means the table is rebuilt.
     tcp_lost: u64,
+    /// Socket-probe runs skipped as of the last resync: more means the table is rebuilt too.
+    tcp_missed_runs: u64,
     /// A snapshot of the target's sockets being taken on the blocking pool, and why.
     resync: Option<(JoinHandle<std::io::Result<ProcSockets>>, &'static str)>,
     /// When the socket table was last checked against the kernel.
@@ -272,6 +278,7 @@ impl Session {
             accounts: Vec::new(),
             task_lost: 0,
             tcp_lost: 0,
+            tcp_missed_runs: 0,
             resync: None,
             audited: Instant::now(),
             resynced: None,
@@ -499,12 +506,17 @@ impl Session {
         }
         let reason = if lost.tcp_records > self.tcp_lost {
             "records_lost"
+        } else if lost.tcp_missed_runs > self.tcp_missed_runs
+            && self.resynced.is_none_or(|t| t.elapsed() >= MISSED_RUNS_GAP)
+        {
+            "missed_runs"
         } else if self.audited.elapsed() >= AUDIT_INTERVAL {
             "audit"
         } else {
             return;
         };
         self.tcp_lost = lost.tcp_records;
+        self.tcp_missed_runs = lost.tcp_missed_runs;
         self.audited = Instant::now();
         self.resynced = Some(Instant::now());
         self.tcp.begin_resync(monotonic());
@@ -519,7 +531,8 @@ impl Session {
             drain_tcp(ring.get_mut(), &mut self.tcp, &mut self.events);
         }
         let resync = self.tcp.resync(found, monotonic());
-        if reason == "audit" && resync.corrected == 0 {
+        // An audit, or skipped runs that were others' sockets: nothing to tell.
+        if reason != "records_lost" && resync.corrected == 0 {
             return;
         }
         self.events.push(Event::Resynced {
