@@ -171,3 +171,24 @@ fn run_time_cells(rest: &str, line: &str) -> anyhow::Result<(String, Vec<String>
         _ => anyhow::bail!("a vm-run-time line of other shape: {line}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::run_time_cells;
+
+    #[test]
+    fn run_time_cells_give_the_body_as_the_difference() {
+        let line = "vm-run-time tracer_tcpstate | target | 2591.5 | 92.2 | 9.963";
+        let (program, cells) = run_time_cells(&line["vm-run-time ".len()..], line).unwrap();
+        assert_eq!(program, "tracer_tcpstate");
+        assert_eq!(cells, ["2591.5 ns", "92.2 ns", "**2499.3 ns**", "9.96"]);
+    }
+
+    #[test]
+    fn run_time_cells_carry_the_guests_reason() {
+        let line = "vm-run-time tracer_switch | others | tracer did not attach";
+        let (_, cells) = run_time_cells(&line["vm-run-time ".len()..], line).unwrap();
+        assert_eq!(cells, ["tracer did not attach"; 4]);
+        assert!(run_time_cells("a | b", "a | b").is_err());
+    }
+}
