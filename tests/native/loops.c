@@ -7,6 +7,10 @@
  *         each change the VMA count, as a JVM does all the time
  *   tcp   connect to a loopback listener and close, while a thread accepts and closes: the
  *         life of a short client connection on both sides, in one process
+ *   self  one thread connecting to its own loopback listener, accepting and closing both ends,
+ *         as fast as it can: the load of issue 14, where nothing waits for another thread
+ *   spawn start a thread that names itself (prctl PR_SET_NAME) and exits, and join it: a
+ *         thread's whole life, for the task programs
  *   fault touches one new page per iteration of a 64-page mapping and drops them all with
  *         madvise(MADV_DONTNEED) every 64: a page fault per iteration, each of which takes the
  *         mmap lock on kernels before 6.4 (per-VMA locks came then)
@@ -27,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,16 +67,22 @@ static void *acceptor(void *arg) {
     return NULL;
 }
 
+static void *named(void *arg) {
+    (void)arg;
+    prctl(PR_SET_NAME, "loops-worker");
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: loops null|mm|mmfull|fault|tcp|maps|idle SECONDS [RATE]\n");
+        fprintf(stderr, "usage: loops null|mm|mmfull|fault|tcp|self|spawn|maps|idle SECONDS [RATE]\n");
         return 2;
     }
     const char *mode = argv[1];
     double seconds = atof(argv[2]);
     double rate = argc > 3 ? atof(argv[3]) : 0;
     long page = sysconf(_SC_PAGESIZE);
-    if (strcmp(mode, "tcp") == 0) {
+    if (strcmp(mode, "tcp") == 0 || strcmp(mode, "self") == 0) {
         listener = socket(AF_INET, SOCK_STREAM, 0);
         int one = 1;
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -83,8 +94,10 @@ int main(int argc, char **argv) {
             perror("listen");
             return 1;
         }
-        pthread_t thread;
-        pthread_create(&thread, NULL, acceptor, NULL);
+        if (mode[0] == 't') {
+            pthread_t thread;
+            pthread_create(&thread, NULL, acceptor, NULL);
+        }
     } else if (strcmp(mode, "maps") == 0) {
         if (hold((long)rate, page))
             return 1;
@@ -107,7 +120,7 @@ int main(int argc, char **argv) {
         if (hold(32700, page))
             return 1;
     } else if (strcmp(mode, "mm") != 0 && strcmp(mode, "null") != 0 &&
-               strcmp(mode, "fault") != 0) {
+               strcmp(mode, "fault") != 0 && strcmp(mode, "spawn") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;
     }
@@ -140,6 +153,19 @@ int main(int argc, char **argv) {
                 char *p = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
                 mprotect(p + page, page, PROT_READ);
                 munmap(p, 4 * page);
+            } else if (mode[0] == 's' && mode[1] == 'e') {
+                int fd = socket(AF_INET, SOCK_STREAM, 0);
+                /* Accept would wait for ever after a failed connect. */
+                if (connect(fd, (struct sockaddr *)&addr, sizeof addr)) {
+                    perror("connect");
+                    return 1;
+                }
+                close(accept(listener, NULL, NULL));
+                close(fd);
+            } else if (mode[0] == 's') {
+                pthread_t thread;
+                pthread_create(&thread, NULL, named, NULL);
+                pthread_join(thread, NULL);
             } else {
                 int fd = socket(AF_INET, SOCK_STREAM, 0);
                 connect(fd, (struct sockaddr *)&addr, sizeof addr);

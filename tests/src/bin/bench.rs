@@ -3,8 +3,8 @@
 //! every side alike), medians of the rounds. Needs root, bpftrace, bpftool.
 //!
 //! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone, or
-//! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone,
-//! or bench --own-cpu OUTPUT.md for the CPU and memory table of (c) alone.
+//! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone
+//! (issue 14's loop), or bench --own-cpu OUTPUT.md for the CPU and memory table of (c) alone.
 
 use std::{
     fmt::Write as _,
@@ -45,6 +45,9 @@ const MM_SYSCALLS: f64 = 3.0;
 const TCP_SYSCALLS: f64 = 5.0;
 /// State changes of the target's sockets per iteration of the tcp loop (both ends are its).
 const TCP_TRANSITIONS: f64 = 10.0;
+/// State changes per iteration of the self loop: the same ten (counted with bpftrace on the
+/// listener's port: 498,561 over 49,856 iterations).
+const SELF_TRANSITIONS: f64 = 10.0;
 
 /// bpftrace doing what tracer does, as one would write it by hand: the VMA count after every
 /// syscall of the target, and the state of every TCP socket.
@@ -55,6 +58,8 @@ const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_exit /pid == TARGET/ 
 enum Side {
     Untraced,
     Tracer,
+    /// `tracer attach --json --events summary`: no per-transition lines.
+    Summary,
     Bpftrace,
     /// bpftrace's empty programs on tracer's hooks, for scale.
     Floor,
@@ -77,6 +82,7 @@ fn watch(side: Side, pid: u32) -> Option<Process> {
     match side {
         Side::Untraced => None,
         Side::Tracer => Some(Tracer::attach(pid, &[]).process),
+        Side::Summary => Some(Tracer::attach(pid, &["--events", "summary"]).process),
         Side::Bpftrace => Some(bpftrace(
             &BPFTRACE_SCRIPT.replace("TARGET", &pid.to_string()),
         )),
@@ -113,7 +119,7 @@ impl Bench {
     fn run(&self, mode: &str, rate: Option<f64>, side: Side, bystander: bool) -> f64 {
         // Each tcp run gets a network namespace of its own: the TIME_WAIT sockets that tens of
         // thousands of short connections leave behind would slow the next runs.
-        let netns = (mode == "tcp").then(|| Netns::new("bench"));
+        let netns = ["tcp", "self"].contains(&mode).then(|| Netns::new("bench"));
         let mut command = match &netns {
             Some(ns) => ns.exec(&self.loops),
             None => Command::new(&self.loops),
@@ -450,35 +456,44 @@ fn slowdown(bench: &Bench, md: &mut String) -> Vec<Slowdown> {
     added
 }
 
-/// (a2) The tcp loop as fast as it goes, untraced, under `tracer attach --json` and under
-/// bpftrace counting the state changes by new state: the time each adds per state change.
+/// (a2) Issue 14's loop (`loops self`: one thread connecting to itself, accepting, closing
+/// both) as fast as it goes, untraced, under `tracer attach --json`, under `tracer attach
+/// --json --events summary` and under bpftrace counting the state changes by new state: the
+/// time each adds per state change.
 fn state_counting(bench: &Bench, md: &mut String) {
-    let [untraced, ours, theirs] =
-        bench.compare_sides("tcp", false, [Side::Untraced, Side::Tracer, Side::Counting]);
-    let add = |traced: f64| (1.0 / traced - 1.0 / untraced) * 1e9 / TCP_TRANSITIONS;
+    let sides = [Side::Untraced, Side::Tracer, Side::Summary, Side::Counting];
+    let [untraced, json, summary, counting] = bench.compare_sides("self", false, sides);
+    let add = |traced: f64| (1.0 / traced - 1.0 / untraced) * 1e9 / SELF_TRANSITIONS;
     let _ = writeln!(
         md,
-        "\n## (a2) The tcp loop beside bpftrace counting state changes\n"
+        "\n## (a2) A process connecting to itself, beside bpftrace counting state changes\n"
     );
     let _ = writeln!(
         md,
-        "Iterations per second of the `tcp` loop of (a) ({} interleaved rounds of {} s, medians): untraced, watched by \
-         `tracer attach --json > /dev/null`, and under `bpftrace -e '{COUNT_SCRIPT}'`. Added time per state change: \
-         (1/traced - 1/untraced) / {TCP_TRANSITIONS} state changes per iteration.\n",
+        "Iterations per second of `loops self` (one thread: connect to its own loopback listener, accept, close both; \
+         {SELF_TRANSITIONS} state changes per iteration) ({} interleaved rounds of {} s, medians): untraced, watched by \
+         `tracer attach --json` (its lines read from a pipe), by `tracer attach --json --events summary` (no \
+         per-transition lines), and under `bpftrace -e '{COUNT_SCRIPT}'`. Added time per state change: \
+         (1/traced - 1/untraced) / {SELF_TRANSITIONS}.\n",
         bench.plan.rounds, bench.plan.seconds
     );
     let _ = writeln!(
         md,
-        "| untraced | tracer attach --json | bpftrace counting | tracer / untraced | bpftrace / untraced | added per state change: tracer | bpftrace |"
+        "| untraced | attach --json | attach --json --events summary | bpftrace counting | --json / untraced | summary / untraced | bpftrace / untraced | added per state change: --json | summary | bpftrace |"
     );
-    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
     let _ = writeln!(
         md,
-        "| {untraced:.0}/s | {ours:.0}/s | {theirs:.0}/s | {:.3} | {:.3} | {:.0} ns | {:.0} ns |",
-        ours / untraced,
-        theirs / untraced,
-        add(ours),
-        add(theirs)
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    let _ = writeln!(
+        md,
+        "| {untraced:.0}/s | {json:.0}/s | {summary:.0}/s | {counting:.0}/s | {:.3} | {:.3} | {:.3} | {:.0} ns | {:.0} ns | {:.0} ns |",
+        json / untraced,
+        summary / untraced,
+        counting / untraced,
+        add(json),
+        add(summary),
+        add(counting)
     );
 }
 

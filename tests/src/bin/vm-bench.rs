@@ -4,20 +4,33 @@
 //!
 //! ```text
 //! vm-bench <loop> | <untraced per second> | <with tracer per second, or why there is none>
+//! vm-run-time <program> | <target or others> | <ns per hit> | <empty program's ns per hit> | <hits per iteration>
 //! vm-bench done
 //! ```
 //!
-//! Usage: `vm-bench WORKLOADS SECONDS ROUNDS` with `TRACER_BIN` naming the tracer. Loops
+//! Usage: `vm-bench WORKLOADS SECONDS ROUNDS [run-time]` with `TRACER_BIN` naming the tracer. Loops
 //! (tests/native/loops.c): `mm` and `tcp` watched by tracer themselves; `fault`, `mm` and
 //! `null` in an unrelated process placed in a cgroup as deep as a Kubernetes pod's
 //! container, while tracer watches another process. Medians of ROUNDS runs of SECONDS per
 //! side, the sides taking turns after a warm-up run of each.
+//!
+//! Then, with `run-time`, table (d) of BENCHMARKS.md on this kernel: with `kernel.bpf_stats_enabled`, each
+//! program's run time per hit over SECONDS of the loop that drives it, watched (target hits)
+//! and beside a watched idle process (others' hits), and that of an empty program (`r0 = 0;
+//! exit`) of the same type on the same hook over the same hits: the floor of the statistics'
+//! own clock reads, which the host less from the program's to give its body.
 
 use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
+
+use aya::{Btf, programs::loaded_programs};
+use aya_obj::btf::BtfKind;
 
 use tracer_tests::{Process, Tracer};
 
@@ -26,12 +39,88 @@ use tracer_tests::{Process, Tracer};
 const POD_CGROUP: &str =
     "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-1.scope";
 const ATTACH_TIMEOUT: Duration = Duration::from_mins(2);
+/// `kernel.bpf_stats_enabled` (5.1+): run_time_ns and run_cnt of every program.
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// A row of table (d): tracer's programs whose kernel names (15 characters at most) start with
+/// one of `programs`, summed, against empty programs on their hooks.
+struct Row {
+    label: &'static str,
+    programs: &'static [&'static str],
+    hooks: &'static [Hook],
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    /// A raw tracepoint, by name.
+    RawTracepoint(&'static str),
+    /// fentry of a kernel function, by name (its BTF id comes from the running kernel).
+    Fentry(&'static str),
+}
+
+/// The loops (tests/native/loops.c) that drive each program, and the rows they measure.
+/// `syscall_fentry`'s 20 programs share one body: the three the `mm` loop calls stand for all.
+const RUN_TIME: [(&str, &[Row]); 3] = [
+    (
+        "mm",
+        &[Row {
+            label: "syscall_fentry (tracer_fe_mmap, _mprotect, _munmap)",
+            programs: &["tracer_fe_mmap", "tracer_fe_mprot", "tracer_fe_munma"],
+            hooks: &[
+                Hook::Fentry("__x64_sys_mmap"),
+                Hook::Fentry("__x64_sys_mprotect"),
+                Hook::Fentry("__x64_sys_munmap"),
+            ],
+        }],
+    ),
+    (
+        "tcp",
+        &[
+            Row {
+                label: "tracer_tcpstate",
+                programs: &["tracer_tcpstate"],
+                hooks: &[Hook::RawTracepoint("inet_sock_set_state")],
+            },
+            Row {
+                label: "tracer_switch",
+                programs: &["tracer_switch"],
+                hooks: &[Hook::RawTracepoint("sched_switch")],
+            },
+        ],
+    ),
+    (
+        "spawn",
+        &[
+            Row {
+                label: "tracer_newtask",
+                programs: &["tracer_newtask"],
+                hooks: &[Hook::RawTracepoint("task_newtask")],
+            },
+            Row {
+                label: "tracer_rename",
+                programs: &["tracer_rename"],
+                hooks: &[Hook::RawTracepoint("task_rename")],
+            },
+            Row {
+                label: "tracer_taskexit",
+                programs: &["tracer_taskexit"],
+                hooks: &[Hook::RawTracepoint("sched_process_exit")],
+            },
+        ],
+    ),
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [workloads, seconds, rounds] = args.as_slice() else {
-        eprintln!("usage: vm-bench WORKLOADS SECONDS ROUNDS   (TRACER_BIN names the tracer)");
-        std::process::exit(2);
+    let (workloads, seconds, rounds, run_time) = match args.as_slice() {
+        [w, s, r] => (w, s, r, false),
+        [w, s, r, flag] if flag == "run-time" => (w, s, r, true),
+        _ => {
+            eprintln!(
+                "usage: vm-bench WORKLOADS SECONDS ROUNDS [run-time]   (TRACER_BIN names the tracer)"
+            );
+            std::process::exit(2);
+        }
     };
     let bench = Bench {
         loops: Path::new(workloads).join("loops"),
@@ -50,7 +139,34 @@ fn main() {
         let text = |rate: Result<f64, String>| rate.map_or_else(|why| why, |r| format!("{r:.0}"));
         println!("vm-bench {name} | {} | {}", text(untraced), text(traced));
     }
+    if run_time {
+        bench.run_time();
+    }
     println!("vm-bench done");
+}
+
+impl Bench {
+    /// Table (d): every row of [`RUN_TIME`], target and others' hits.
+    fn run_time(&self) {
+        // Before 5.11 the kernel charges BPF programs to RLIMIT_MEMLOCK (64 KiB in the guest).
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads the struct, which lives across the call.
+        assert_eq!(
+            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) },
+            0
+        );
+        std::fs::write(STATS, "1").expect("enable bpf_stats");
+        for (mode, rows) in RUN_TIME {
+            let [target, others] = [true, false].map(|watched| self.run_times(mode, watched, rows));
+            for (row, hits) in rows.iter().zip(target).chain(rows.iter().zip(others)) {
+                println!("vm-run-time {} | {} | {}", row.label, hits.0, hits.1);
+            }
+        }
+        std::fs::write(STATS, "0").expect("disable bpf_stats");
+    }
 }
 
 struct Bench {
@@ -103,11 +219,244 @@ impl Bench {
         let (_, result) = looping.expect_line("RESULT", Duration::from_mins(10));
         drop(session);
         drop(idle);
-        result
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("rate="))
-            .and_then(|rate| rate.parse().ok())
-            .ok_or_else(|| format!("no rate in {result:?}"))
+        rate_of(&result)
+    }
+}
+
+/// The rate of a loop's RESULT line.
+fn rate_of(result: &str) -> Result<f64, String> {
+    result
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("rate="))
+        .and_then(|rate| rate.parse().ok())
+        .ok_or_else(|| format!("no rate in {result:?}"))
+}
+
+impl Bench {
+    /// One run of `mode` for SECONDS with tracer watching it (`watched`) or an idle process
+    /// beside it, and empty programs on the rows' hooks: per row, the line's fields after
+    /// the row's label (`target` or `others`, then the figures), or why there are none.
+    fn run_times(&self, mode: &str, watched: bool, rows: &[Row]) -> Vec<(String, String)> {
+        let side = if watched { "target" } else { "others" };
+        let seconds: f64 = self.seconds.parse().expect("SECONDS is a number");
+        let mut looping =
+            Process::spawn(Command::new(&self.loops).args([mode, &(seconds + 1.0).to_string()]));
+        looping.expect_line("READY", Duration::from_secs(30));
+        let idle = (!watched).then(|| {
+            let idle = Process::spawn(Command::new(&self.loops).args(["idle", "3600"]));
+            idle.expect_line("READY", Duration::from_secs(30));
+            idle
+        });
+        let Ok(tracer) = attach(idle.as_ref().map_or(looping.pid, |idle| idle.pid)) else {
+            return rows
+                .iter()
+                .map(|_| (side.to_owned(), "tracer did not attach".to_owned()))
+                .collect();
+        };
+        let empties: Vec<Vec<Empty>> = rows
+            .iter()
+            .map(|row| row.hooks.iter().map(|&hook| Empty::attach(hook)).collect())
+            .collect();
+        looping.send("GO");
+        thread::sleep(Duration::from_millis(200));
+        let (before, started) = (program_stats(), Instant::now());
+        thread::sleep(Duration::from_secs_f64(seconds));
+        let (after, sampled) = (program_stats(), started.elapsed().as_secs_f64());
+        let (_, result) = looping.expect_line("RESULT", Duration::from_mins(10));
+        drop(tracer);
+        let rate = rate_of(&result).unwrap_or(f64::NAN);
+        rows.iter()
+            .zip(&empties)
+            .map(|(row, empties)| {
+                let ours = |stats: &[Stats]| {
+                    sum(stats.iter().filter(|s| {
+                        s.name.starts_with("tracer_")
+                            && row.programs.iter().any(|p| s.name.starts_with(p))
+                    }))
+                };
+                let theirs = |stats: &[Stats]| {
+                    sum(stats
+                        .iter()
+                        .filter(|s| empties.iter().any(|e| e.id == s.id)))
+                };
+                let (time, runs) = difference(ours(&before), ours(&after));
+                let (empty_time, empty_runs) = difference(theirs(&before), theirs(&after));
+                let figures = format!(
+                    "{:.1} | {:.1} | {:.3}",
+                    time / runs,
+                    empty_time / empty_runs,
+                    runs / sampled / rate
+                );
+                (side.to_owned(), figures)
+            })
+            .collect()
+    }
+}
+
+/// One program's bpf_stats.
+struct Stats {
+    id: u32,
+    name: String,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// Every loaded program's statistics.
+fn program_stats() -> Vec<Stats> {
+    loaded_programs()
+        .map(|info| {
+            let info = info.expect("program info");
+            Stats {
+                id: info.id(),
+                name: info.name_as_str().unwrap_or_default().to_owned(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).expect("run time in u64"),
+                run_cnt: info.run_count(),
+            }
+        })
+        .collect()
+}
+
+/// Run time and runs, summed.
+fn sum<'a>(stats: impl Iterator<Item = &'a Stats>) -> (u64, u64) {
+    stats.fold((0, 0), |(time, runs), s| {
+        (time + s.run_time_ns, runs + s.run_cnt)
+    })
+}
+
+/// Run time (ns) and runs between two sums, as floats for division (at least one run).
+fn difference(before: (u64, u64), after: (u64, u64)) -> (f64, f64) {
+    (
+        (after.0 - before.0) as f64,
+        (after.1 - before.1).max(1) as f64,
+    )
+}
+
+/// An empty program (`r0 = 0; exit`) attached to a hook, loaded with the bpf syscall (aya
+/// loads programs from an object only); detached when dropped.
+struct Empty {
+    id: u32,
+    _program: OwnedFd,
+    _link: OwnedFd,
+}
+
+/// `union bpf_attr` for BPF_PROG_LOAD, up to `attach_prog_fd` (5.5): the kernel reads what it
+/// knows of the size given.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_prog_fd: u32,
+    /// Explicit, so that it is zero, as the kernel checks.
+    padding: u32,
+}
+
+/// `union bpf_attr` for BPF_RAW_TRACEPOINT_OPEN (5.5+ for fentry, whose name is null).
+#[repr(C)]
+struct RawTracepointOpen {
+    name: u64,
+    prog_fd: u32,
+    padding: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_FENTRY: u32 = 24;
+/// `mov64 r0, 0` and `exit`.
+const EMPTY: [u64; 2] = [0xb7, 0x95];
+
+/// The bpf syscall with `attr` for a command that returns a new fd.
+fn bpf<T>(command: libc::c_long, attr: &mut T) -> Result<OwnedFd, std::io::Error> {
+    // SAFETY: `attr` is a `union bpf_attr` prefix of the size given, living across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(attr),
+            size_of::<T>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd, which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("an fd")) })
+}
+
+impl Empty {
+    fn attach(hook: Hook) -> Self {
+        let license = c"GPL";
+        let mut log = vec![0u8; 4096];
+        let mut load = ProgLoad {
+            insn_cnt: 2,
+            insns: EMPTY.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 1,
+            log_size: 4096,
+            log_buf: log.as_mut_ptr() as u64,
+            ..ProgLoad::default()
+        };
+        load.prog_name[..5].copy_from_slice(b"empty");
+        let name = match hook {
+            Hook::RawTracepoint(name) => {
+                load.prog_type = BPF_PROG_TYPE_RAW_TRACEPOINT;
+                Some(CString::new(name).expect("a tracepoint name"))
+            }
+            Hook::Fentry(function) => {
+                load.prog_type = BPF_PROG_TYPE_TRACING;
+                load.expected_attach_type = BPF_TRACE_FENTRY;
+                load.attach_btf_id = Btf::from_sys_fs()
+                    .expect("the kernel's BTF")
+                    .id_by_type_name_kind(function, BtfKind::Func)
+                    .unwrap_or_else(|e| panic!("{function} in BTF: {e}"));
+                None
+            }
+        };
+        let program = bpf(BPF_PROG_LOAD, &mut load).unwrap_or_else(|e| {
+            let log = String::from_utf8_lossy(&log);
+            panic!(
+                "loading an empty program for {hook:?}: {e}: {}",
+                log.trim_end_matches('\0')
+            )
+        });
+        let fd = program.as_raw_fd();
+        let mut open = RawTracepointOpen {
+            name: name.as_ref().map_or(0, |n| n.as_ptr() as u64),
+            prog_fd: u32::try_from(fd).expect("an fd"),
+            padding: 0,
+        };
+        let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut open)
+            .unwrap_or_else(|e| panic!("attaching an empty program to {hook:?}: {e}"));
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        let id = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+            .expect("prog_id in fdinfo");
+        Self {
+            id,
+            _program: program,
+            _link: link,
+        }
     }
 }
 
