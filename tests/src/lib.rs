@@ -534,6 +534,35 @@ pub fn loaded_programs(prefix: &str) -> usize {
         .count()
 }
 
+/// The names of the BPF programs `pid` holds (through program or link fds, each program once),
+/// sorted: from the `prog_id` lines of its /proc/PID/fdinfo, named by `bpftool`.
+pub fn programs_held(pid: u32) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("read fdinfo")
+        .flatten()
+    {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        ids.extend(info.lines().filter_map(|line| {
+            line.strip_prefix("prog_id:")
+                .and_then(|id| id.trim().parse::<u64>().ok())
+        }));
+    }
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    let programs: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let mut names: Vec<String> = programs
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
 /// The children of `pid` (its main thread's), from /proc.
 pub fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

@@ -1,6 +1,7 @@
 //! `tracer agent`: re-attach across restarts, /metrics checked by promtool and against /proc,
 //! /events through `curl -N`, a slow client, the webhook, bad config, a busy port, least
-//! privilege, a container's pid namespace, and a compressed soak of target churn.
+//! privilege, a container's pid namespace, a compressed soak of target churn, and several
+//! targets on one loaded object.
 
 #![expect(
     clippy::float_cmp,
@@ -18,8 +19,9 @@ use std::{
 };
 
 use tracer_tests::{
-    Event, Process, TempDir, compile_c, free_port, http_get, maps_count, programs_unloaded,
-    rss_kib, ss_states, start_redis, tracer_bin, wait_for_listener,
+    Event, Process, TempDir, compile_c, free_port, http_get, maps_count, proc_status,
+    programs_held, programs_unloaded, rss_kib, ss_states, start_redis, tracer_bin,
+    wait_for_listener,
 };
 
 fn now_ms() -> u64 {
@@ -160,6 +162,110 @@ fn a_restarted_target_is_reattached_within_a_second() {
         );
         assert_eq!(metrics["tracer_targets"], 1.0);
     }
+}
+
+/// An acceptor with `clients` connected to it, which stay open while the pair lives.
+fn acceptor_with_clients(binary: &Path, clients: usize) -> (Process, Vec<TcpStream>) {
+    let (server, port) = start_acceptor(binary);
+    let connected: Vec<TcpStream> = (0..clients)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    server.expect_line(&format!("ACCEPTED {clients}"), Duration::from_secs(5));
+    (server, connected)
+}
+
+/// Waits until the agent's metrics for `pid` equal the kernel's: its VMA count (/proc/PID/maps),
+/// threads (/proc/PID/status) and socket states (`ss`); panics with the difference otherwise.
+fn matches_the_kernel(agent: &Agent, name: &str, pid: u32) {
+    let labels = format!("target=\"{name}\",pid=\"{pid}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = agent.metrics();
+        let ss = ss_states(pid, None);
+        let mut ours = BTreeMap::new();
+        let mut kernel = BTreeMap::new();
+        for state in ["ESTABLISHED", "LISTEN", "CLOSE_WAIT", "SYN_RECV"] {
+            let key = format!("tracer_tcp_sockets{{{labels},state=\"{state}\"}}");
+            ours.insert(state.to_owned(), metrics.get(&key).copied());
+            kernel.insert(
+                state.to_owned(),
+                Some(ss.get(state).copied().unwrap_or(0) as f64),
+            );
+        }
+        ours.insert(
+            "vma".to_owned(),
+            metrics
+                .get(&format!("tracer_vma_count{{{labels}}}"))
+                .copied(),
+        );
+        kernel.insert("vma".to_owned(), maps_count(pid).map(f64::from));
+        ours.insert(
+            "threads".to_owned(),
+            metrics.get(&format!("tracer_threads{{{labels}}}")).copied(),
+        );
+        kernel.insert(
+            "threads".to_owned(),
+            Some(proc_status(pid, "Threads") as f64),
+        );
+        if ours == kernel {
+            println!("pid {pid}: {ours:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid}: the agent says {ours:?}, the kernel {kernel:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn several_targets_share_one_object_and_keep_their_own_counts() {
+    let dir = TempDir::new("agent-fleet");
+    let marker = format!("fleet-{}", std::process::id());
+    let binary = marked_acceptor(&dir, &marker);
+    let mut fleet: Vec<(Process, Vec<TcpStream>)> = [2, 5, 9]
+        .into_iter()
+        .map(|clients| acceptor_with_clients(&binary, clients))
+        .collect();
+    let agent = Agent::start(&["--match", &format!("fleet={marker}")]);
+    for _ in 0..fleet.len() {
+        agent.expect("target_attached", Duration::from_secs(5));
+    }
+    for (server, _) in &fleet {
+        matches_the_kernel(&agent, "fleet", server.pid);
+    }
+    // One copy of each program for all three: a target more is no program run more.
+    let held = programs_held(agent.process.pid);
+    let mut unique = held.clone();
+    unique.dedup();
+    assert_eq!(held, unique, "programs loaded more than once: {held:?}");
+    assert!(held.iter().any(|p| p == "tracer_tcpstate"), "{held:?}");
+
+    // One goes; another comes (and may be given the index the first had): every count stays
+    // its own target's.
+    let (gone, _) = fleet.remove(1);
+    let gone_pid = gone.pid;
+    drop(gone);
+    let exit = agent.expect("target_exit", Duration::from_secs(5));
+    assert_eq!(exit.u64("pid"), u64::from(gone_pid));
+    fleet.push(acceptor_with_clients(&binary, 4));
+    // While every `--match` has a process, /proc is scanned every 5 s.
+    agent.expect("target_attached", Duration::from_secs(10));
+    let (first, clients) = &mut fleet[0];
+    let extra = TcpStream::connect(
+        clients[0]
+            .peer_addr()
+            .expect("the first acceptor's address"),
+    )
+    .expect("connect");
+    first.expect_line("ACCEPTED 3", Duration::from_secs(5));
+    clients.push(extra);
+    for (server, _) in &fleet {
+        matches_the_kernel(&agent, "fleet", server.pid);
+    }
+    assert_eq!(agent.metrics()["tracer_targets"], 3.0);
+    assert_eq!(programs_held(agent.process.pid), held);
 }
 
 #[test]

@@ -4,11 +4,24 @@
 //! read-only globals (`EbpfLoader::override_global`), so one binary runs on other kernels
 //! without offsets compiled in for a single one.
 
-/// Name of the global holding the target's thread-group id (its pid as `ps` shows it, in the
-/// initial pid namespace). The programs return at once for every other process.
-pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
+/// Targets one loaded object follows at once at most (the `TARGETS` map).
+pub const MAX_TARGETS: u32 = 256;
 
-/// Name of the global holding the [`PidNamespace`] that `TARGET_TGID` is in.
+/// A target's number, given by the agent when it attaches to the target, is below this: it is
+/// carried in the target's records and map entries, and names the target's entries of the
+/// per-target arrays ([`target_index`]). The agent gives a number out again only after all
+/// others: a record or an entry left behind by a target that is gone (a socket it passed to
+/// another process) is not taken for a newer target's.
+pub const TARGET_NUMBERS: u32 = 65_536;
+
+/// The index of `target`'s entries in the per-target arrays. The agent never gives out two
+/// numbers with the same index at once.
+#[inline]
+pub const fn target_index(target: u32) -> u32 {
+    target % MAX_TARGETS
+}
+
+/// Name of the global holding the [`PidNamespace`] the targets' ids are in.
 pub const TARGET_PIDNS_GLOBAL: &str = "TARGET_PIDNS";
 
 /// The pid namespace of the agent, when it is not the host's (a container, a Kubernetes pod

@@ -22,5 +22,6 @@ mod pod {
     unsafe impl aya::Pod for crate::tcp::TupleKey {}
     unsafe impl aya::Pod for crate::tcp::ListenKey {}
     unsafe impl aya::Pod for crate::tcp::PortUse {}
+    unsafe impl aya::Pod for crate::tcp::Owned {}
     unsafe impl aya::Pod for crate::task::ThreadSched {}
 }

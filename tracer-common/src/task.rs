@@ -27,9 +27,13 @@ pub struct ThreadSched {
     pub state: u32,
     /// 1 while the thread runs after a sleep (its wait for a CPU is still in `asleep_ns`).
     pub woke: u32,
+    /// The number of the target the thread is one of (`config::TARGET_NUMBERS`).
+    pub target: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<ThreadSched>() == 40);
+const _: () = assert!(size_of::<ThreadSched>() == 48);
 
 /// On a CPU.
 pub const RUNNING: u32 = 0;
@@ -43,9 +47,9 @@ pub const ASLEEP: u32 = 2;
 pub const MAX_THREADS: u32 = 16_384;
 
 /// What happened to a thread of the target.
-pub const TASK_NEW: u32 = 0;
-pub const TASK_RENAME: u32 = 1;
-pub const TASK_EXIT: u32 = 2;
+pub const TASK_NEW: u16 = 0;
+pub const TASK_RENAME: u16 = 1;
+pub const TASK_EXIT: u16 = 2;
 
 /// A thread of the target was created, renamed or exited; a record of the `TASK_EVENTS` ring
 /// buffer.
@@ -53,7 +57,9 @@ pub const TASK_EXIT: u32 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskEvent {
     /// [`TASK_NEW`], [`TASK_RENAME`] or [`TASK_EXIT`].
-    pub kind: u32,
+    pub kind: u16,
+    /// The target's number (`config::TARGET_NUMBERS`).
+    pub target: u16,
     /// The thread's id (as /proc/PID/task lists it).
     pub tid: u32,
     /// Its name, NUL-padded: the creator's name for a new thread (it inherits it), the new
@@ -67,8 +73,9 @@ const _: () = assert!(size_of::<TaskEvent>() == 24);
 /// thread creation); below it the agent's 100 ms drain picks records up.
 pub const TASK_WAKEUP_BYTES: u64 = 16 * 1024;
 
-/// How the target ended, as the kernel saw it: the single entry of the `PROCESS_EXIT` array
-/// map, written by the kernel only, read by the agent once the target is gone.
+/// How a target ended, as the kernel saw it: its entry of the `PROCESS_EXIT` array map
+/// (`config::target_index`), written by the kernel only, read by the agent once the target is
+/// gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessExit {

@@ -97,9 +97,10 @@ pub struct TcpEvent {
     /// Inode of the socket's network namespace, in the record that adopted it (0 in later
     /// ones: it does not change, and reading it costs a helper call per record).
     pub netns: u32,
-    /// Explicit padding; always zero. (No task id: transitions often run in softirq, in
-    /// whatever task was on the CPU, so it would say nothing.)
-    pub reserved: u32,
+    /// The number of the target the socket is one of (`config::TARGET_NUMBERS`). (No task
+    /// id: transitions often run in softirq, in whatever task was on the CPU, so it would say
+    /// nothing.)
+    pub target: u32,
     /// [`Kind`] as a byte.
     pub kind: u8,
     /// States before and after (equal for [`Kind::Accepted`]).
@@ -170,6 +171,32 @@ pub struct PortUse {
 }
 
 const _: () = assert!(size_of::<PortUse>() == 8);
+
+/// Value of `TCP_SOCKETS`, per socket of a target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketEntry {
+    /// The target's number (`config::TARGET_NUMBERS`).
+    pub target: u16,
+    /// Its local port while it listens (the kernel zeroes the port before it reports the
+    /// listener's close); else 0.
+    pub port: u16,
+}
+
+const _: () = assert!(size_of::<SocketEntry>() == 4);
+
+/// Value of `TCP_LISTENERS` and `TCP_SEED`: whose the address is, and how many sockets have it
+/// (more than one for listeners sharing an address, `SO_REUSEPORT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// The target's number (`config::TARGET_NUMBERS`); the first's, if two targets share an
+    /// address.
+    pub target: u32,
+    pub count: u32,
+}
+
+const _: () = assert!(size_of::<Owned>() == 8);
 
 impl ListenKey {
     /// The same port and family, any address.

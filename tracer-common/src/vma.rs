@@ -16,7 +16,8 @@
 //! process_madvise: all of them take the lock). And the probe costs nothing to a process that
 //! does not touch its memory map: a null syscall does not take the lock.
 
-/// Entry [`REGISTER`] of the `VMA_STATE` array map: written by the kernel only.
+/// Entry [`REGISTER`] of a target's pair in the `VMA_STATE` array map ([`state_index`]):
+/// written by the kernel only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmaRegister {
@@ -36,13 +37,20 @@ pub struct VmaRegister {
 
 const _: () = assert!(size_of::<VmaRegister>() == 24);
 
-/// Index of the kernel's [`VmaRegister`] in `VMA_STATE`.
+/// Index of the kernel's [`VmaRegister`] in a target's pair of `VMA_STATE` entries.
 pub const REGISTER: u32 = 0;
 
 /// Index in `VMA_STATE` of the high-water mark: the highest count since the agent last looked
 /// (it resets `count` to 0 each report), so a spike between two reports is never missed. Only
 /// `count` of this entry is used.
 pub const HIGH_WATER: u32 = 1;
+
+/// Index in `VMA_STATE` of entry `which` ([`REGISTER`] or [`HIGH_WATER`]) of the target
+/// numbered `target`: each target has two.
+#[inline]
+pub const fn state_index(target: u32, which: u32) -> u32 {
+    crate::config::target_index(target) * 2 + which
+}
 
 /// Records of the count's changes are coalesced: a change is recorded when it sets a new high
 /// water mark (a growing map is seen change by change) and otherwise once in this many (the
@@ -60,9 +68,13 @@ pub struct VmaEvent {
     pub tid: u32,
     /// `mm->map_count` after the change.
     pub map_count: u32,
+    /// The target's number (`config::TARGET_NUMBERS`).
+    pub target: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<VmaEvent>() == 8);
+const _: () = assert!(size_of::<VmaEvent>() == 16);
 
 /// Bytes waiting in a ring buffer above which a producer wakes the agent at once. Below it
 /// records are submitted with `BPF_RB_NO_WAKEUP` and the agent drains on its own short timer:

@@ -1,8 +1,8 @@
-//! Kernel programs of tracer. Each returns at once for anything but the target's memory map or
-//! sockets; decisions and arithmetic live in userspace.
+//! Kernel programs of tracer. Each returns at once for anything but the targets' memory maps,
+//! threads or sockets; decisions and arithmetic live in userspace.
 #![no_std]
 #![no_main]
-// Atomic adds to map values (`tcp::count_known`).
+// Atomic adds to map values (`tcp::count_known`, `vma::add_unlearned`).
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
@@ -83,11 +83,12 @@ pub fn tracer_pidlevel(_ctx: RawTracePointContext) -> i32 {
     target::current_pid_level().map_or(-1, |level| level as i32)
 }
 
-/// Not attached: the agent runs it on demand to put the target's current VMA count in the
-/// register (readings taken after the lock is dropped can arrive out of order).
+/// Not attached: the agent runs it on demand, with a target's slot as its argument, to put
+/// that target's current VMA count in its register (readings taken after the lock is dropped
+/// can arrive out of order).
 #[raw_tracepoint(tracepoint = "tracer_vmaheal")]
-pub fn tracer_vmaheal(_ctx: RawTracePointContext) -> i32 {
-    let _ = vma::heal();
+pub fn tracer_vmaheal(ctx: RawTracePointContext) -> i32 {
+    let _ = vma::heal(ctx.arg::<u64>(0) as u32);
     0
 }
 

@@ -1,20 +1,29 @@
-//! The read-only globals that say which process is traced and where to find kernel fields.
+//! Which processes are traced (the `TARGETS` map), and the read-only globals that say which pid
+//! namespace their ids are in and where to find kernel fields.
 
 use aya_ebpf::{
     bindings::bpf_pidns_info,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_get_ns_current_pid_tgid,
     },
+    macros::map,
+    maps::HashMap,
 };
-use tracer_common::config::{KernelLayout, PidNamespace};
+use tracer_common::config::{KernelLayout, MAX_TARGETS, PidNamespace};
 
 use crate::kernel::read;
 
-/// The target's thread-group id; set by the agent at load time (`TARGET_TGID_GLOBAL`).
-#[unsafe(no_mangle)]
-static TARGET_TGID: u32 = 0;
+/// The targets: thread-group id (in the agent's pid namespace, as its /proc numbers it) to the
+/// target's number (`tracer_common::config::TARGET_NUMBERS`), which its records carry and which
+/// names its entries of the per-target maps. Written by the agent as it attaches to and
+/// detaches from targets; one lookup, after the current task's ids, tells every program whether
+/// the task is a target's. One object serves every target: a target more adds no program run
+/// per event.
+#[map]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// The pid namespace `TARGET_TGID` is in; zero for the host's (`TARGET_PIDNS_GLOBAL`).
+/// The agent's pid namespace, which the targets' ids are in; zero for the host's
+/// (`TARGET_PIDNS_GLOBAL`).
 #[unsafe(no_mangle)]
 static TARGET_PIDNS: PidNamespace = PidNamespace {
     dev: 0,
@@ -64,40 +73,49 @@ macro_rules! layout {
 }
 pub(crate) use layout;
 
-/// Whether the current task belongs to the target: one helper call and one compare, the first
+/// A task of one of the targets.
+#[derive(Clone, Copy)]
+pub struct Current {
+    /// The target's number (see [`TARGETS`]).
+    pub target: u32,
+    /// The task's thread id, as the agent's /proc numbers it.
+    pub tid: u32,
+}
+
+/// The current task, when it is one of a target's: one helper call and one lookup, the first
 /// thing every program does. In a container's pid namespace the helper that sees ids in that
 /// namespace is used instead; it fails for tasks outside it.
 #[inline(always)]
-pub fn is_current() -> bool {
-    current_thread().is_some()
+pub fn current() -> Option<Current> {
+    // SAFETY: a volatile read keeps the compiler from folding the load-time value to 0.
+    let pidns = unsafe { core::ptr::read_volatile(&raw const TARGET_PIDNS) };
+    let (tgid, tid) = if pidns.ino == 0 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ((pid_tgid >> 32) as u32, pid_tgid as u32)
+    } else {
+        let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
+        // SAFETY: the helper writes at most `size` bytes into `ids`.
+        let ret = unsafe {
+            bpf_get_ns_current_pid_tgid(
+                pidns.dev,
+                pidns.ino,
+                &raw mut ids,
+                size_of::<bpf_pidns_info>() as u32,
+            )
+        };
+        if ret != 0 {
+            return None;
+        }
+        (ids.tgid, ids.pid)
+    };
+    number_of(tgid).map(|target| Current { target, tid })
 }
 
-/// The current thread's id, as the agent's /proc numbers it (in its pid namespace), when it
-/// is one of the target's.
+/// The number of the target whose thread-group id (in the agent's namespace) is `tgid`.
 #[inline(always)]
-pub fn current_thread() -> Option<u32> {
-    // SAFETY: volatile reads keep the compiler from folding the load-time values to 0.
-    let (target, pidns) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const TARGET_TGID),
-            core::ptr::read_volatile(&raw const TARGET_PIDNS),
-        )
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if pidns.ino == 0 {
-        return ((pid_tgid >> 32) as u32 == target).then_some(pid_tgid as u32);
-    }
-    let mut ids = bpf_pidns_info { pid: 0, tgid: 0 };
-    // SAFETY: the helper writes at most `size` bytes into `ids`.
-    let ret = unsafe {
-        bpf_get_ns_current_pid_tgid(
-            pidns.dev,
-            pidns.ino,
-            &raw mut ids,
-            size_of::<bpf_pidns_info>() as u32,
-        )
-    };
-    (ret == 0 && ids.tgid == target).then_some(ids.pid)
+fn number_of(tgid: u32) -> Option<u32> {
+    // SAFETY: a value of a hash map, copied at once.
+    unsafe { TARGETS.get(&tgid).copied() }
 }
 
 /// The id of `task` (not the current one: a new thread, the thread switched in), as the
@@ -121,18 +139,16 @@ pub fn task_tid(task: *const u8) -> Option<u32> {
     Some(nr as u32)
 }
 
-/// Whether `pid` (a host pid) is the target's, where the agent is in the host's pid namespace;
-/// in a container's it cannot be told.
+/// The number of the target whose host pid is `pid`, where the agent is in the host's pid
+/// namespace; in a container's it cannot be told.
 #[inline(always)]
-pub fn is_host_target(pid: u32) -> bool {
-    // SAFETY: volatile reads of globals the loader has written.
-    let (target, pidns) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const TARGET_TGID),
-            core::ptr::read_volatile(&raw const TARGET_PIDNS),
-        )
-    };
-    pidns.ino == 0 && pid == target
+pub fn host_target(pid: u32) -> Option<u32> {
+    // SAFETY: a volatile read of a global the loader has written.
+    let pidns = unsafe { core::ptr::read_volatile(&raw const TARGET_PIDNS) };
+    if pidns.ino != 0 {
+        return None;
+    }
+    number_of(pid)
 }
 
 /// `current->thread_pid->level`: how deep the current task's pid namespace is.

@@ -1,4 +1,4 @@
-//! The target's threads: creation, renaming and exit as records, and each thread's time on
+//! The targets' threads: creation, renaming and exit as records, and each thread's time on
 //! and off CPU accounted at its context switches (see `tracer_common::task`).
 
 use aya_ebpf::{
@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    config::ABSENT,
+    config::{ABSENT, MAX_TARGETS, target_index},
     lost::{LOST_TASK, UNTRACKED_THREADS},
     task::{
         ASLEEP, MAX_THREADS, PREEMPTED, ProcessExit, RUNNING, TASK_EXIT, TASK_NEW, TASK_RENAME,
@@ -23,7 +23,7 @@ use tracer_common::{
 use crate::{
     kernel::{Ring, read, wakeup_flags},
     lost,
-    target::{self, layout},
+    target::{self, Current, layout},
     vma,
 };
 
@@ -33,8 +33,9 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// `TASK_DEAD` in `task_struct.__state`: set by an exiting thread for its last switch out.
 const TASK_DEAD: u32 = 0x0080;
 
-/// Each target thread's scheduling account, by thread id; entries are made at a thread's first
-/// switch after attach and removed when it exits.
+/// Each target thread's scheduling account (with its target's number), by thread id; entries are
+/// made at a thread's first switch after attach and removed when it exits, or by the agent when
+/// it detaches from the target.
 #[map]
 static THREADS: HashMap<u32, ThreadSched> = HashMap::with_max_entries(MAX_THREADS, 0);
 
@@ -43,50 +44,56 @@ static THREADS: HashMap<u32, ThreadSched> = HashMap::with_max_entries(MAX_THREAD
 static TASK_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 /// `task:task_newtask` (`TP_PROTO(struct task_struct *task, u64 clone_flags)`), in the
-/// creator's context: a new thread of the target.
+/// creator's context: a new thread of a target.
 pub fn on_new_task(ctx: &RawTracePointContext) -> Option<()> {
     let flags: u64 = ctx.arg(1);
-    if flags & CLONE_THREAD == 0 || !target::is_current() {
+    if flags & CLONE_THREAD == 0 {
         return None;
     }
+    let current = target::current()?;
     let task: *const u8 = ctx.arg(0);
     let tid = target::task_tid(task)?;
-    emit(TASK_NEW, tid, bpf_get_current_comm().unwrap_or_default());
+    emit(
+        TASK_NEW,
+        current.target,
+        tid,
+        bpf_get_current_comm().unwrap_or_default(),
+    );
     Some(())
 }
 
 /// `task:task_rename` (`TP_PROTO(struct task_struct *task, const char *comm)`): a thread of
-/// the target names itself (`prctl(PR_SET_NAME)`, `pthread_setname_np`; the JVM does it for
+/// a target names itself (`prctl(PR_SET_NAME)`, `pthread_setname_np`; the JVM does it for
 /// every Java thread it starts).
 pub fn on_rename(ctx: &RawTracePointContext) -> Option<()> {
-    if !target::is_current() {
-        return None;
-    }
+    let current = target::current()?;
     let task: *const u8 = ctx.arg(0);
     let tid = target::task_tid(task)?;
     let name: *const u8 = ctx.arg(1);
     let mut comm = [0u8; 16];
     // SAFETY: the helper reads at most comm.len() bytes and faults safely.
     unsafe { bpf_probe_read_kernel_str_bytes(name, &mut comm) }.ok()?;
-    emit(TASK_RENAME, tid, comm);
+    emit(TASK_RENAME, current.target, tid, comm);
     Some(())
 }
 
-/// How the target ended (entry 0, a `ProcessExit`): its last thread's exit status, and whether
-/// the OOM killer chose it.
+/// How each target ended (its entry, at `target_index`, a `ProcessExit`): its last thread's
+/// exit status, and whether the OOM killer chose it. The agent resets the entry when it gives
+/// the index to a target.
 #[map]
-static PROCESS_EXIT: Array<ProcessExit> = Array::with_max_entries(1, 0);
+static PROCESS_EXIT: Array<ProcessExit> = Array::with_max_entries(MAX_TARGETS, 0);
 
 /// `sched:sched_process_exit` (`TP_PROTO(struct task_struct *p[, bool group_dead])`), in the
 /// exiting thread's context: a thread gone. (Its account goes at its last context switch,
 /// which comes after this.) The last thread (`signal->live` already 0) records its exit status.
 pub fn on_exit() -> Option<()> {
-    let tid = target::current_thread()?;
-    emit(TASK_EXIT, tid, [0; 16]);
+    let current = target::current()?;
+    emit(TASK_EXIT, current.target, current.tid, [0; 16]);
+    // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let signal: *const u8 = read(task, layout!(task_signal))?;
     if read::<i32>(signal, layout!(signal_live))? == 0 {
-        let exit = PROCESS_EXIT.get_ptr_mut(0)?;
+        let exit = PROCESS_EXIT.get_ptr_mut(target_index(current.target))?;
         // SAFETY: an entry of an array map; the last thread of the target writes it once.
         unsafe {
             (*exit).exit_code = read(task, layout!(task_exit_code))?;
@@ -97,21 +104,19 @@ pub fn on_exit() -> Option<()> {
 }
 
 /// `oom:mark_victim`, in the OOM killer's context: the task it chose to kill. 6.x pass the
-/// task (its `mm` says whether it is the target's); 5.10 a host pid, which names the target
-/// only where the agent is in the host's pid namespace.
+/// task (its `mm` says whether it is a target's); 5.10 a host pid, which names a target only
+/// where the agent is in the host's pid namespace.
 pub fn on_mark_victim(ctx: &RawTracePointContext) -> Option<()> {
-    let victim = match layout!(mark_victim_task) {
+    let target = match layout!(mark_victim_task) {
         1 => {
             let task: *const u8 = ctx.arg(0);
-            read::<u64>(task, layout!(task_mm))? == vma::target_mm()?
+            vma::target_of_mm(read::<u64>(task, layout!(task_mm))?)?
         }
-        _ => target::is_host_target(ctx.arg::<u64>(0) as u32),
+        _ => target::host_target(ctx.arg::<u64>(0) as u32)?,
     };
-    if victim {
-        let exit = PROCESS_EXIT.get_ptr_mut(0)?;
-        // SAFETY: as in `on_exit`.
-        unsafe { (*exit).oom_killed = 1 };
-    }
+    let exit = PROCESS_EXIT.get_ptr_mut(target_index(target))?;
+    // SAFETY: as in `on_exit`.
+    unsafe { (*exit).oom_killed = 1 };
     Some(())
 }
 
@@ -119,23 +124,27 @@ pub fn on_mark_victim(ctx: &RawTracePointContext) -> Option<()> {
 /// *next, unsigned int prev_state)` since 5.18; before, without `prev_state`, which is then read
 /// from `prev` at `KernelLayout::task_state`), on every context switch of the machine: the task
 /// leaving is the current one, checked as every program checks; the task arriving is a target
-/// thread when its `mm` is the target's (learned by the VMA probes). A switch between two other
-/// tasks costs two helper calls and two compares.
+/// thread when its `mm` is a target's (learned by the VMA probes). A switch between two other
+/// tasks costs two helper calls and two lookups (one for a kernel thread, which has no mm).
 pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
     // The task switched out is the current one.
-    let prev = target::current_thread();
-    if prev.is_some() {
-        let _ = vma::learn_own();
+    let prev = target::current();
+    if let Some(prev) = prev {
+        let _ = vma::learn_own(prev.target);
     }
-    let target_mm = vma::target_mm()?;
     let next: *const u8 = ctx.arg(2);
-    let next_is_target = read::<u64>(next, layout!(task_mm))? == target_mm;
-    if prev.is_none() && !next_is_target {
+    let next_mm = read::<u64>(next, layout!(task_mm))?;
+    let next_target = if next_mm == 0 {
+        None
+    } else {
+        vma::target_of_mm(next_mm)
+    };
+    if prev.is_none() && next_target.is_none() {
         return None;
     }
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(tid) = prev {
+    if let Some(prev) = prev {
         let preempt: u64 = ctx.arg(0);
         let prev_state = match layout!(task_state) {
             ABSENT => ctx.arg::<u64>(3) as u32,
@@ -143,7 +152,7 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
         };
         if prev_state & TASK_DEAD != 0 {
             // The exiting thread's last switch: its account goes with it.
-            let _ = THREADS.remove(&tid);
+            let _ = THREADS.remove(&prev.tid);
         } else {
             let prev_task: *const u8 = ctx.arg(1);
             let state = if preempt & 1 != 0 || prev_state == 0 {
@@ -151,11 +160,12 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
             } else {
                 ASLEEP
             };
-            switch_out(prev_task, tid, now, state);
+            switch_out(prev_task, prev, now, state);
         }
     }
-    if next_is_target {
-        switch_in(target::task_tid(next)?, now);
+    if let Some(target) = next_target {
+        let tid = target::task_tid(next)?;
+        switch_in(Current { target, tid }, now);
     }
     Some(())
 }
@@ -165,8 +175,8 @@ pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
 /// wait to `sched_info.run_delay` when the thread got its CPU (after this tracepoint's run
 /// that switched it in, so it is read here, at the next switch out).
 #[inline(always)]
-fn switch_out(task: *const u8, tid: u32, now: u64, state: u32) {
-    let Some(account) = account(tid, now) else {
+fn switch_out(task: *const u8, thread: Current, now: u64, state: u32) {
+    let Some(account) = account(thread, now) else {
         return;
     };
     let run_delay = match layout!(task_run_delay) {
@@ -194,8 +204,8 @@ fn switch_out(task: *const u8, tid: u32, now: u64, state: u32) {
 /// The thread gets a CPU: a sleep it comes back from is added up (less, at its next switch
 /// out, the part it spent waiting for this CPU).
 #[inline(always)]
-fn switch_in(tid: u32, now: u64) {
-    let Some(account) = account(tid, now) else {
+fn switch_in(thread: Current, now: u64) {
+    let Some(account) = account(thread, now) else {
         return;
     };
     // SAFETY: as in `switch_out`.
@@ -208,32 +218,38 @@ fn switch_in(tid: u32, now: u64) {
     account.state = RUNNING;
 }
 
-/// The account of `tid`, opened (as running since `now`) at its first switch after attach.
+/// The account of `thread`, opened (as running since `now`) at its first switch after attach.
 #[inline(always)]
-fn account(tid: u32, now: u64) -> Option<*mut ThreadSched> {
-    if let Some(account) = THREADS.get_ptr_mut(&tid) {
+fn account(thread: Current, now: u64) -> Option<*mut ThreadSched> {
+    if let Some(account) = THREADS.get_ptr_mut(&thread.tid) {
         return Some(account);
     }
     let fresh = ThreadSched {
         since_ns: now,
+        target: thread.target,
         ..ThreadSched::default()
     };
     if THREADS
-        .insert(&tid, &fresh, u64::from(BPF_NOEXIST))
+        .insert(&thread.tid, &fresh, u64::from(BPF_NOEXIST))
         .is_err()
     {
         lost::count(UNTRACKED_THREADS);
     }
-    THREADS.get_ptr_mut(&tid)
+    THREADS.get_ptr_mut(&thread.tid)
 }
 
 #[inline(always)]
-fn emit(kind: u32, tid: u32, comm: [u8; 16]) {
+fn emit(kind: u16, target: u32, tid: u32, comm: [u8; 16]) {
     let Some(mut entry) = TASK_EVENTS.reserve::<TaskEvent>(0) else {
         lost::count(LOST_TASK);
         return;
     };
-    entry.write(TaskEvent { kind, tid, comm });
+    entry.write(TaskEvent {
+        kind,
+        target: target as u16,
+        tid,
+        comm,
+    });
     entry.submit(wakeup_flags(
         &TASK_EVENTS,
         TASK_WAKEUP_BYTES,

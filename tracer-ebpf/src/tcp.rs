@@ -1,4 +1,4 @@
-//! The target's TCP sockets: which sockets are its (see `tracer_common::tcp` for the rules),
+//! The targets' TCP sockets: which sockets are whose (see `tracer_common::tcp` for the rules),
 //! and every state transition of those, whoever's context it runs in.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -14,8 +14,9 @@ use tracer_common::{
     config::ABSENT,
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
-        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, ListenKey, PortUse, SHUTDOWN_MASK,
-        TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey, is_child_of_listener, is_owner_transition,
+        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, ListenKey, Owned, PortUse,
+        SHUTDOWN_MASK, SocketEntry, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey,
+        is_child_of_listener, is_owner_transition,
     },
     vma::WAKEUP_BYTES,
 };
@@ -29,15 +30,15 @@ use crate::{
 /// Default capacity of the socket maps; the agent sets it at load (`--max-sockets`).
 const MAX_SOCKETS: u32 = 131_072;
 
-/// The target's sockets, by `struct sock *`, each with its local port while it listens (the
-/// kernel zeroes the port before it reports the listener's close). Entries go at TCP_CLOSE.
+/// The targets' sockets, by `struct sock *`, each with its target's number and its local port
+/// while it listens ([`SocketEntry`]). Entries go at TCP_CLOSE.
 /// Preallocated (bpftool shows 10 MiB of kernel memory at the default capacity, where without
 /// preallocation the empty table took 2 MiB): every short connection inserts and removes an
 /// entry, and a table without preallocation allocates each entry on insert and frees it after
 /// an RCU grace period, on the target's transitions. A full map counts the socket in
 /// `UNTRACKED_TCP`.
 #[map]
-static TCP_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+static TCP_SOCKETS: HashMap<u64, SocketEntry> = HashMap::with_max_entries(MAX_SOCKETS, 0);
 
 /// Slots of [`TCP_KNOWN`]: 128 KiB, small enough to stay in the CPU's caches.
 const KNOWN_SLOTS: u32 = 8192;
@@ -54,34 +55,40 @@ static TCP_KNOWN: Array<KnownSlot> = Array::with_max_entries(KNOWN_SLOTS, 0);
 /// A slot of [`TCP_KNOWN`].
 #[repr(C)]
 struct KnownSlot {
-    /// Entries of [`TCP_SOCKETS`] whose socket hashes here, updated atomically (softirqs on
-    /// other CPUs update it too) around each insert and removal, so that it is never below the
-    /// table's own count.
-    count: u64,
     /// The `struct sock *` last entered of those, while it is in the table; else 0 or another
     /// of them. Written after the insert and cleared before the removal: a socket's own
     /// transitions, which alone insert and remove it, do not run at once.
     last: u64,
+    /// Entries of [`TCP_SOCKETS`] whose socket hashes here, updated atomically (softirqs on
+    /// other CPUs update it too) around each insert and removal, so that it is never below the
+    /// table's own count.
+    count: u32,
+    /// The target number of `last`. Written while `last` is 0 (see [`enter_known`]), and read
+    /// between two reads of `last` that both find the socket ([`track`]), so never another
+    /// socket's.
+    target: u32,
 }
 
-/// Per local port, how many listeners and seeds of the target use it ([`PortUse`]): one array
+/// Per local port, how many listeners and seeds of the targets use it ([`PortUse`]): one array
 /// lookup (the verifier inlines it) dismisses a transition on any other port.
 #[map]
 static TCP_PORTS: Array<PortUse> = Array::with_max_entries(65_536, 0);
 
-/// The target's listening addresses ([`ListenKey`]: namespace, port, family, address), each
-/// with how many of its sockets listen there (`SO_REUSEPORT`): a connection is its when it
-/// arrives at one of them. Updated by the target's own listen and close calls (process
-/// context, rarely two at once: the counts are not atomic).
+/// The targets' listening addresses ([`ListenKey`]: namespace, port, family, address), each
+/// with its target's number and how many of its sockets listen there (`SO_REUSEPORT`): a
+/// connection is the target's when it arrives at one of them. Updated by the targets' own
+/// listen and close calls (process context, rarely two at once: the counts are not atomic).
 #[map]
-static TCP_LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(4096, 0);
+static TCP_LISTENERS: HashMap<ListenKey, Owned> = HashMap::with_max_entries(4096, 0);
 
-/// Sockets the agent found in /proc at attach, by addresses, with how many have them (more
-/// than one only for listeners sharing an address), until their transitions adopt them.
+/// Sockets the agent found in /proc at attach, by addresses, with their target's number and how
+/// many have them (more than one only for listeners sharing an address), until their
+/// transitions adopt them.
 #[map]
-static TCP_SEED: HashMap<TupleKey, u32> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+static TCP_SEED: HashMap<TupleKey, Owned> =
+    HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
-/// Transitions of the target's sockets, one `TcpEvent` each. 1 MiB holds 14,000 records.
+/// Transitions of the targets' sockets, one `TcpEvent` each. 1 MiB holds 14,000 records.
 #[map]
 static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -92,7 +99,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
-    let adopted = track(sk, || adopt(sk, old, new))?;
+    let (adopted, target) = track(sk, || adopt(sk, old, new))?;
     // A child socket starts as a clone of its listener: LISTEN -> SYN_RECV is not the
     // listener closing.
     if new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE) {
@@ -105,7 +112,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         sk,
         Kind::Transition,
         (old, new),
-        adopted,
+        (adopted, target),
     )?);
     Some(())
 }
@@ -120,7 +127,7 @@ fn publish(event: &TcpEvent) {
     }
 }
 
-/// One of the target's sockets started (`listens`) or stopped listening: its address enters
+/// One of a target's sockets started (`listens`) or stopped listening: its address enters
 /// or leaves [`TCP_LISTENERS`] and its port [`TCP_PORTS`]. A call of its own, like [`key_of`].
 #[inline(never)]
 fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
@@ -128,13 +135,14 @@ fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
     key_of(sk, &mut tuple)?;
     let known = TCP_SOCKETS.get_ptr_mut(&(sk as u64))?;
     // SAFETY: a value of a hash map, used at once.
-    unsafe {
+    let target = unsafe {
         if listens {
-            *known = u32::from(tuple.sport);
+            (*known).port = tuple.sport;
         } else if tuple.sport == 0 {
-            tuple.sport = *known as u16;
+            tuple.sport = (*known).port;
         }
-    }
+        (*known).target
+    };
     let key = ListenKey {
         netns: tuple.netns,
         port: tuple.sport,
@@ -145,12 +153,18 @@ fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
     // SAFETY: values of maps, used at once (see TCP_LISTENERS on why not atomically).
     unsafe {
         match TCP_LISTENERS.get_ptr_mut(&key) {
-            Some(count) if listens => *count += 1,
-            Some(count) if *count > 1 => *count -= 1,
+            Some(owned) if listens => (*owned).count += 1,
+            Some(owned) if (*owned).count > 1 => (*owned).count -= 1,
             Some(_) => {
                 let _ = TCP_LISTENERS.remove(&key);
             }
-            None if listens => TCP_LISTENERS.insert(&key, &1, 0).ok()?,
+            None if listens => {
+                let owned = Owned {
+                    target: u32::from(target),
+                    count: 1,
+                };
+                TCP_LISTENERS.insert(&key, &owned, 0).ok()?;
+            }
             None => return None,
         }
         (*ports).listeners = if listens {
@@ -163,8 +177,8 @@ fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
 }
 
 /// Run by the agent (`BPF_PROG_TEST_RUN`, never attached) with up to [`HELD_PROBE_BATCH`]
-/// socket pointers as `(count, sk...)`: each of the target's sockets that has a file by now
-/// (the target accepted it) is reported in an `Accepted` record.
+/// socket pointers as `(count, sk...)`: each of the targets' sockets that has a file by now
+/// (its target accepted it) is reported in an `Accepted` record.
 pub fn on_probe_held(ctx: &RawTracePointContext) -> Option<()> {
     let count = ctx.arg::<u64>(0);
     // The context may only be read at constant offsets: copy the arguments out first.
@@ -194,9 +208,10 @@ pub fn on_probe_held(ctx: &RawTracePointContext) -> Option<()> {
 /// multiply its stack.
 #[inline(never)]
 fn report_if_held(sk: *const u8) {
-    if TCP_SOCKETS.get_ptr(&(sk as u64)).is_none() {
+    // SAFETY: a value of a hash map, copied at once.
+    let Some(entry) = (unsafe { TCP_SOCKETS.get(&(sk as u64)).copied() }) else {
         return;
-    }
+    };
     // Most probed sockets are still queued, with no file: they take no room in the ring (a
     // reserved and discarded slot would crowd out real records, and count as lost when full).
     if Probed::get::<u64>(sk, layout!(sk_socket)).is_none_or(|socket| socket == 0) {
@@ -205,54 +220,82 @@ fn report_if_held(sk: *const u8) {
     let Some(state) = Probed::get::<u8>(sk, layout!(skc_state)) else {
         return;
     };
-    if let Some(event) = describe::<Probed>(sk, Kind::Accepted, (state, state), Adopted::Known)
+    let known = (Adopted::Known, u32::from(entry.target));
+    if let Some(event) = describe::<Probed>(sk, Kind::Accepted, (state, state), known)
         && event.held != 0
     {
         publish(&event);
     }
 }
 
-/// `Known` for a socket in the table already; otherwise `adopt`'s verdict, and then a TCP
-/// socket is entered (or counted as untracked when the table is full).
+/// `Known` for a socket in the table already, with its target's number; otherwise `adopt`'s
+/// verdict, and then a TCP socket is entered (or counted as untracked when the table is full).
 #[inline(always)]
-fn track(sk: *const u8, adopt: impl FnOnce() -> Option<Adopted>) -> Option<Adopted> {
+fn track(sk: *const u8, adopt: impl FnOnce() -> Option<(Adopted, u32)>) -> Option<(Adopted, u32)> {
     let key = sk as u64;
-    let slot = TCP_KNOWN.get_ptr_mut(known_slot(sk))?;
-    // SAFETY (here and below): an entry of an array map, valid and aligned for the run.
-    let KnownSlot { count, last } = unsafe { &*slot };
-    if *last == key || (*count != 0 && TCP_SOCKETS.get_ptr(&key).is_some()) {
-        return Some(Adopted::Known);
+    let known = TCP_KNOWN.get_ptr_mut(known_slot(sk))?;
+    // SAFETY (here and below): an entry of an array map, valid and aligned for the run; the
+    // volatile reads keep the order `last`, `target`, `last` (see `KnownSlot::target`).
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*known).last) == key {
+            let target = core::ptr::read_volatile(&raw const (*known).target);
+            if core::ptr::read_volatile(&raw const (*known).last) == key {
+                return Some((Adopted::Known, target));
+            }
+        }
+        if (*known).count != 0
+            && let Some(entry) = TCP_SOCKETS.get(&key)
+        {
+            return Some((Adopted::Known, u32::from(entry.target)));
+        }
     }
-    let how = adopt()?;
+    let (how, target) = adopt()?;
     if Direct::get::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
         return None;
     }
     // Counted before it can be found, uncounted after it cannot.
-    count_known(slot, 1);
-    if TCP_SOCKETS.insert(&key, &0, 0).is_err() {
-        count_known(slot, u64::MAX);
+    count_known(known, 1);
+    let entry = SocketEntry {
+        target: target as u16,
+        port: 0,
+    };
+    if TCP_SOCKETS.insert(&key, &entry, 0).is_err() {
+        count_known(known, u32::MAX);
         lost::count(UNTRACKED_TCP);
         return None;
     }
-    unsafe { (*slot).last = key };
-    Some(how)
+    enter_known(known, key, target);
+    Some((how, target))
+}
+
+/// Makes `key` (with its target's number, `target`) the socket `known` last saw entered: `last` is
+/// cleared before `target` is written and set after, so that a reader that finds its own socket
+/// in `last` before and after reading `target` has read its own socket's number.
+#[inline(always)]
+fn enter_known(known: *mut KnownSlot, key: u64, target: u32) {
+    // SAFETY: an entry of an array map, valid and aligned for the run.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*known).last, 0);
+        core::ptr::write_volatile(&raw mut (*known).target, target);
+        core::ptr::write_volatile(&raw mut (*known).last, key);
+    }
 }
 
 /// Takes a closed socket out of [`TCP_SOCKETS`] and [`TCP_KNOWN`].
 #[inline(always)]
 fn forget(sk: *const u8) {
     let key = sk as u64;
-    let Some(slot) = TCP_KNOWN.get_ptr_mut(known_slot(sk)) else {
+    let Some(known) = TCP_KNOWN.get_ptr_mut(known_slot(sk)) else {
         return;
     };
     // SAFETY: an entry of an array map, valid and aligned for the run.
     unsafe {
-        if (*slot).last == key {
-            (*slot).last = 0;
+        if (*known).last == key {
+            (*known).last = 0;
         }
     }
     if TCP_SOCKETS.remove(&key).is_ok() {
-        count_known(slot, u64::MAX);
+        count_known(known, u32::MAX);
     }
 }
 
@@ -269,24 +312,26 @@ fn known_slot(sk: *const u8) -> u32 {
         >> (64 - KNOWN_SLOTS.trailing_zeros())) as u32
 }
 
-/// Adds `step` (1, or `u64::MAX` for -1) to a slot's count, atomically: the BPF target has no
-/// compare-and-swap, so core offers no `AtomicU64::fetch_add` there, but the kernel's atomic
+/// Adds `step` (1, or `u32::MAX` for -1) to a slot's count, atomically: the BPF target has no
+/// compare-and-swap, so core offers no `AtomicU32::fetch_add` there, but the kernel's atomic
 /// add exists on every kernel, as long as the old value is not wanted.
 #[inline(always)]
-fn count_known(slot: *mut KnownSlot, step: u64) {
+fn count_known(slot: *mut KnownSlot, step: u32) {
     // SAFETY: an entry of an array map, valid and aligned for the program's run.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).count, step);
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*slot).count, step);
     }
 }
 
-/// Whether an unknown socket is the target's, and why. Most sockets on a host are not, and
-/// are dismissed after one field read and one array lookup.
+/// Whether an unknown socket is a target's, and why, with the target's number. Most sockets on
+/// a host are not, and are dismissed after one field read and one array lookup.
 #[inline(always)]
-fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
+fn adopt(sk: *const u8, old: u8, new: u8) -> Option<(Adopted, u32)> {
     // The pure check first: the helper call only for owner transitions.
-    if is_owner_transition(old, new) && target::is_current() {
-        return Some(Adopted::ByOwner);
+    if is_owner_transition(old, new)
+        && let Some(current) = target::current()
+    {
+        return Some((Adopted::ByOwner, current.target));
     }
     let sport = Direct::get::<u16>(sk, layout!(skc_num))?;
     let ports = TCP_PORTS.get_ptr_mut(u32::from(sport))?;
@@ -306,9 +351,15 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
             family: tuple.family,
             addr: tuple.saddr,
         };
-        if TCP_LISTENERS.get_ptr(&key).is_some() || TCP_LISTENERS.get_ptr(&key.wildcard()).is_some()
-        {
-            return Some(Adopted::OnListenPort);
+        // SAFETY: values of a hash map, copied at once.
+        let owner = unsafe {
+            TCP_LISTENERS
+                .get(&key)
+                .or_else(|| TCP_LISTENERS.get(&key.wildcard()))
+                .copied()
+        };
+        if let Some(owner) = owner {
+            return Some((Adopted::OnListenPort, owner.target));
         }
     }
     // A new child may still carry its listener's addresses: never a seed.
@@ -318,15 +369,17 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<Adopted> {
     let left = TCP_SEED.get_ptr_mut(&tuple)?;
     // SAFETY: values of maps, used at once. A racing update only makes a later lookup happen
     // needlessly.
-    unsafe {
-        if *left > 1 {
-            *left -= 1;
+    let target = unsafe {
+        let target = (*left).target;
+        if (*left).count > 1 {
+            (*left).count -= 1;
         } else {
             let _ = TCP_SEED.remove(&tuple);
         }
         (*ports).seeds = seeds.saturating_sub(1);
-    }
-    Some(Adopted::FromProc)
+        target
+    };
+    Some((Adopted::FromProc, target))
 }
 
 /// A record of `sk` as it is now, with the given kind and states: addresses, ports, whether it
@@ -339,7 +392,7 @@ fn describe<F: Fields>(
     sk: *const u8,
     kind: Kind,
     (old, new): (u8, u8),
-    adopted: Adopted,
+    (adopted, target): (Adopted, u32),
 ) -> Option<TcpEvent> {
     let family: u16 = F::get(sk, layout!(skc_family))?;
     let socket: u64 = F::get(sk, layout!(sk_socket))?;
@@ -358,6 +411,7 @@ fn describe<F: Fields>(
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
     event.sk = sk as u64;
     event.netns = netns;
+    event.target = target;
     event.kind = kind as u8;
     event.old = old;
     event.new = new;

@@ -1,4 +1,4 @@
-//! The target's VMA count (`mm->map_count`), read where the kernel changes it. Which programs
+//! Each target's VMA count (`mm->map_count`), read where the kernel changes it. Which programs
 //! feed it depends on the kernel (`tracer_common::vma::VmaSource`, chosen by the agent):
 //! - `mmap_lock`: at every release of the target's `mmap_lock` (see `tracer_common::vma` for
 //!   why that is exact);
@@ -10,30 +10,48 @@
 //! order, and `syscall_fentry` sees the last change before a pause only at the next syscall;
 //! `heal` (run by the agent every report) puts the current count back.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_task,
     macros::map,
-    maps::{Array, RingBuf},
+    maps::{Array, HashMap, RingBuf},
     programs::RawTracePointContext,
 };
 use tracer_common::{
+    config::MAX_TARGETS,
     lost::LOST_VMA,
-    vma::{HIGH_WATER, RECORD_EVERY, REGISTER, VmaEvent, VmaRegister, WAKEUP_BYTES},
+    vma::{HIGH_WATER, RECORD_EVERY, REGISTER, VmaEvent, VmaRegister, WAKEUP_BYTES, state_index},
 };
 
 use crate::{
     kernel::{Ring, read, wakeup_flags},
     lost,
-    target::{self, layout},
+    target::{self, Current, layout},
 };
 
-/// The target's `mm` and the latest reading of its count (entry `REGISTER`), and the high
-/// water mark since the agent last looked (entry `HIGH_WATER`, its `count` alone).
+/// Per target, two entries ([`state_index`]): its `mm` and the latest reading of its
+/// count (`REGISTER`), and the high water mark since the agent last looked (`HIGH_WATER`, its
+/// `count` alone). The agent resets a pair when it gives its index to a target.
 #[map]
-static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(2, 0);
+static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(2 * MAX_TARGETS, 0);
 
-/// Changes of the count, one `VmaEvent` each, for the agent. 1 MiB holds 65,000 records (with
-/// the ring buffer's 8-byte header each).
+/// The targets' `struct mm_struct *`, to their numbers, once learned (every thread of a process
+/// shares its mm, so a task's `mm` says whose it is): the one lookup by which the lock probe
+/// and the scheduler probe tell a target's mm from anyone else's. Entered by the programs
+/// when they learn a target's mm, removed at its exec and by the agent when it detaches from the target.
+#[map]
+static TARGET_MMS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Entry 0: how many targets' mm is not known yet, as the agent last counted (at each report
+/// and each change of targets), less those learned since. While it is 0, a lock release of an
+/// mm not in [`TARGET_MMS`] is dismissed at once; otherwise the releasing task is looked up.
+#[map]
+static UNLEARNED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Changes of the targets' counts, one `VmaEvent` each, for the agent. 1 MiB holds 43,000
+/// records (with the ring buffer's 8-byte header each).
 #[map]
 static VMA_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -42,51 +60,61 @@ static VMA_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// process's mmap_lock, just before it is let go. Only `mm`, the first argument, is read.
 pub fn on_lock_released(ctx: &RawTracePointContext) -> Option<()> {
     let mm: u64 = ctx.arg(0);
-    let register = register()?;
-    if mm != register.mm {
-        // Another process's lock, the common case: one compare. Until the target's mm is
-        // known (after attach, after an exec), its own thread releasing its own mm tells.
-        if register.mm != 0 || current_mm()? != mm {
-            return None;
+    let target = match target_of_mm(mm) {
+        Some(target) => target,
+        // Another process's lock, the common case: one lookup. Until a target's mm is known
+        // (after attach, after an exec), its own thread releasing its own mm tells.
+        None => {
+            if unlearned() == 0 {
+                return None;
+            }
+            let (current, own) = current_thread_mm()?;
+            if own != mm {
+                return None;
+            }
+            learn(current.target, register(current.target)?, mm);
+            current.target
         }
-        learn(register, mm);
-    }
-    publish(register, read_count(mm)?, current_tid);
+    };
+    publish(target, register(target)?, read_count(mm)?, || {
+        current_tid(target)
+    });
     Some(())
 }
 
 /// The exit of any syscall (the `syscall_tracepoint` source): when the current task is one of
-/// the target's, its count as the syscall left it.
+/// a target's, its count as the syscall left it.
 #[inline(always)]
 pub fn on_syscall_exit() -> Option<()> {
-    let mm = current_mm()?;
-    let register = register()?;
+    let (current, mm) = current_thread_mm()?;
+    let register = register(current.target)?;
     if mm != register.mm {
-        learn(register, mm);
+        learn(current.target, register, mm);
     }
-    publish(register, read_count(mm)?, current_tid);
+    publish(current.target, register, read_count(mm)?, || current.tid);
     Some(())
 }
 
 /// The entry of a syscall that changes memory maps (the `syscall_fentry` source): when the
-/// current task is one of the target's, its count as the previous such syscall left it. That
+/// current task is one of a target's, its count as the previous such syscall left it. That
 /// change is put down to the thread that entered the previous one (`VmaRegister::tid`).
 #[inline(always)]
 pub fn on_syscall_entry() -> Option<()> {
-    let (tid, mm) = current_thread_mm()?;
-    let register = register()?;
+    let (current, mm) = current_thread_mm()?;
+    let register = register(current.target)?;
     if mm != register.mm {
-        learn(register, mm);
+        learn(current.target, register, mm);
     }
-    let changer = core::mem::replace(&mut register.tid, tid);
-    publish(register, read_count(mm)?, || changer);
+    let changer = core::mem::replace(&mut register.tid, current.tid);
+    publish(current.target, register, read_count(mm)?, || changer);
     Some(())
 }
 
-/// Run on demand by the agent (BPF_PROG_TEST_RUN, in the agent's context): reads the count of
-/// the target's mm now, so a reading published out of order is replaced by the current one.
-pub fn heal() -> Option<()> {
-    let register = register()?;
+/// Run on demand by the agent (BPF_PROG_TEST_RUN, in the agent's context) for the target in
+/// `target`: reads the count of its mm now, so a reading published out of order is replaced by
+/// the current one.
+pub fn heal(target: u32) -> Option<()> {
+    let register = register(target)?;
     if register.mm == 0 {
         return None;
     }
@@ -98,72 +126,100 @@ pub fn heal() -> Option<()> {
     Some(())
 }
 
-/// The target's `struct mm_struct *`, once a probe learned it: every thread of the target
-/// shares it, so comparing a task's `mm` with it says whether the task is one.
+/// The number of the target whose `struct mm_struct *` is `mm`, once a probe learned it.
 #[inline(always)]
-pub fn target_mm() -> Option<u64> {
-    let register = VMA_STATE.get(REGISTER)?;
-    (register.mm != 0).then_some(register.mm)
+pub fn target_of_mm(mm: u64) -> Option<u32> {
+    // SAFETY: a value of a hash map, copied at once.
+    unsafe { TARGET_MMS.get(&mm).copied() }
 }
 
-/// Learns the target's mm from the current task, which the caller found to be one of the
-/// target's, when it is not known yet (so a target that never changes its memory map still
-/// gets its threads accounted, and has its count healed).
+/// Learns the mm of the current task, a thread of the target numbered `target`, when it is not known
+/// yet (so a target that never changes its memory map still gets its threads accounted, and
+/// has its count healed).
 #[inline(always)]
-pub fn learn_own() -> Option<()> {
-    let register = register()?;
+pub fn learn_own(target: u32) -> Option<()> {
+    let register = register(target)?;
     if register.mm == 0 {
+        // SAFETY: the helper has no preconditions.
         let task = unsafe { bpf_get_current_task() } as *const u8;
         let mm = read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)?;
-        learn(register, mm);
+        learn(target, register, mm);
     }
     Some(())
 }
 
 /// `sched:sched_process_exec`: a process replaced its program, and with it its memory map.
-/// When it is the target, the old mm is forgotten so the new one is learned.
+/// When it is a target, its old mm is forgotten so the new one is learned.
 pub fn on_exec() -> Option<()> {
-    if !target::is_current() {
-        return None;
-    }
+    let current = target::current()?;
+    let register = register(current.target)?;
     // The exec'ing thread is the target's only one now.
-    register()?.mm = 0;
+    if register.mm != 0 && TARGET_MMS.remove(&register.mm).is_ok() {
+        add_unlearned(1);
+    }
+    register.mm = 0;
     Some(())
 }
 
+/// The register of the target numbered `target`.
 #[inline(always)]
-fn register() -> Option<&'static mut VmaRegister> {
-    let register = VMA_STATE.get_ptr_mut(REGISTER)?;
+fn register(target: u32) -> Option<&'static mut VmaRegister> {
+    let register = VMA_STATE.get_ptr_mut(state_index(target, REGISTER))?;
     // SAFETY: an entry of an array map, valid for the program's run. Its writers are the
     // target's own threads and the agent's heal: a race among them leaves a stale count for
     // at most one report, until the next heal.
     Some(unsafe { &mut *register })
 }
 
-/// The current task's mm, when the current task is one of the target's.
+/// [`UNLEARNED`]'s count.
 #[inline(always)]
-fn current_mm() -> Option<u64> {
-    current_thread_mm().map(|(_, mm)| mm)
+fn unlearned() -> u32 {
+    UNLEARNED.get(0).copied().unwrap_or(0)
 }
 
-/// The current task's thread id and mm, when the current task is one of the target's.
+/// Adds `step` (1, or `u32::MAX` for -1) to [`UNLEARNED`]'s count, atomically.
 #[inline(always)]
-fn current_thread_mm() -> Option<(u32, u64)> {
-    let tid = target::current_thread()?;
+fn add_unlearned(step: u32) {
+    if let Some(count) = UNLEARNED.get_ptr_mut(0) {
+        // SAFETY: an entry of an array map, valid and aligned for the program's run.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, step) };
+    }
+}
+
+/// The current task and its mm, when the current task is one of a target's.
+#[inline(always)]
+fn current_thread_mm() -> Option<(Current, u64)> {
+    let current = target::current()?;
+    // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mm = read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)?;
-    Some((tid, mm))
+    Some((current, mm))
 }
 
 /// The thread a record of a change made in the current context is put down to: 0 when
 /// another process held the lock (a reader of /proc/PID/maps).
 #[inline(always)]
-fn current_tid() -> u32 {
-    target::current_thread().unwrap_or(0)
+fn current_tid(target: u32) -> u32 {
+    target::current()
+        .filter(|current| current.target == target)
+        .map_or(0, |current| current.tid)
 }
 
+/// Makes `mm` the target's in `target`: entered in [`TARGET_MMS`] (where an exec's new mm
+/// replaces the old), its register to be read anew. The first of two threads learning it at
+/// once takes the count off [`UNLEARNED`].
 #[inline(always)]
-fn learn(register: &mut VmaRegister, mm: u64) {
+fn learn(target: u32, register: &mut VmaRegister, mm: u64) {
+    if register.mm != 0 && register.mm != mm {
+        let _ = TARGET_MMS.remove(&register.mm);
+    }
+    if TARGET_MMS
+        .insert(&mm, &target, u64::from(BPF_NOEXIST))
+        .is_ok()
+        && register.mm == 0
+    {
+        add_unlearned(u32::MAX);
+    }
     register.mm = mm;
     register.valid = 0;
 }
@@ -176,17 +232,17 @@ fn read_count(mm: u64) -> Option<u32> {
     }
 }
 
-/// Stores a reading in the register; records it, with the thread `tid` names, when it is a
-/// new high or one in `RECORD_EVERY` changes.
+/// Stores a reading in the register of the target numbered `target`; records it, with the thread
+/// `tid` names, when it is a new high or one in `RECORD_EVERY` changes.
 #[inline(always)]
-fn publish(register: &mut VmaRegister, count: u32, tid: impl FnOnce() -> u32) {
+fn publish(target: u32, register: &mut VmaRegister, count: u32, tid: impl FnOnce() -> u32) {
     if register.valid != 0 && register.count == count {
         return;
     }
     register.count = count;
     register.valid = 1;
     register.changes = register.changes.wrapping_add(1);
-    let Some(high) = VMA_STATE.get_ptr_mut(HIGH_WATER) else {
+    let Some(high) = VMA_STATE.get_ptr_mut(state_index(target, HIGH_WATER)) else {
         return;
     };
     // SAFETY: as in `register`; the agent may reset it meanwhile, and then a spike of that
@@ -197,12 +253,12 @@ fn publish(register: &mut VmaRegister, count: u32, tid: impl FnOnce() -> u32) {
         *high = count;
     }
     if new_high || register.changes % RECORD_EVERY == 0 {
-        emit(count, tid());
+        emit(target, count, tid());
     }
 }
 
 #[inline(always)]
-fn emit(count: u32, tid: u32) {
+fn emit(target: u32, count: u32, tid: u32) {
     let Some(mut entry) = VMA_EVENTS.reserve::<VmaEvent>(0) else {
         lost::count(LOST_VMA);
         return;
@@ -210,6 +266,8 @@ fn emit(count: u32, tid: u32) {
     entry.write(VmaEvent {
         tid,
         map_count: count,
+        target,
+        pad: 0,
     });
     entry.submit(wakeup_flags(
         &VMA_EVENTS,

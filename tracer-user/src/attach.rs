@@ -8,7 +8,7 @@ use crate::{
     cli::{AttachArgs, OutputArgs, WatchArgs},
     output::Output,
     procmode,
-    session::{End, Session},
+    session::{End, Loader, Session},
     target::Target,
 };
 
@@ -27,7 +27,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
 pub async fn watch(target: Target, watch: &WatchArgs, output: OutputArgs) -> anyhow::Result<End> {
     let options = watch.options()?;
     let source = procmode::source(options.mode, watch.btf.as_deref(), watch.vma_source)?;
-    let session = Session::attach(target, &source, &options)?;
+    let session = Session::attach(target, &mut Loader::new(source, &options), &options)?;
     let mut sink = Output::for_stdout(output);
     match session.run(&mut sink, stop_signal(output.duration)).await {
         // The reader of stdout went away (`| head`): a normal way to stop.

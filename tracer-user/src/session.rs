@@ -1,25 +1,18 @@
-//! One traced process from attach to exit: the probes, the drain of their ring buffers, the
-//! models fed by them, and the periodic reports. `attach` runs one session; the agent runs one
-//! per target.
+//! One traced process from attach to exit: its share of the probes, the records they write for
+//! it, the models fed by them, and the periodic reports. `attach` runs one session; the agent
+//! runs one per target, all of them on one loaded object ([`Loader`]).
 
 use std::{
     collections::HashMap,
     future::Future,
     path::PathBuf,
+    rc::{Rc, Weak},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{
-        Interest,
-        unix::{AsyncFd, AsyncFdReadyMutGuard},
-    },
-    task::JoinHandle,
-    time::MissedTickBehavior,
-};
+use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use tracer_common::{
     task::ThreadSched,
@@ -36,7 +29,10 @@ use crate::{
     fd::FdModel,
     memory::{MemoryModel, MemoryStatus},
     preflight,
-    probes::{self, Lost, ProbeError, Probes, Record},
+    probes::{
+        Lost, ProbeError, Probes,
+        shared::{Attached, Kernel, Records},
+    },
     procmode::{self, Mode, Sampler, Source},
     scrub::Scrubber,
     target::Target,
@@ -144,11 +140,10 @@ pub trait Sink {
 
 pub struct Session {
     target: Target,
-    /// The kernel side and its ring buffers in eBPF mode; `None` in proc mode.
-    probes: Option<Probes>,
-    vma_events: Option<AsyncFd<RingBuf<MapData>>>,
-    tcp_events: Option<AsyncFd<RingBuf<MapData>>>,
-    task_events: Option<AsyncFd<RingBuf<MapData>>>,
+    /// This target's share of the kernel side in eBPF mode; `None` in proc mode.
+    probes: Option<Attached>,
+    /// The records drained for this target, reused from drain to drain.
+    records: Records,
     /// What feeds the models in proc mode.
     sampler: Option<Sampler>,
     vma: VmaModel,
@@ -188,13 +183,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// Attaches to `target`: loads the probes first, then seeds the models from /proc so that
-    /// nothing that happens in between is missed. In proc mode, also when the probes cannot
-    /// load and `--mode` is `auto`, the models are fed from /proc samples instead.
-    pub fn attach(mut target: Target, source: &Source, options: &Options) -> anyhow::Result<Self> {
+    /// Attaches to `target`: has the probes follow it first, then seeds the models from /proc
+    /// so that nothing that happens in between is missed. In proc mode, also when the probes
+    /// cannot load and `--mode` is `auto`, the models are fed from /proc samples instead.
+    pub fn attach(
+        mut target: Target,
+        loader: &mut Loader,
+        options: &Options,
+    ) -> anyhow::Result<Self> {
         target.cmdline = options.scrub.command_line(&target.cmdline);
-        let (mut probes, fell_back) = load_probes(&target, source, options)?;
-        let [vma_events, tcp_events, task_events] = poll_rings(probes.as_mut())?;
+        let (mut probes, fell_back) = loader.attach(target.pid)?;
 
         let unreadable = |what: &str, e: std::io::Error| {
             let probes = fell_back.as_ref().map_or_else(String::new, |why| {
@@ -257,7 +255,7 @@ impl Session {
             mode: Mode::of(probes.is_some()).as_str(),
             vma_source: probes
                 .as_ref()
-                .map_or(procmode::PROC_MAPS, |p| p.vma_source().as_str()),
+                .map_or(procmode::PROC_MAPS, |p| p.probes().vma_source().as_str()),
         }];
         events.push(breakdown_event(target.pid, &breakdown));
         if let Some(why) = &fell_back {
@@ -266,9 +264,7 @@ impl Session {
         Ok(Self {
             target,
             probes,
-            vma_events,
-            tcp_events,
-            task_events,
+            records: Records::default(),
             sampler,
             vma,
             tcp,
@@ -313,20 +309,12 @@ impl Session {
             tokio::select! {
                 () = &mut stop => break End::Stopped,
                 () = self.target.exited() => break End::TargetExited,
-                guard = readable(&mut self.vma_events) => {
-                    let mut guard = guard.context("polling the VMA ring buffer")?;
-                    apply_records(guard.get_inner_mut(), |r| self.vma.record(r));
-                    guard.clear_ready();
-                }
-                guard = readable(&mut self.tcp_events) => {
-                    let mut guard = guard.context("polling the TCP ring buffer")?;
-                    drain_tcp(guard.get_inner_mut(), &mut self.tcp, &mut self.events);
-                    guard.clear_ready();
-                }
-                guard = readable(&mut self.task_events) => {
-                    let mut guard = guard.context("polling the thread ring buffer")?;
-                    apply_records(guard.get_inner_mut(), |r| self.threads.record(&r));
-                    guard.clear_ready();
+                ready = arrived(self.probes.as_ref()) => {
+                    ready.context("polling the ring buffers")?;
+                    if let Some(probes) = &self.probes {
+                        probes.take(&mut self.records);
+                    }
+                    self.apply_records();
                 }
                 _ = drain.tick() => self.drain(),
                 done = async { (&mut self.resync.as_mut().expect("guarded").0).await }, if self.resync.is_some() => {
@@ -372,7 +360,11 @@ impl Session {
         self.save_state();
         self.drain();
         let alive = end != End::TargetExited;
-        if let Some(Ok((register, high))) = self.probes.as_mut().map(|p| p.vma_register(alive)) {
+        if let Some(Ok((register, high))) = self
+            .probes
+            .as_ref()
+            .map(|p| p.probes().vma_register(p.number(), alive))
+        {
             self.vma.register(&register, high);
         }
         if !alive {
@@ -402,7 +394,9 @@ impl Session {
         }
         let vma = self.vma.status();
         let death = Death::new(
-            self.probes.as_ref().and_then(Probes::process_exit),
+            self.probes
+                .as_ref()
+                .and_then(|p| p.probes().process_exit(p.number())),
             LastState {
                 memory_usage: self
                     .memory
@@ -428,33 +422,44 @@ impl Session {
     /// Applies what the probes wrote, then asks the kernel about queued sockets that may have
     /// been accepted since.
     fn drain(&mut self) {
-        let (Some(probes), Some(vma), Some(tcp), Some(task)) = (
-            &mut self.probes,
-            &mut self.vma_events,
-            &mut self.tcp_events,
-            &mut self.task_events,
-        ) else {
+        let Some(probes) = &self.probes else {
             return;
         };
-        apply_records(vma.get_mut(), |r| self.vma.record(r));
-        drain_tcp(tcp.get_mut(), &mut self.tcp, &mut self.events);
-        apply_records(task.get_mut(), |r| self.threads.record(&r));
+        probes.drain(&mut self.records);
+        self.apply_records();
         let due = self.tcp.due_for_probe(monotonic());
         if !due.is_empty()
-            && let Err(e) = probes.probe_held(&due)
+            && let Some(probes) = &self.probes
+            && let Err(e) = probes.probes().probe_held(&due)
         {
             log::warn!("asking the kernel about accepted sockets: {e}");
         }
     }
 
+    /// Applies the records drained for this target, in the order of each ring; transitions
+    /// become events, stamped with one clock read per batch.
+    fn apply_records(&mut self) {
+        for record in &self.records.vma {
+            self.vma.record(*record);
+        }
+        let clocks = Clocks::now();
+        for record in &self.records.tcp {
+            self.tcp.record(record, clocks, &mut self.events);
+        }
+        for record in &self.records.task {
+            self.threads.record(record);
+        }
+    }
+
     fn report(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
         self.drain();
-        let lost = if let Some(probes) = &mut self.probes {
-            let (register, high) = probes
-                .vma_register(true)
+        let lost = if let Some(probes) = &self.probes {
+            let mut kernel = probes.probes();
+            let (register, high) = kernel
+                .vma_register(probes.number(), true)
                 .context("reading the VMA register")?;
             self.vma.register(&register, high);
-            probes.lost().unwrap_or_default()
+            kernel.lost().unwrap_or_default()
         } else {
             self.apply_samples();
             Lost::default()
@@ -467,8 +472,8 @@ impl Session {
         self.fds.tick(now, ts, &mut self.events);
         let arenas = self.breakdown.as_ref().map_or(0, |b| b.breakdown.arenas);
         self.memory.tick(now, ts, arenas, &mut self.events);
-        if let Some(probes) = &mut self.probes {
-            probes.flush_log();
+        if let Some(probes) = &self.probes {
+            probes.probes().flush_log();
         }
         self.maybe_refresh_breakdown();
         if self.state_saved.elapsed() >= STATE_INTERVAL {
@@ -479,7 +484,7 @@ impl Session {
             vma_source: self
                 .probes
                 .as_ref()
-                .map_or(procmode::PROC_MAPS, |p| p.vma_source().as_str()),
+                .map_or(procmode::PROC_MAPS, |p| p.probes().vma_source().as_str()),
             attached: self.attached,
             vma: self.vma.status(),
             breakdown: self.breakdown.as_ref(),
@@ -527,8 +532,9 @@ impl Session {
 
     /// Applies a snapshot: the records that arrived while it was taken first.
     fn finish_resync(&mut self, found: &ProcSockets, reason: &'static str) {
-        if let Some(ring) = self.tcp_events.as_mut() {
-            drain_tcp(ring.get_mut(), &mut self.tcp, &mut self.events);
+        if let Some(probes) = &self.probes {
+            probes.drain(&mut self.records);
+            self.apply_records();
         }
         let resync = self.tcp.resync(found, monotonic());
         // An audit, or skipped runs that were others' sockets: nothing to tell.
@@ -566,7 +572,9 @@ impl Session {
             }
         }
         if let Some(probes) = &self.probes {
-            probes.thread_accounts(&mut self.accounts);
+            probes
+                .probes()
+                .thread_accounts(probes.number(), &mut self.accounts);
         }
         let census = self.tcp.census();
         let traffic = Traffic {
@@ -581,9 +589,10 @@ impl Session {
             (lost.task_records, lost.threads_untracked),
             &mut self.events,
         );
-        if let Some(probes) = &mut self.probes {
+        if let Some(probes) = &self.probes {
+            let mut kernel = probes.probes();
             for tid in self.threads.stale(&self.accounts) {
-                probes.forget_thread(tid);
+                kernel.forget_thread(tid);
             }
         }
     }
@@ -665,51 +674,57 @@ impl Session {
     }
 }
 
-/// Polls the probes' ring buffers (VMA, TCP, thread), when there are probes.
-fn poll_rings(
-    probes: Option<&mut Probes>,
-) -> anyhow::Result<[Option<AsyncFd<RingBuf<MapData>>>; 3]> {
-    let Some(probes) = probes else {
-        return Ok([None, None, None]);
-    };
-    let rings = probes
-        .take_rings()
-        .context("the ring buffers were already taken")?;
-    let poll = |ring, what: &str| {
-        // SAFETY: each ring buffer owns its map fd, which stays open until it is dropped with
-        // its AsyncFd.
-        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map(Some)
-            .map_err(|e| anyhow!("polling the {what} ring buffer: {e}"))
-    };
-    Ok([
-        poll(rings.vma, "VMA")?,
-        poll(rings.tcp, "TCP")?,
-        poll(rings.task, "thread")?,
-    ])
+/// Gives sessions their share of the probes: one loaded object for all of them, loaded for the
+/// first and kept while any lives (the programs are detached with the last).
+pub struct Loader {
+    source: Source,
+    mode: Mode,
+    max_sockets: u32,
+    loaded: Weak<Kernel>,
 }
 
-/// Loads the probes for `target` when the source is the probes; `None` for proc mode, also
-/// when they cannot load and `--mode` is `auto`, with the reason why not.
-fn load_probes(
-    target: &Target,
-    source: &Source,
-    options: &Options,
-) -> anyhow::Result<(Option<Probes>, Option<String>)> {
-    let machine = match source {
-        Source::Probes(machine) => machine,
-        Source::Proc { fell_back } => return Ok((None, fell_back.clone())),
-    };
-    match Probes::attach(
-        target.pid,
-        &machine.pidns,
-        &machine.layout,
-        &machine.vma_sources,
-        options.max_sockets,
-    ) {
-        Ok(probes) => Ok((Some(probes), None)),
-        Err(e) => on_probe_error(e, options.mode, preflight::memlock_charged())
-            .map(|why| (None, Some(why))),
+impl Loader {
+    pub fn new(source: Source, options: &Options) -> Self {
+        Self {
+            source,
+            mode: options.mode,
+            max_sockets: options.max_sockets,
+            loaded: Weak::new(),
+        }
+    }
+
+    /// Has the probes follow `pid`, loading them if no session holds them; `None` for proc
+    /// mode, also when they cannot load and `--mode` is `auto`, with the reason why not.
+    fn attach(&mut self, pid: u32) -> anyhow::Result<(Option<Attached>, Option<String>)> {
+        let machine = match &self.source {
+            Source::Probes(machine) => machine,
+            Source::Proc { fell_back } => return Ok((None, fell_back.clone())),
+        };
+        let kernel = if let Some(kernel) = self.loaded.upgrade() {
+            kernel
+        } else {
+            let loaded = Probes::load(
+                &machine.pidns,
+                &machine.layout,
+                &machine.vma_sources,
+                self.max_sockets,
+            )
+            .and_then(Kernel::new);
+            match loaded {
+                Ok(kernel) => {
+                    self.loaded = Rc::downgrade(&kernel);
+                    kernel
+                }
+                Err(e) => {
+                    return on_probe_error(e, self.mode, preflight::memlock_charged())
+                        .map(|why| (None, Some(why)));
+                }
+            }
+        };
+        let attached = kernel
+            .attach(pid)
+            .map_err(|e| anyhow!("following pid {pid} in the kernel: {e}"))?;
+        Ok((Some(attached), None))
     }
 }
 
@@ -774,7 +789,7 @@ fn restore_and_project(
 /// Hands the kernel the target's sockets that existed before attach (it adopts them at their
 /// first transition) and returns them for the model. They are listed twice, so that a socket
 /// whose state changed while the kernel was being told is seeded with its later state.
-fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
+fn seed_sockets(probes: &Attached, pid: u32) -> std::io::Result<ProcSockets> {
     let before = tcp::proc::read(pid)?;
     let tuples: Vec<TupleKey> = before
         .sockets
@@ -801,7 +816,8 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
         })
         .collect();
     let unseeded = probes
-        .seed_tcp(&listeners, &tuples)
+        .probes()
+        .seed_tcp(probes.number(), &listeners, &tuples)
         .map_err(std::io::Error::other)?;
     if unseeded > 0 {
         log::warn!("{unseeded} existing sockets did not fit in the kernel's table (--max-sockets)");
@@ -809,12 +825,10 @@ fn seed_sockets(probes: &mut Probes, pid: u32) -> std::io::Result<ProcSockets> {
     tcp::proc::read(pid)
 }
 
-/// A ring buffer's next readiness; never, in proc mode.
-async fn readable(
-    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
-) -> std::io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
-    match ring {
-        Some(ring) => ring.readable_mut().await,
+/// Until records arrive for the target; never, in proc mode.
+async fn arrived(probes: Option<&Attached>) -> std::io::Result<()> {
+    match probes {
+        Some(probes) => probes.arrived().await,
         None => std::future::pending().await,
     }
 }
@@ -852,22 +866,6 @@ fn track_active(active: &mut Active, events: &[Event]) {
             _ => {}
         }
     }
-}
-
-/// Applies every pending record of one ring buffer, in order.
-fn apply_records<T: Record>(ring: &mut RingBuf<MapData>, mut apply: impl FnMut(T)) {
-    while let Some(item) = ring.next() {
-        if let Some(record) = probes::decode(&item) {
-            apply(record);
-        }
-    }
-}
-
-/// Applies every pending TCP record; transitions become events, stamped with one clock read
-/// per batch.
-fn drain_tcp(ring: &mut RingBuf<MapData>, tcp: &mut TcpModel, events: &mut Vec<Event>) {
-    let clocks = Clocks::now();
-    apply_records(ring, |record| tcp.record(&record, clocks, events));
 }
 
 fn breakdown_event(pid: u32, report: &BreakdownReport) -> Event {

@@ -24,8 +24,8 @@ use crate::{
     cli::AgentArgs,
     event::Event,
     output::filter::Events,
-    procmode::{self, Source},
-    session::{End, Frame, Options, Session, Sink},
+    procmode,
+    session::{End, Frame, Loader, Options, Session, Sink},
     target::{Target, stat_fields},
 };
 use config::Settings;
@@ -136,8 +136,10 @@ pub async fn run(args: AgentArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         settings.watch.vma_source,
     )?;
     let state_dir = args.state_dir.clone();
+    // One loaded object for all targets, while any is watched.
+    let loader = Loader::new(source, &options);
     LocalSet::new()
-        .run_until(supervise(settings, options, state_dir, source, listener))
+        .run_until(supervise(settings, options, state_dir, loader, listener))
         .await
 }
 
@@ -145,7 +147,7 @@ async fn supervise(
     settings: Settings,
     options: Options,
     state_dir: Option<std::path::PathBuf>,
-    source: Source,
+    mut loader: Loader,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let metrics = Rc::new(Metrics::new());
@@ -197,7 +199,7 @@ async fn supervise(
                     .map(|dir| state::path(dir, &found.name)),
                 ..options.clone()
             };
-            match start_session(&found, &source, &options, &hub, &stop_rx, &ended_tx) {
+            match start_session(&found, &mut loader, &options, &hub, &stop_rx, &ended_tx) {
                 Ok(handle) => sessions.push((found.pid, handle)),
                 Err(e) => {
                     log::warn!("attaching to {} (pid {}): {e:#}", found.name, found.pid);
@@ -237,14 +239,14 @@ async fn supervise(
 /// Attaches to one process and runs its session on its own task.
 fn start_session(
     found: &Found,
-    source: &Source,
+    loader: &mut Loader,
     options: &Options,
     hub: &Rc<Hub>,
     stop: &watch::Receiver<bool>,
     ended: &mpsc::UnboundedSender<u32>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let target = Target::open(found.pid)?;
-    let session = Session::attach(target, source, options)?;
+    let session = Session::attach(target, loader, options)?;
     let mut sink = AgentSink {
         hub: Rc::clone(hub),
         labels: TargetLabels {

@@ -89,7 +89,7 @@ impl SocketDiff {
                 ts_ns,
                 sk,
                 netns: found.netns,
-                reserved: 0,
+                target: 0,
                 kind: kind as u8,
                 old,
                 new,

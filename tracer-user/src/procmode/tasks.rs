@@ -164,8 +164,13 @@ fn account(kept: &Kept, now_ns: u64) -> ThreadSched {
     }
 }
 
-fn task_event(kind: u32, tid: u32, comm: [u8; 16]) -> TaskEvent {
-    TaskEvent { kind, tid, comm }
+fn task_event(kind: u16, tid: u32, comm: [u8; 16]) -> TaskEvent {
+    TaskEvent {
+        kind,
+        target: 0,
+        tid,
+        comm,
+    }
 }
 
 /// Parses a thread's `stat` (`tid (comm) S ... utime stime ...`; the name may hold spaces and

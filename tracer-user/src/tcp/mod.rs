@@ -707,7 +707,7 @@ mod tests {
         TcpEvent {
             ts_ns: (at * 1e9) as u64,
             sk,
-            reserved: 0,
+            target: 0,
             netns: 1,
             kind: Kind::Transition as u8,
             old,

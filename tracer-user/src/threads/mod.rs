@@ -547,6 +547,7 @@ mod tests {
     fn new(tid: u32, name: &str) -> TaskEvent {
         TaskEvent {
             kind: TASK_NEW,
+            target: 0,
             tid,
             comm: comm(name),
         }
@@ -587,6 +588,7 @@ mod tests {
             model.record(&new(100 + tick, "app-sender"));
             model.record(&TaskEvent {
                 kind: TASK_RENAME,
+                target: 0,
                 tid: 100 + tick,
                 comm: comm("kafka-producer-"),
             });
@@ -603,6 +605,7 @@ mod tests {
         for tid in 100..130 {
             model.record(&TaskEvent {
                 kind: TASK_EXIT,
+                target: 0,
                 tid,
                 comm: [0; 16],
             });

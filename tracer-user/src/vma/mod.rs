@@ -337,7 +337,12 @@ mod tests {
     use super::*;
 
     fn record(map_count: u32, tid: u32) -> VmaEvent {
-        VmaEvent { tid, map_count }
+        VmaEvent {
+            tid,
+            map_count,
+            target: 0,
+            pad: 0,
+        }
     }
 
     fn register(count: u32) -> VmaRegister {

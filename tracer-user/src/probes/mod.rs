@@ -1,8 +1,13 @@
-//! The kernel side as the agent holds it: the embedded eBPF object, loaded for one target with
-//! its load-time globals, its programs attached, and handles on its maps.
+//! The kernel side as the agent holds it: the embedded eBPF object, loaded once with its
+//! load-time globals, its programs attached, and handles on its maps; the targets are entries
+//! of its `TARGETS` map, each with a number its records and entries carry.
 //!
 //! Everything is owned by [`Probes`]: dropping it detaches the programs and frees the maps, so
-//! nothing is left attached when the agent exits, by any path.
+//! nothing is left attached when the agent exits, by any path. [`shared`] shares it among the
+//! sessions and hands each its own records.
+
+mod numbers;
+pub mod shared;
 
 use std::{
     fmt,
@@ -16,19 +21,19 @@ use aya::{
 };
 use tracer_common::{
     config::{
-        ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL,
-        TARGET_TGID_GLOBAL,
+        ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL, target_index,
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
     task::{ProcessExit, TaskEvent, ThreadSched},
-    tcp::{HELD_PROBE_BATCH, ListenKey, PortUse, TcpEvent, TupleKey},
-    vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister},
+    tcp::{HELD_PROBE_BATCH, ListenKey, Owned, PortUse, TcpEvent, TupleKey},
+    vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister, state_index},
 };
 
 use crate::{
     btf::{Btf, BtfError},
     vma::source::VmaSource,
 };
+use numbers::Numbers;
 
 /// The eBPF object built by `build.rs`, embedded so `tracer` is one self-contained file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
@@ -157,19 +162,22 @@ fn classify(context: &str, error: &(dyn std::error::Error + 'static)) -> ProbeEr
     }
 }
 
-/// The loaded and attached kernel side for one target.
+/// The loaded and attached kernel side, for every target.
 pub struct Probes {
     /// Owns the programs and their links; kept for as long as the probes live.
     ebpf: Ebpf,
     /// Forwards the programs' aya-log diagnostics to `log`; closing it would break later loads.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    targets: HashMap<MapData, u32, u32>,
+    target_mms: HashMap<MapData, u64, u32>,
+    unlearned: Array<MapData, u32>,
     vma_state: Array<MapData, VmaRegister>,
     vma_events: Option<RingBuf<MapData>>,
     tcp_events: Option<RingBuf<MapData>>,
     task_events: Option<RingBuf<MapData>>,
     threads: HashMap<MapData, u32, ThreadSched>,
-    tcp_listeners: HashMap<MapData, ListenKey, u32>,
-    tcp_seed: HashMap<MapData, TupleKey, u32>,
+    tcp_listeners: HashMap<MapData, ListenKey, Owned>,
+    tcp_seed: HashMap<MapData, TupleKey, Owned>,
     tcp_ports: Array<MapData, PortUse>,
     lost: PerCpuArray<MapData, u64>,
     process_exit: Array<MapData, ProcessExit>,
@@ -177,6 +185,8 @@ pub struct Probes {
     vma_source: VmaSource,
     /// Whether the heal program runs here (BPF_PROG_TEST_RUN of raw tracepoints: 5.10+).
     heal: bool,
+    /// The targets' numbers, by thread-group id.
+    numbers: Numbers,
 }
 
 /// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand. The
@@ -208,11 +218,10 @@ const HEAL_PROBE: &str = "tracer_vmaheal";
 const FENTRY_PREFIX: &str = "tracer_fe_";
 
 impl Probes {
-    /// Loads the embedded object for `tgid` (a pid in `pidns`) and attaches every program,
-    /// with the first of `vma_sources` that loads and attaches. `max_sockets` bounds the
-    /// kernel's table of the target's sockets.
-    pub fn attach(
-        tgid: u32,
+    /// Loads the embedded object for targets in `pidns` and attaches every program, with the
+    /// first of `vma_sources` that loads and attaches; it follows no target until
+    /// [`Probes::add_target`]. `max_sockets` bounds the kernel's table of the targets' sockets.
+    pub fn load(
         pidns: &PidNamespace,
         layout: &KernelLayout,
         vma_sources: &[VmaSource],
@@ -221,7 +230,6 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations in the object; skip parsing the kernel's BTF a second time.
             .btf(None)
-            .override_global(TARGET_TGID_GLOBAL, &tgid, true)
             .override_global(TARGET_PIDNS_GLOBAL, pidns, true)
             .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
             .map_max_entries("TCP_SOCKETS", max_sockets)
@@ -273,7 +281,8 @@ impl Probes {
         } else if let Err(e) = attach_raw(&mut ebpf, "tracer_oom", "mark_victim") {
             log::warn!("{e} - an OOM kill is told as a SIGKILL");
         }
-        let heal = match heal(&mut ebpf) {
+        // A run for a number no target has yet: whether running programs on demand works.
+        let heal = match heal(&mut ebpf, 0) {
             Ok(()) => true,
             Err(e) => {
                 log::warn!(
@@ -284,6 +293,9 @@ impl Probes {
         };
 
         Ok(Self {
+            targets: take(&mut ebpf, "TARGETS")?,
+            target_mms: take(&mut ebpf, "TARGET_MMS")?,
+            unlearned: take(&mut ebpf, "UNLEARNED")?,
             vma_state: take(&mut ebpf, "VMA_STATE")?,
             vma_events: Some(take(&mut ebpf, "VMA_EVENTS")?),
             tcp_events: Some(take(&mut ebpf, "TCP_EVENTS")?),
@@ -298,12 +310,123 @@ impl Probes {
             logger,
             vma_source,
             heal,
+            numbers: Numbers::default(),
         })
     }
 
-    /// How the target ended, once its last thread exited (or the OOM killer chose it).
-    pub fn process_exit(&self) -> Option<ProcessExit> {
-        self.process_exit.get(&0, 0).ok()
+    /// Starts following the process `tgid` (in the agent's pid namespace): its entries of the
+    /// per-target arrays are reset, then it enters `TARGETS`. Returns its number, which its
+    /// records carry.
+    pub fn add_target(&mut self, tgid: u32) -> Result<u32, ProbeError> {
+        let number = self.numbers.give(tgid).ok_or_else(|| {
+            ProbeError::Other(format!(
+                "tracer follows at most {} processes at once",
+                tracer_common::config::MAX_TARGETS
+            ))
+        })?;
+        let index = target_index(number);
+        let reset = (|| {
+            for which in [REGISTER, HIGH_WATER] {
+                self.vma_state
+                    .set(state_index(number, which), VmaRegister::default(), 0)?;
+            }
+            self.process_exit.set(index, ProcessExit::default(), 0)?;
+            self.targets.insert(tgid, number, 0)
+        })();
+        if let Err(e) = reset {
+            self.numbers.take_back(number);
+            return Err(classify("entering the target in the kernel's maps", &e));
+        }
+        self.count_unlearned();
+        Ok(number)
+    }
+
+    /// Stops following the target numbered `number`: it leaves `TARGETS`, and its entries of
+    /// the kernel's tables go (its mm, its threads, its listening addresses and the sockets
+    /// left to adopt). Its sockets the kernel still follows (until they close: one passed to
+    /// another process) keep its number, which no other target has for 65,536 attaches.
+    pub fn remove_target(&mut self, number: u32) {
+        let Some(tgid) = self.numbers.take_back(number) else {
+            return;
+        };
+        let _ = self.targets.remove(&tgid);
+        let mms: Vec<u64> = self
+            .target_mms
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(_, owner)| owner == number)
+            .map(|(mm, _)| mm)
+            .collect();
+        for mm in mms {
+            let _ = self.target_mms.remove(&mm);
+        }
+        let threads: Vec<u32> = self
+            .threads
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, account)| account.target == number)
+            .map(|(tid, _)| tid)
+            .collect();
+        for tid in threads {
+            let _ = self.threads.remove(&tid);
+        }
+        let listeners: Vec<(ListenKey, Owned)> = self
+            .tcp_listeners
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owned)| owned.target == number)
+            .collect();
+        let seeds: Vec<(TupleKey, Owned)> = self
+            .tcp_seed
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owned)| owned.target == number)
+            .collect();
+        let mut per_port: std::collections::HashMap<u16, PortUse> =
+            std::collections::HashMap::new();
+        for (key, owned) in listeners {
+            if self.tcp_listeners.remove(&key).is_ok() {
+                per_port.entry(key.port).or_default().listeners += owned.count;
+            }
+        }
+        for (key, owned) in seeds {
+            if self.tcp_seed.remove(&key).is_ok() {
+                per_port.entry(key.sport).or_default().seeds += owned.count;
+            }
+        }
+        for (port, gone) in per_port {
+            if let Ok(uses) = self.tcp_ports.get(&u32::from(port), 0) {
+                let left = PortUse {
+                    listeners: uses.listeners.saturating_sub(gone.listeners),
+                    seeds: uses.seeds.saturating_sub(gone.seeds),
+                };
+                let _ = self.tcp_ports.set(u32::from(port), left, 0);
+            }
+        }
+        self.count_unlearned();
+    }
+
+    /// Tells the kernel how many targets' mm it has not learned yet (`UNLEARNED`): while
+    /// none, the lock probe dismisses every other process's lock at once.
+    fn count_unlearned(&mut self) {
+        let unlearned = self
+            .numbers
+            .given()
+            .filter(|&number| {
+                self.vma_state
+                    .get(&state_index(number, REGISTER), 0)
+                    .is_ok_and(|register| register.mm == 0)
+            })
+            .count() as u32;
+        if let Err(e) = self.unlearned.set(0, unlearned, 0) {
+            log::debug!("writing UNLEARNED: {e}");
+        }
+    }
+
+    /// How the target numbered `number` ended, once its last thread exited (or the OOM killer
+    /// chose it).
+    pub fn process_exit(&self, number: u32) -> Option<ProcessExit> {
+        self.process_exit.get(&target_index(number), 0).ok()
     }
 
     /// Where the VMA count comes from.
@@ -331,11 +454,12 @@ impl Probes {
         Ok(())
     }
 
-    /// Hands the kernel the target's sockets found at attach: its listening addresses (one
-    /// entry per listening socket), and the sockets to adopt at their first transition.
-    /// Returns how many of those did not fit.
+    /// Hands the kernel the sockets of the target numbered `number` found at attach: its
+    /// listening addresses (one entry per listening socket), and the sockets to adopt at their
+    /// first transition. Returns how many of those did not fit.
     pub fn seed_tcp(
         &mut self,
+        number: u32,
         listeners: &[ListenKey],
         sockets: &[TupleKey],
     ) -> Result<u64, aya::maps::MapError> {
@@ -348,7 +472,11 @@ impl Probes {
             per_port.entry(key.port).or_default().listeners += 1;
         }
         for (key, count) in per_address {
-            self.tcp_listeners.insert(key, count, 0)?;
+            let owned = Owned {
+                target: number,
+                count,
+            };
+            self.tcp_listeners.insert(key, owned, 0)?;
         }
         let mut per_tuple: std::collections::HashMap<TupleKey, u32> =
             std::collections::HashMap::new();
@@ -357,33 +485,51 @@ impl Probes {
         }
         let mut seeded = 0;
         for (key, count) in per_tuple {
-            if self.tcp_seed.insert(key, count, 0).is_ok() {
+            let owned = Owned {
+                target: number,
+                count,
+            };
+            if self.tcp_seed.insert(key, owned, 0).is_ok() {
                 per_port.entry(key.sport).or_default().seeds += count;
                 seeded += u64::from(count);
             }
         }
+        // Other targets may use the same ports.
         for (port, uses) in per_port {
-            self.tcp_ports.set(u32::from(port), uses, 0)?;
+            let before = self.tcp_ports.get(&u32::from(port), 0)?;
+            let after = PortUse {
+                listeners: before.listeners + uses.listeners,
+                seeds: before.seeds + uses.seeds,
+            };
+            self.tcp_ports.set(u32::from(port), after, 0)?;
         }
         Ok(sockets.len() as u64 - seeded)
     }
 
-    /// The kernel's register of the newest VMA count reading, and the highest count since
-    /// the previous call (whose mark this resets).
+    /// The kernel's register of the newest VMA count reading of the target numbered
+    /// `number`, and the highest count since the previous call (whose mark this resets).
     /// The count is first read anew from the target's mm, so a reading published out of order
     /// (the syscall sources read after the lock is dropped) is healed within one report.
     /// When not `alive` (the target has exited: its mm may be freed) the register is read as
     /// the probes left it.
-    pub fn vma_register(&mut self, alive: bool) -> Result<(VmaRegister, u32), aya::maps::MapError> {
+    pub fn vma_register(
+        &mut self,
+        number: u32,
+        alive: bool,
+    ) -> Result<(VmaRegister, u32), aya::maps::MapError> {
         if alive
             && self.heal
-            && let Err(e) = heal(&mut self.ebpf)
+            && let Err(e) = heal(&mut self.ebpf, number)
         {
             log::debug!("{e}");
         }
-        let register = self.vma_state.get(&REGISTER, 0)?;
-        let high = self.vma_state.get(&HIGH_WATER, 0)?.count;
-        self.vma_state.set(HIGH_WATER, VmaRegister::default(), 0)?;
+        let register = self.vma_state.get(&state_index(number, REGISTER), 0)?;
+        let high_water = state_index(number, HIGH_WATER);
+        let high = self.vma_state.get(&high_water, 0)?.count;
+        self.vma_state.set(high_water, VmaRegister::default(), 0)?;
+        if register.mm == 0 {
+            self.count_unlearned();
+        }
         Ok((register, high))
     }
 
@@ -396,10 +542,16 @@ impl Probes {
         })
     }
 
-    /// The scheduling account of every target thread the kernel keeps, into `out`.
-    pub fn thread_accounts(&self, out: &mut Vec<(u32, ThreadSched)>) {
+    /// The scheduling account of every thread of the target numbered `number` the kernel
+    /// keeps, into `out`.
+    pub fn thread_accounts(&self, number: u32, out: &mut Vec<(u32, ThreadSched)>) {
         out.clear();
-        out.extend(self.threads.iter().filter_map(Result::ok));
+        out.extend(
+            self.threads
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, account)| account.target == number),
+        );
     }
 
     /// Drops the account of a thread that is gone (one the kernel did not see exit).
@@ -582,16 +734,18 @@ fn attach_source(ebpf: &mut Ebpf, source: VmaSource, btf: &aya::Btf) -> Result<(
     }
 }
 
-/// Runs the heal program once (see [`Probes::vma_register`]).
-fn heal(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+/// Runs the heal program once for the target numbered `number` (see [`Probes::vma_register`]).
+fn heal(ebpf: &mut Ebpf, number: u32) -> Result<(), ProbeError> {
     let program: &mut RawTracePoint = program(ebpf, HEAL_PROBE)?;
     if program.fd().is_err() {
         program
             .load()
             .map_err(|e| classify(&format!("loading {HEAL_PROBE}"), &e))?;
     }
+    let mut options = RawTracePointRunOptions::new();
+    options.args[0] = u64::from(number);
     program
-        .test_run(RawTracePointRunOptions::new())
+        .test_run(options)
         .map(drop)
         .map_err(|e| classify(&format!("running {HEAL_PROBE}"), &e))
 }
@@ -661,6 +815,8 @@ mod tests {
         let event = VmaEvent {
             tid: 3,
             map_count: 65_530,
+            target: 7,
+            pad: 0,
         };
         // SAFETY: reading the bytes of a repr(C) value with no padding holes.
         let bytes = unsafe {
@@ -669,6 +825,6 @@ mod tests {
         let mut shifted = vec![0u8; 1];
         shifted.extend_from_slice(bytes);
         assert_eq!(decode::<VmaEvent>(&shifted[1..]), Some(event));
-        assert_eq!(decode::<VmaEvent>(&bytes[..7]), None);
+        assert_eq!(decode::<VmaEvent>(&bytes[..15]), None);
     }
 }
