@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bpf;
+
 /// The tracer binary under test: `$TRACER_BIN`, or the workspace's release build.
 pub fn tracer_bin() -> PathBuf {
     let path = std::env::var_os("TRACER_BIN").map_or_else(

@@ -4,7 +4,11 @@
 //!
 //! Usage: bench [--smoke] OUTPUT.md, or bench --proc-mode OUTPUT.md for section (f) alone, or
 //! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone
-//! (issue 14's loop), or bench --own-cpu OUTPUT.md for the CPU and memory table of (c) alone.
+//! (issue 14's loop), or bench --own-cpu OUTPUT.md for the CPU and memory table of (c) alone,
+//! or bench --targets OUTPUT.md for what each target of `tracer agent` adds per kernel event.
+
+#[path = "bench/per_target.rs"]
+mod per_target;
 
 use std::{
     fmt::Write as _,
@@ -306,6 +310,7 @@ fn main() {
                 "--run-time",
                 "--states",
                 "--own-cpu",
+                "--targets",
             ]
             .contains(&flag.as_str()) =>
         {
@@ -314,7 +319,7 @@ fn main() {
         (Some(out), None) => (None, PathBuf::from(out)),
         _ => {
             eprintln!(
-                "usage: bench [--smoke | --proc-mode | --run-time | --states | --own-cpu] OUTPUT.md"
+                "usage: bench [--smoke | --proc-mode | --run-time | --states | --own-cpu | --targets] OUTPUT.md"
             );
             std::process::exit(2);
         }
@@ -343,6 +348,7 @@ fn main() {
         Some("--own-cpu") => Some(|bench, md| {
             own_cpu(bench, md);
         }),
+        Some("--targets") => Some(per_target::cost),
         _ => None,
     };
     if let Some(part) = part {
