@@ -536,20 +536,27 @@ pub fn loaded_programs(prefix: &str) -> usize {
         .count()
 }
 
-/// The names of the BPF programs `pid` holds (through program or link fds, each program once),
-/// sorted: from the `prog_id` lines of its /proc/PID/fdinfo, named by `bpftool`.
+/// The ids of the BPF programs `pid` holds (through program or link fds), each once, sorted:
+/// from the `prog_id` lines of its /proc/PID/fdinfo.
+pub fn program_ids(pid: u32) -> Vec<u64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    let mut ids: Vec<u64> = entries
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The names of the BPF programs `pid` holds ([`program_ids`]), sorted, from `bpftool`.
 pub fn programs_held(pid: u32) -> Vec<String> {
-    let mut ids = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("read fdinfo")
-        .flatten()
-    {
-        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        ids.extend(info.lines().filter_map(|line| {
-            line.strip_prefix("prog_id:")
-                .and_then(|id| id.trim().parse::<u64>().ok())
-        }));
-    }
+    let ids = program_ids(pid);
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()

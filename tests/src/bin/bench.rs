@@ -19,8 +19,8 @@ use std::{
 };
 
 use tracer_tests::{
-    Netns, Process, Sysctl, TempDir, Tracer, compile_c, free_port, proc_status, tracer_bin,
-    wait_for_listener,
+    Netns, Process, Sysctl, TempDir, Tracer, compile_c, free_port, proc_status, program_ids,
+    tracer_bin, wait_for_listener,
 };
 
 /// How much to measure.
@@ -195,28 +195,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     (fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")) / ticks
 }
 
-/// Ids of the BPF programs that process `pid` holds (its program and link fds say
-/// `prog_id:` in /proc/PID/fdinfo).
-fn prog_ids(pid: u32) -> Vec<u64> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
-    let mut ids: Vec<u64> = entries
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .flat_map(|info| {
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
-                .collect::<Vec<u64>>()
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// (name, run_time_ns, run_cnt) of the loaded programs of `owners` (pids), from bpftool: only
 /// theirs, as other tracers on the machine may run programs of the same names.
 fn prog_stats(owners: &[u32]) -> Vec<(String, u64, u64)> {
-    let ids: Vec<u64> = owners.iter().flat_map(|&pid| prog_ids(pid)).collect();
+    let ids: Vec<u64> = owners.iter().flat_map(|&pid| program_ids(pid)).collect();
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()

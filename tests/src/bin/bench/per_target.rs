@@ -19,10 +19,10 @@ use std::{
 use tracer_tests::{
     Netns, Process, Sysctl,
     bpf::{Empty, Hook, program_stats},
-    free_port, http_get, tracer_bin, wait_for_listener,
+    free_port, http_get, program_ids, tracer_bin, wait_for_listener,
 };
 
-use super::{Bench, median, prog_ids};
+use super::{Bench, median};
 
 /// The loads (tests/native/loops.c modes), none of them a target, run one after another: issue
 /// 14's loop (TCP state changes), a thread's life (the task programs, context switches), and
@@ -295,7 +295,7 @@ fn agent(targets: &[u32]) -> (Process, Vec<u32>) {
     }
     // The last attach's probes settle.
     thread::sleep(Duration::from_millis(300));
-    let ids = prog_ids(agent.pid)
+    let ids = program_ids(agent.pid)
         .into_iter()
         .map(|id| u32::try_from(id).expect("a program id"))
         .collect();
