@@ -3,7 +3,7 @@
 //! and prints one line on stdout, which the host parses:
 //!
 //! ```text
-//! vm-check plan starts unloaded vma sockets threads proc_mode
+//! vm-check plan starts unloaded vma sockets threads targets proc_mode
 //! vm-check <name> ok: <what was compared>
 //! vm-check <name> FAIL: <why, in the kernel's and tracer's words>
 //! vm-check done
@@ -15,7 +15,7 @@
 //! ones loaded before it started. Exits 1 if any check failed.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     panic::{self, AssertUnwindSafe},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_tests::{Process, Tracer, maps_count, proc_status, proc_tcp_states, tracer_bin};
+use tracer_tests::{
+    Event, Process, Tracer, free_port, maps_count, port_of, proc_status, proc_tcp_states,
+    tracer_bin,
+};
 
 const PLAN: &[&str] = &[
     "starts",
@@ -32,6 +35,7 @@ const PLAN: &[&str] = &[
     "vma",
     "sockets",
     "threads",
+    "targets",
     "proc_mode",
 ];
 
@@ -81,6 +85,7 @@ fn main() {
             report("vma", run(&|| vma(&workloads, expected_source.as_deref())));
             report("sockets", run(&|| sockets(&workloads)));
             report("threads", run(&|| threads(&workloads)));
+            report("targets", run(&|| targets(&workloads, &session.held)));
             report("proc_mode", run(&|| proc_mode(&workloads)));
         }
         Err(why) => {
@@ -356,13 +361,7 @@ fn sockets(workloads: &Path) -> String {
 fn sockets_with(workloads: &Path, args: &[&str], settle: Duration) -> String {
     const CLOSING: u64 = 20;
     const KEPT: u64 = 7;
-    let server = Process::spawn(Command::new(workloads.join("acceptor")).arg("0"));
-    let (_, ready) = server.expect_line("READY", LINE_TIMEOUT);
-    let port = ready
-        .rsplit("port=")
-        .next()
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no port in {ready:?}"));
+    let (server, port) = acceptor(workloads);
     let tracer = Tracer::attach_within(server.pid, args, ATTACH_TIMEOUT);
     let client = |n: u64| {
         let process = Process::spawn(Command::new(workloads.join("halfclose")).args([
@@ -384,7 +383,7 @@ fn sockets_with(workloads: &Path, args: &[&str], settle: Duration) -> String {
     freeze(server.pid);
     closing.send("CLOSE");
     closing.expect_line("CLOSED", LINE_TIMEOUT);
-    let expected: std::collections::BTreeMap<String, u64> = [
+    let expected: BTreeMap<String, u64> = [
         ("CLOSE_WAIT", CLOSING),
         ("ESTABLISHED", KEPT),
         ("LISTEN", 1),
@@ -392,19 +391,7 @@ fn sockets_with(workloads: &Path, args: &[&str], settle: Duration) -> String {
     .into_iter()
     .map(|(s, n)| (s.to_owned(), n))
     .collect();
-    // The peers' FINs are processed in softirq context: a moment after the close.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut kernel = proc_tcp_states(server.pid);
-    while kernel != expected {
-        assert!(
-            Instant::now() < deadline,
-            "the kernel's view never settled: /proc/{}/net/tcp shows {kernel:?}, the scenario \
-             expects {expected:?}",
-            server.pid
-        );
-        thread::sleep(Duration::from_millis(50));
-        kernel = proc_tcp_states(server.pid);
-    }
+    let kernel = settle_sockets(server.pid, &expected);
     let settled = Instant::now();
     // Nothing changes while the server is stopped: a mismatch over three reports is real.
     let mut reported = tracer.states_after(settled + settle);
@@ -469,6 +456,382 @@ fn threads(workloads: &Path) -> String {
     format!(
         "counts {counts:?} after each change equal /proc/PID/status Threads: and /proc/PID/task"
     )
+}
+
+/// `tracer agent` with three targets on its one loaded object: a two-thread churn (started
+/// after attach, so its threads arrive as records too), the threads workload and a server
+/// whose clients come and close. At four moments when all are frozen each target's VMA count,
+/// threads and socket states equal /proc/PID/maps, /proc/PID/status and /proc/PID/net/tcp;
+/// the threads workload is killed before the last, and the other two stay right. The agent
+/// holds as many programs and maps as `tracer attach` with one target (`single`), the same ones
+/// after the exit.
+fn targets(workloads: &Path, single: &Objects) -> String {
+    // (threads workload's step, connections of the round's new client); None: it is killed.
+    const ROUNDS: [(Option<&str>, u64); 4] = [
+        (Some("+6"), 5),
+        (Some("+10"), 8),
+        (Some("-9"), 3),
+        (None, 2),
+    ];
+    let started = Instant::now();
+    let mut churn = Process::spawn(Command::new(workloads.join("churn")).args(["2", "3600"]));
+    churn.expect_line("READY", LINE_TIMEOUT);
+    let workload = Process::spawn(&mut Command::new(workloads.join("threads")));
+    workload.expect_line("READY", LINE_TIMEOUT);
+    let threads_pid = workload.pid;
+    let mut threads = Some(workload);
+    let mut server = Server::start(workloads);
+    let mut agent = Agent::start(&[churn.pid, threads_pid, server.process.pid]);
+    let held = Objects::held_by(agent.process.pid);
+    assert!(
+        held.programs.len() == single.programs.len() && held.maps.len() == single.maps.len(),
+        "the agent with 3 targets holds {} programs and {} maps, tracer attach with one {} and {}",
+        held.programs.len(),
+        held.maps.len(),
+        single.programs.len(),
+        single.maps.len()
+    );
+    churn.send("GO");
+    let mut targets = vec![
+        (churn.pid, "churn"),
+        (threads_pid, "threads"),
+        (server.process.pid, "server"),
+    ];
+    let mut seen: BTreeMap<&str, Vec<View>> = BTreeMap::new();
+    let mut exit = None;
+    for (round, (step, connections)) in ROUNDS.into_iter().enumerate() {
+        if let Some(step) = step {
+            let workload = threads.as_mut().expect("the threads workload runs");
+            workload.send(step);
+            workload.expect_line("THREADS", LINE_TIMEOUT);
+        } else {
+            drop(threads.take());
+            targets.retain(|&(pid, _)| pid != threads_pid);
+            exit = Some(agent.next_of("target_exit", threads_pid, LINE_TIMEOUT));
+            let now = Objects::held_by(agent.process.pid);
+            assert!(
+                now.programs == held.programs && now.maps == held.maps,
+                "after a target exited the agent holds programs {:?} and maps {:?}, before {:?} \
+                 and {:?}",
+                now.programs,
+                now.maps,
+                held.programs,
+                held.maps
+            );
+        }
+        let expected = server.next_client(workloads, connections);
+        thread::sleep(Duration::from_secs(1));
+        let views = frozen_views(&mut agent, &targets, (server.process.pid, &expected), round);
+        for (&(_, name), view) in targets.iter().zip(views) {
+            seen.entry(name).or_default().push(view);
+        }
+    }
+    let churned: BTreeSet<u32> = seen["churn"].iter().map(|v| v.vma).collect();
+    assert!(
+        churned.len() > 1,
+        "the churn never changed its count between frozen moments ({:?}): nothing was tested",
+        seen["churn"]
+    );
+    let exit = exit.expect("the threads workload was killed");
+    assert_eq!(
+        exit.json["signal"], "SIGKILL",
+        "the killed threads workload's target_exit: {}",
+        exit.json
+    );
+    let describe = |name: &str| {
+        seen[name]
+            .iter()
+            .map(View::brief)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "one object for 3 targets ({} programs and {} maps, as attach's for one); at {} frozen \
+         moments each target's VMA count/threads/sockets equal /proc: churn [{}], threads [{}] \
+         (killed before the last: target_exit SIGKILL, the same programs held after), server \
+         [{}]; {:.0} s",
+        held.programs.len(),
+        held.maps.len(),
+        ROUNDS.len(),
+        describe("churn"),
+        describe("threads"),
+        describe("server"),
+        started.elapsed().as_secs_f64()
+    )
+}
+
+/// Freezes every one of `targets` (pid, name), waits until the kernel shows the server's
+/// sockets in the states expected of them (`server`: its pid and them), and returns each
+/// target's view, which the agent's reports after must equal (in `round`); thaws them.
+fn frozen_views(
+    agent: &mut Agent,
+    targets: &[(u32, &str)],
+    server: (u32, &BTreeMap<String, u64>),
+    round: usize,
+) -> Vec<View> {
+    for &(pid, _) in targets {
+        freeze(pid);
+    }
+    settle_sockets(server.0, server.1);
+    let settled = Instant::now();
+    let mut views = Vec::new();
+    for &(pid, name) in targets {
+        let kernel = View::of_kernel(pid);
+        let reported = View::reported(agent, pid, settled + SETTLE, &kernel);
+        assert_eq!(
+            reported, kernel,
+            "frozen moment {round}: the agent's view of {name} (pid {pid}, left) differs from \
+             /proc/{pid}/{{maps,status,net/tcp}} (right)"
+        );
+        views.push(kernel);
+    }
+    for &(pid, _) in targets {
+        signal(pid, libc::SIGCONT);
+    }
+    views
+}
+
+/// The acceptor and the halfclose clients `targets` connects to it.
+struct Server {
+    process: Process,
+    port: u16,
+    /// Each client with its connections.
+    clients: Vec<(Process, u64)>,
+    accepted: u64,
+    closed: u64,
+}
+
+impl Server {
+    fn start(workloads: &Path) -> Self {
+        let (process, port) = acceptor(workloads);
+        Self {
+            process,
+            port,
+            clients: Vec::new(),
+            accepted: 0,
+            closed: 0,
+        }
+    }
+
+    /// A new client of `connections`, accepted; the previous one closes its side, leaving
+    /// the server's sockets of it in CLOSE_WAIT. Returns the states the server's sockets then
+    /// have.
+    fn next_client(&mut self, workloads: &Path, connections: u64) -> BTreeMap<String, u64> {
+        let client = Process::spawn(Command::new(workloads.join("halfclose")).args([
+            "127.0.0.1",
+            &self.port.to_string(),
+            &connections.to_string(),
+        ]));
+        client.expect_line("READY", LINE_TIMEOUT);
+        self.accepted += connections;
+        loop {
+            let (_, line) = self.process.expect_line("ACCEPTED", LINE_TIMEOUT);
+            if line.trim_start_matches("ACCEPTED ").parse::<u64>() == Ok(self.accepted) {
+                break;
+            }
+        }
+        if let Some((previous, n)) = self.clients.last_mut() {
+            previous.send("CLOSE");
+            previous.expect_line("CLOSED", LINE_TIMEOUT);
+            self.closed += *n;
+        }
+        self.clients.push((client, connections));
+        [
+            ("CLOSE_WAIT", self.closed),
+            ("ESTABLISHED", self.accepted - self.closed),
+            ("LISTEN", 1),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.to_owned(), n))
+        .collect()
+    }
+}
+
+/// The acceptor (tests/native/acceptor.c) on a port of its choosing, once ready; and the port.
+fn acceptor(workloads: &Path) -> (Process, u16) {
+    let server = Process::spawn(Command::new(workloads.join("acceptor")).arg("0"));
+    let (_, ready) = server.expect_line("READY", LINE_TIMEOUT);
+    let port = port_of(&ready);
+    (server, port)
+}
+
+/// Until /proc/PID/net/tcp{,6} shows `expected` for `pid`'s sockets (the peers' FINs are
+/// processed in softirq context, a moment after the close), 10 s at most.
+fn settle_sockets(pid: u32, expected: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kernel = proc_tcp_states(pid);
+        if kernel == *expected {
+            return kernel;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kernel's view never settled: /proc/{pid}/net/tcp shows {kernel:?}, the scenario \
+             expects {expected:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One target's counts at a frozen moment: its VMA count, threads and sockets per state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct View {
+    vma: u32,
+    threads: u64,
+    sockets: BTreeMap<String, u64>,
+}
+
+impl View {
+    /// /proc's: `maps` (less `[vsyscall]`), `status` `Threads:`, `net/tcp{,6}` of its fds.
+    fn of_kernel(pid: u32) -> Self {
+        Self {
+            vma: maps_count(pid).unwrap_or_else(|| panic!("pid {pid} is gone")),
+            threads: proc_status(pid, "Threads"),
+            sockets: proc_tcp_states(pid),
+        }
+    }
+
+    /// The agent's, from its first `vma`, `threads` and `sockets` reports about `pid` read
+    /// after `after`; each kind is read up to three times while it differs from `kernel`
+    /// (nothing changes while the target is stopped: a mismatch over three reports is real).
+    fn reported(agent: &mut Agent, pid: u32, after: Instant, kernel: &Self) -> Self {
+        let vma = agent.report("vma", pid, after, |e| {
+            e.u64("map_count") == u64::from(kernel.vma)
+        });
+        let threads = agent.report("threads", pid, after, |e| e.u64("count") == kernel.threads);
+        let sockets = agent.report("sockets", pid, after, |e| e.states() == kernel.sockets);
+        Self {
+            vma: u32::try_from(vma.u64("map_count")).expect("map_count fits u32"),
+            threads: threads.u64("count"),
+            sockets: sockets.states(),
+        }
+    }
+
+    fn brief(&self) -> String {
+        let sockets: Vec<String> = self
+            .sockets
+            .iter()
+            .map(|(state, n)| format!(" {state} {n}"))
+            .collect();
+        format!("{}/{}{}", self.vma, self.threads, sockets.concat())
+    }
+}
+
+/// `tracer agent --pid ...` with its NDJSON on stdout, every event read kept.
+struct Agent {
+    process: Process,
+    history: Vec<Event>,
+}
+
+impl Agent {
+    /// Starts the agent on `pids`; returns once each is attached, or panics with the agent's
+    /// own error.
+    fn start(pids: &[u32]) -> Self {
+        let started = Instant::now();
+        let mut command = Command::new(tracer_bin());
+        command
+            .args(["agent", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(
+                pids.iter()
+                    .flat_map(|pid| ["--pid".to_owned(), pid.to_string()]),
+            )
+            .stderr(Stdio::piped());
+        let mut process = Process::spawn(&mut command);
+        let stderr = process.child.stderr.take().expect("piped stderr");
+        let stderr = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let mut agent = Self {
+            process,
+            history: Vec::new(),
+        };
+        for &pid in pids {
+            let left = ATTACH_TIMEOUT.saturating_sub(started.elapsed());
+            if agent.next_within("target_attached", pid, left).is_none() {
+                let status = agent.process.wait(LINE_TIMEOUT);
+                let stderr = stderr.join().unwrap_or_default();
+                panic!(
+                    "the agent exited ({status}) before attaching to {pid}: {}",
+                    stderr.trim()
+                );
+            }
+        }
+        agent
+    }
+
+    /// The first event of type `kind` about `pid` read after `after` (kept or read now).
+    fn after(&mut self, kind: &str, pid: u32, after: Instant) -> Event {
+        let matches = |e: &Event| e.kind() == kind && e.json["pid"] == pid && e.at > after;
+        if let Some(event) = self.history.iter().find(|e| matches(e)) {
+            return event.clone();
+        }
+        self.read_until(&format!("{kind} about {pid}"), matches, LINE_TIMEOUT)
+            .unwrap_or_else(|| panic!("the agent exited before a {kind} report about {pid}"))
+    }
+
+    /// [`Agent::after`], then the next ones while `fits` does not hold, three at most.
+    fn report(
+        &mut self,
+        kind: &str,
+        pid: u32,
+        after: Instant,
+        fits: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let mut event = self.after(kind, pid, after);
+        for _ in 0..2 {
+            if fits(&event) {
+                break;
+            }
+            event = self.after(kind, pid, event.at);
+        }
+        event
+    }
+
+    /// The next event of type `kind` about `pid` not yet read, within `timeout`.
+    fn next_of(&mut self, kind: &str, pid: u32, timeout: Duration) -> Event {
+        self.next_within(kind, pid, timeout)
+            .unwrap_or_else(|| panic!("the agent exited before a {kind} event about {pid}"))
+    }
+
+    /// [`Agent::next_of`], `None` when the agent exits first.
+    fn next_within(&mut self, kind: &str, pid: u32, timeout: Duration) -> Option<Event> {
+        let matches = |e: &Event| e.kind() == kind && e.json["pid"] == pid;
+        self.read_until(&format!("{kind} about {pid}"), matches, timeout)
+    }
+
+    /// Reads events until one `matches` (`what`), within `timeout`; `None` when the agent exits
+    /// first.
+    fn read_until(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {what} from the agent within {timeout:?}"
+            );
+            let event = self.read(left)?;
+            if matches(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The next line of stdout, parsed and kept; `None` at EOF.
+    fn read(&mut self, timeout: Duration) -> Option<Event> {
+        let (at, line) = self.process.next_line(timeout)?;
+        let event = Event {
+            at,
+            json: serde_json::from_str(&line).unwrap_or_else(|e| {
+                panic!("the agent printed a line that is not JSON ({e}): {line}")
+            }),
+        };
+        self.history.push(event.clone());
+        Some(event)
+    }
 }
 
 fn signal(pid: u32, signal: i32) {
