@@ -14,6 +14,26 @@ pub const MAX_TARGETS: u32 = 256;
 /// another process) is not taken for a newer target's.
 pub const TARGET_NUMBERS: u32 = 65_536;
 
+/// Entries of the filters in front of the programs' lookups of targets (`TGID_FILTER`,
+/// `MM_FILTER`): each counts the targets whose thread-group id (or `mm`) falls in it, so that a
+/// task whose entry counts none is dismissed by one array read, where a hash lookup costs about
+/// 100 instructions (the programs' first check, on every context switch and many syscalls of
+/// every process).
+pub const FILTER_SLOTS: u32 = 1024;
+
+/// The `TGID_FILTER` entry of thread-group id `tgid`.
+#[inline]
+pub const fn tgid_filter_slot(tgid: u32) -> u32 {
+    tgid % FILTER_SLOTS
+}
+
+/// The `MM_FILTER` entry of a `struct mm_struct *` (Fibonacci hashing: the top bits of a
+/// product by 2^64 / phi depend on every bit of the pointer).
+#[inline]
+pub const fn mm_filter_slot(mm: u64) -> u32 {
+    (mm.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FILTER_SLOTS.trailing_zeros())) as u32
+}
+
 /// The index of `target`'s entries in the per-target arrays. The agent never gives out two
 /// numbers with the same index at once.
 #[inline]
@@ -105,3 +125,31 @@ pub struct KernelLayout {
 }
 
 const _: () = assert!(size_of::<KernelLayout>() == 27 * 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_slots_are_in_range_and_spread_slab_neighbours() {
+        // mm_structs come from a slab: neighbours 1 KiB or so apart, the low bits all zero.
+        let base: u64 = 0xffff_8881_0a2c_0000;
+        let mut slots = [0u32; 64];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = mm_filter_slot(base + i as u64 * 1088);
+        }
+        assert!(slots.iter().all(|&slot| slot < FILTER_SLOTS));
+        slots.sort_unstable();
+        let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct >= 60, "{distinct} of 64 distinct");
+        assert_eq!(tgid_filter_slot(4242), 4242 % FILTER_SLOTS);
+        assert!(tgid_filter_slot(u32::MAX) < FILTER_SLOTS);
+    }
+
+    #[test]
+    fn numbers_with_one_index_are_a_whole_round_apart() {
+        assert_eq!(TARGET_NUMBERS % MAX_TARGETS, 0);
+        assert_eq!(target_index(7), target_index(7 + MAX_TARGETS));
+        assert_ne!(target_index(7), target_index(8));
+    }
+}

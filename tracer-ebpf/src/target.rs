@@ -7,9 +7,11 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_get_ns_current_pid_tgid,
     },
     macros::map,
-    maps::HashMap,
+    maps::{Array, HashMap},
 };
-use tracer_common::config::{KernelLayout, MAX_TARGETS, PidNamespace};
+use tracer_common::config::{
+    FILTER_SLOTS, KernelLayout, MAX_TARGETS, PidNamespace, tgid_filter_slot,
+};
 
 use crate::kernel::read;
 
@@ -21,6 +23,12 @@ use crate::kernel::read;
 /// per event.
 #[map]
 static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Per `tgid_filter_slot`, how many of [`TARGETS`]'s thread-group ids fall there: a task whose
+/// entry is 0 is no target's, told by one array read (the verifier inlines it) before the hash
+/// lookup. Written by the agent only, before an entry enters `TARGETS` and after it leaves.
+#[map]
+static TGID_FILTER: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
 
 /// The agent's pid namespace, which the targets' ids are in; zero for the host's
 /// (`TARGET_PIDNS_GLOBAL`).
@@ -114,6 +122,12 @@ pub fn current() -> Option<Current> {
 /// The number of the target whose thread-group id (in the agent's namespace) is `tgid`.
 #[inline(always)]
 fn number_of(tgid: u32) -> Option<u32> {
+    if TGID_FILTER
+        .get(tgid_filter_slot(tgid))
+        .is_none_or(|&count| count == 0)
+    {
+        return None;
+    }
     // SAFETY: a value of a hash map, copied at once.
     unsafe { TARGETS.get(&tgid).copied() }
 }

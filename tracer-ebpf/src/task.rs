@@ -93,6 +93,8 @@ pub fn on_exit() -> Option<()> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let signal: *const u8 = read(task, layout!(task_signal))?;
     if read::<i32>(signal, layout!(signal_live))? == 0 {
+        // The process is gone with this thread: its mm leaves the table.
+        vma::forget_mm(current.target);
         let exit = PROCESS_EXIT.get_ptr_mut(target_index(current.target))?;
         // SAFETY: an entry of an array map; the last thread of the target writes it once.
         unsafe {

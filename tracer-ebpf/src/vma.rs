@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    config::MAX_TARGETS,
+    config::{FILTER_SLOTS, MAX_TARGETS, mm_filter_slot},
     lost::LOST_VMA,
     vma::{HIGH_WATER, RECORD_EVERY, REGISTER, VmaEvent, VmaRegister, WAKEUP_BYTES, state_index},
 };
@@ -43,6 +43,14 @@ static VMA_STATE: Array<VmaRegister> = Array::with_max_entries(2 * MAX_TARGETS, 
 /// when they learn a target's mm, removed at its exec and by the agent when it detaches from the target.
 #[map]
 static TARGET_MMS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Per `mm_filter_slot`, how many of [`TARGET_MMS`]'s mms fall there: an mm whose entry is 0 is
+/// no target's, told by one array read before the hash lookup. Counted up (atomically) before
+/// an mm enters `TARGET_MMS` and down after it leaves, by the programs; where the agent takes
+/// entries out of `TARGET_MMS` (a target it stops following while it lives) the count stays
+/// up, which costs a lookup, never a miss.
+#[map]
+static MM_FILTER: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
 
 /// Entry 0: how many targets' mm is not known yet, as the agent last counted (at each report
 /// and each change of targets), less those learned since. While it is 0, a lock release of an
@@ -129,6 +137,12 @@ pub fn heal(target: u32) -> Option<()> {
 /// The number of the target whose `struct mm_struct *` is `mm`, once a probe learned it.
 #[inline(always)]
 pub fn target_of_mm(mm: u64) -> Option<u32> {
+    if MM_FILTER
+        .get(mm_filter_slot(mm))
+        .is_none_or(|&count| count == 0)
+    {
+        return None;
+    }
     // SAFETY: a value of a hash map, copied at once.
     unsafe { TARGET_MMS.get(&mm).copied() }
 }
@@ -152,13 +166,36 @@ pub fn learn_own(target: u32) -> Option<()> {
 /// When it is a target, its old mm is forgotten so the new one is learned.
 pub fn on_exec() -> Option<()> {
     let current = target::current()?;
-    let register = register(current.target)?;
     // The exec'ing thread is the target's only one now.
-    if register.mm != 0 && TARGET_MMS.remove(&register.mm).is_ok() {
+    if forget_mm(current.target) {
         add_unlearned(1);
     }
-    register.mm = 0;
     Some(())
+}
+
+/// Takes the mm of the target numbered `target` out of [`TARGET_MMS`] (at its exec, and when
+/// its last thread exits, so that a gone target's mm does not stay in the table); whether it
+/// was there.
+#[inline(always)]
+pub fn forget_mm(target: u32) -> bool {
+    let Some(register) = register(target) else {
+        return false;
+    };
+    let mm = core::mem::replace(&mut register.mm, 0);
+    if mm == 0 || TARGET_MMS.remove(&mm).is_err() {
+        return false;
+    }
+    add_filtered(mm, u32::MAX);
+    true
+}
+
+/// Adds `step` (1, or `u32::MAX` for -1) to `mm`'s entry of [`MM_FILTER`], atomically.
+#[inline(always)]
+fn add_filtered(mm: u64, step: u32) {
+    if let Some(count) = MM_FILTER.get_ptr_mut(mm_filter_slot(mm)) {
+        // SAFETY: an entry of an array map, valid and aligned for the program's run.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, step) };
+    }
 }
 
 /// The register of the target numbered `target`.
@@ -210,15 +247,21 @@ fn current_tid(target: u32) -> u32 {
 /// once takes the count off [`UNLEARNED`].
 #[inline(always)]
 fn learn(target: u32, register: &mut VmaRegister, mm: u64) {
-    if register.mm != 0 && register.mm != mm {
-        let _ = TARGET_MMS.remove(&register.mm);
+    if register.mm != 0 && register.mm != mm && TARGET_MMS.remove(&register.mm).is_ok() {
+        add_filtered(register.mm, u32::MAX);
     }
+    // Counted before it can be found, uncounted after it cannot.
+    add_filtered(mm, 1);
     if TARGET_MMS
         .insert(&mm, &target, u64::from(BPF_NOEXIST))
         .is_ok()
-        && register.mm == 0
     {
-        add_unlearned(u32::MAX);
+        if register.mm == 0 {
+            add_unlearned(u32::MAX);
+        }
+    } else {
+        // Another thread entered it first (or the table is full).
+        add_filtered(mm, u32::MAX);
     }
     register.mm = mm;
     register.valid = 0;

@@ -21,7 +21,8 @@ use aya::{
 };
 use tracer_common::{
     config::{
-        ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL, target_index,
+        ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL,
+        target_index, tgid_filter_slot,
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
     task::{ProcessExit, TaskEvent, ThreadSched},
@@ -169,6 +170,7 @@ pub struct Probes {
     /// Forwards the programs' aya-log diagnostics to `log`; closing it would break later loads.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     targets: HashMap<MapData, u32, u32>,
+    tgid_filter: Array<MapData, u32>,
     target_mms: HashMap<MapData, u64, u32>,
     unlearned: Array<MapData, u32>,
     vma_state: Array<MapData, VmaRegister>,
@@ -294,6 +296,7 @@ impl Probes {
 
         Ok(Self {
             targets: take(&mut ebpf, "TARGETS")?,
+            tgid_filter: take(&mut ebpf, "TGID_FILTER")?,
             target_mms: take(&mut ebpf, "TARGET_MMS")?,
             unlearned: take(&mut ebpf, "UNLEARNED")?,
             vma_state: take(&mut ebpf, "VMA_STATE")?,
@@ -324,21 +327,37 @@ impl Probes {
                 tracer_common::config::MAX_TARGETS
             ))
         })?;
-        let index = target_index(number);
-        let reset = (|| {
-            for which in [REGISTER, HIGH_WATER] {
-                self.vma_state
-                    .set(state_index(number, which), VmaRegister::default(), 0)?;
-            }
-            self.process_exit.set(index, ProcessExit::default(), 0)?;
-            self.targets.insert(tgid, number, 0)
-        })();
-        if let Err(e) = reset {
+        if let Err(e) = self.enter(tgid, number) {
             self.numbers.take_back(number);
             return Err(classify("entering the target in the kernel's maps", &e));
         }
         self.count_unlearned();
         Ok(number)
+    }
+
+    /// Resets the per-target entries of `number`, then enters `tgid` in `TARGETS` (counted in
+    /// `TGID_FILTER` before it can be found).
+    fn enter(&mut self, tgid: u32, number: u32) -> Result<(), aya::maps::MapError> {
+        for which in [REGISTER, HIGH_WATER] {
+            self.vma_state
+                .set(state_index(number, which), VmaRegister::default(), 0)?;
+        }
+        self.process_exit
+            .set(target_index(number), ProcessExit::default(), 0)?;
+        self.count_filtered(tgid, 1)?;
+        if let Err(e) = self.targets.insert(tgid, number, 0) {
+            self.count_filtered(tgid, -1)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Adds `step` to the count of `tgid`'s entry of `TGID_FILTER` (the kernel only reads it).
+    fn count_filtered(&mut self, tgid: u32, step: i32) -> Result<(), aya::maps::MapError> {
+        let slot = tgid_filter_slot(tgid);
+        let count = self.tgid_filter.get(&slot, 0)?;
+        self.tgid_filter
+            .set(slot, count.saturating_add_signed(step), 0)
     }
 
     /// Stops following the target numbered `number`: it leaves `TARGETS`, and its entries of
@@ -349,7 +368,11 @@ impl Probes {
         let Some(tgid) = self.numbers.take_back(number) else {
             return;
         };
-        let _ = self.targets.remove(&tgid);
+        if self.targets.remove(&tgid).is_ok()
+            && let Err(e) = self.count_filtered(tgid, -1)
+        {
+            log::debug!("TGID_FILTER: {e}");
+        }
         let mms: Vec<u64> = self
             .target_mms
             .iter()
