@@ -1,10 +1,13 @@
 //! The targets' TCP sockets: which sockets are whose (see `tracer_common::tcp` for the rules),
 //! and every state transition of those, whoever's context it runs in.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::MaybeUninit,
+};
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, RingBuf},
@@ -108,17 +111,33 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     if new == TCP_CLOSE {
         forget(sk);
     }
-    publish(&describe::<Direct>(
-        sk,
-        Kind::Transition,
-        (old, new),
-        (adopted, target),
-    )?);
-    Some(())
+    publish_transition(sk, (old, new), (adopted, target))
 }
 
-/// Copies a record into [`TCP_EVENTS`] (one helper call, where reserving and submitting take
-/// two), or counts it lost when the ring is full.
+/// Writes a transition's record straight into a slot of [`TCP_EVENTS`] (reserve, fill,
+/// submit), or counts it lost when the ring is full. Two helper calls, where building it on the
+/// stack and copying it in takes one (`bpf_ringbuf_output`), but no zeroing and no copy: 20 ns
+/// (8%) less per target transition, the median of 52 interleaved pairs of `bench --run-time`
+/// on a shared 2-CPU VM (36 of them faster; a small gain, within one run's noise). The slot is not zeroed first (that took two calls of
+/// a byte-by-byte `memset`): [`describe`] writes every byte.
+#[inline(always)]
+fn publish_transition(sk: *const u8, states: (u8, u8), adopted: (Adopted, u32)) -> Option<()> {
+    let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp, size_of::<TcpEvent>());
+    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
+        lost::count(LOST_TCP);
+        return None;
+    };
+    if describe::<Direct>(sk, Kind::Transition, states, adopted, entry.as_mut_ptr()).is_some() {
+        entry.submit(flags);
+        Some(())
+    } else {
+        entry.discard(u64::from(BPF_RB_NO_WAKEUP));
+        None
+    }
+}
+
+/// Copies a record built on the stack into [`TCP_EVENTS`] (one helper call), or counts it lost
+/// when the ring is full.
 #[inline(always)]
 fn publish(event: &TcpEvent) {
     let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp, size_of::<TcpEvent>());
@@ -221,10 +240,21 @@ fn report_if_held(sk: *const u8) {
         return;
     };
     let known = (Adopted::Known, u32::from(entry.target));
-    if let Some(event) = describe::<Probed>(sk, Kind::Accepted, (state, state), known)
-        && event.held != 0
+    let mut event = MaybeUninit::<TcpEvent>::uninit();
+    if describe::<Probed>(
+        sk,
+        Kind::Accepted,
+        (state, state),
+        known,
+        event.as_mut_ptr(),
+    )
+    .is_some()
     {
-        publish(&event);
+        // SAFETY: `describe` wrote every byte.
+        let event = unsafe { event.assume_init_ref() };
+        if event.held != 0 {
+            publish(event);
+        }
     }
 }
 
@@ -382,18 +412,21 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<(Adopted, u32)> {
     Some((Adopted::FromProc, target))
 }
 
-/// A record of `sk` as it is now, with the given kind and states: addresses, ports, whether it
-/// has a file, and, in the record that adopts it, its namespace. `sk_shutdown` is read only
-/// while the socket has a file, the namespace only once per socket. Built on the stack whole,
-/// field by field (zeroing a record in the ring first and filling it in took two calls of a
-/// byte-by-byte `memset`), and inlined: its 72 bytes fit beside its callers' stack.
+/// Writes a record of `sk` as it is now, with the given kind and states, into `event` (a slot
+/// of the ring, or a local): addresses, ports, whether it has a file, and, in the record that
+/// adopts it, its namespace. `sk_shutdown` is read only while the socket has a file, the
+/// namespace only once per socket. Every byte is written, as the nine 64-bit words of the
+/// record (a reserved slot holds whatever was there before; field by field, the compiler
+/// zeroes the padding with a byte-by-byte `memset`). `None` when a read failed (only
+/// [`Probed`] reads can), with `event` partly written.
 #[inline(always)]
 fn describe<F: Fields>(
     sk: *const u8,
     kind: Kind,
     (old, new): (u8, u8),
     (adopted, target): (Adopted, u32),
-) -> Option<TcpEvent> {
+    event: *mut TcpEvent,
+) -> Option<()> {
     let family: u16 = F::get(sk, layout!(skc_family))?;
     let socket: u64 = F::get(sk, layout!(sk_socket))?;
     let shutdown_offset = layout!(sk_shutdown);
@@ -405,30 +438,54 @@ fn describe<F: Fields>(
     } else {
         netns_of::<F>(sk)?
     };
-    // SAFETY: every field of a record is an integer or an array of them; all-zero is one.
-    let mut event: TcpEvent = unsafe { core::mem::zeroed() };
-    // SAFETY: the helper has no preconditions.
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.sk = sk as u64;
-    event.netns = netns;
-    event.target = target;
-    event.kind = kind as u8;
-    event.old = old;
-    event.new = new;
-    event.family = if family == AF_INET6 { 6 } else { 4 };
-    event.held = u8::from(socket != 0 && !closed);
-    event.adopted = adopted as u8;
-    event.sport = F::get(sk, layout!(skc_num))?;
-    event.dport = u16::from_be(F::get(sk, layout!(skc_dport))?);
-    copy_addresses::<F>(sk, family, &mut event.saddr, &mut event.daddr)?;
-    // Zero already, but left to the compiler its 6 bytes took a call of a byte-by-byte
-    // `memset`: written as the half-words they are.
-    for half in &mut event.pad {
-        // SAFETY: a field of a local.
-        unsafe { core::ptr::write_volatile(half, 0) };
+    let sport: u16 = F::get(sk, layout!(skc_num))?;
+    let dport = u16::from_be(F::get(sk, layout!(skc_dport))?);
+    let six = family == AF_INET6;
+    let words = event.cast::<u64>();
+    // SAFETY: `event` is valid for a `TcpEvent`, aligned to 8; the words are its fields as laid
+    // out in `tracer_common::tcp` (asserted below), each built from its bytes in memory order.
+    unsafe {
+        *words = bpf_ktime_get_ns();
+        *words.add(1) = sk as u64;
+        let ([n0, n1, n2, n3], [t0, t1, t2, t3]) = (netns.to_ne_bytes(), target.to_ne_bytes());
+        let ([s0, s1], [d0, d1]) = (sport.to_ne_bytes(), dport.to_ne_bytes());
+        // `netns`, `target`.
+        *words.add(2) = u64::from_ne_bytes([n0, n1, n2, n3, t0, t1, t2, t3]);
+        let version = if six { 6 } else { 4 };
+        let held = u8::from(socket != 0 && !closed);
+        let bytes = [kind as u8, old, new, version, held, adopted as u8, s0, s1];
+        *words.add(3) = u64::from_ne_bytes(bytes);
+        // `dport`, `pad`.
+        *words.add(4) = u64::from_ne_bytes([d0, d1, 0, 0, 0, 0, 0, 0]);
+        if !six {
+            // After an IPv4 address, 12 zero bytes (a 32-bit and a 64-bit word) each.
+            for field in [
+                core::ptr::addr_of_mut!((*event).saddr),
+                core::ptr::addr_of_mut!((*event).daddr),
+            ] {
+                let field = field.cast::<u32>();
+                *field.add(1) = 0;
+                *field.add(2).cast::<u64>() = 0;
+            }
+        }
+        copy_addresses::<F>(sk, family, &mut (*event).saddr, &mut (*event).daddr)?;
     }
-    Some(event)
+    Some(())
 }
+
+// The layout `describe` writes: each group of fields one 64-bit word.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(TcpEvent, ts_ns) == 0 && offset_of!(TcpEvent, sk) == 8);
+    assert!(offset_of!(TcpEvent, netns) == 16 && offset_of!(TcpEvent, target) == 20);
+    assert!(offset_of!(TcpEvent, kind) == 24 && offset_of!(TcpEvent, old) == 25);
+    assert!(offset_of!(TcpEvent, new) == 26 && offset_of!(TcpEvent, family) == 27);
+    assert!(offset_of!(TcpEvent, held) == 28 && offset_of!(TcpEvent, adopted) == 29);
+    assert!(offset_of!(TcpEvent, sport) == 30 && offset_of!(TcpEvent, dport) == 32);
+    assert!(offset_of!(TcpEvent, pad) == 34);
+    assert!(offset_of!(TcpEvent, saddr) == 40 && offset_of!(TcpEvent, daddr) == 56);
+    assert!(size_of::<TcpEvent>() == 72 && align_of::<TcpEvent>() == 8);
+};
 
 /// The inode of `sk`'s network namespace (`sk->__sk_common.skc_net.net->ns.inum`).
 #[inline(always)]

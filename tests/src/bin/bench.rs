@@ -6,6 +6,8 @@
 //! bench --run-time OUTPUT.md for section (d) alone, or bench --states OUTPUT.md for (a2) alone
 //! (issue 14's loop), or bench --own-cpu OUTPUT.md for the CPU and memory table of (c) alone,
 //! or bench --targets OUTPUT.md for what each target of `tracer agent` adds per kernel event.
+//! With `BENCH_PROGRAM=NAME` (e.g. `tracer_tcpstate`), section (d) measures that program's row
+//! alone: 15 s a run, for builds compared side by side.
 
 #[path = "bench/per_target.rs"]
 mod per_target;
@@ -668,24 +670,39 @@ fn run_time(bench: &Bench, md: &mut String) -> (Hits, Hits) {
     let mmap_lock = ("tracer_mmaplock", "mmap_lock_relea");
     let set_state = ("tracer_tcpstate", "inet_sock_set_s");
     let switch = ("tracer_switch", "sched_switch");
+    // BENCH_PROGRAM=NAME measures that program's row alone (for side-by-side runs of builds).
+    let only = std::env::var("BENCH_PROGRAM").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let skipped = Hits {
+        ours: f64::NAN,
+        empty: f64::NAN,
+        per_iteration: f64::NAN,
+    };
+    let measure = |name: &str, program, mode, bystander| {
+        if wanted(name) {
+            ns_per_hit(bench, program, mode, bystander)
+        } else {
+            skipped
+        }
+    };
     let rows = [
         (
             "tracer_mmaplock",
             "mmap_lock_released",
-            ns_per_hit(bench, mmap_lock, "mm", false),
-            ns_per_hit(bench, mmap_lock, "mm", true),
+            measure("tracer_mmaplock", mmap_lock, "mm", false),
+            measure("tracer_mmaplock", mmap_lock, "mm", true),
         ),
         (
             "tracer_tcpstate",
             "inet_sock_set_state",
-            ns_per_hit(bench, set_state, "tcp", false),
-            ns_per_hit(bench, set_state, "tcp", true),
+            measure("tracer_tcpstate", set_state, "tcp", false),
+            measure("tracer_tcpstate", set_state, "tcp", true),
         ),
         (
             "tracer_switch",
             "sched_switch",
-            ns_per_hit(bench, switch, "tcp", false),
-            ns_per_hit(bench, switch, "tcp", true),
+            measure("tracer_switch", switch, "tcp", false),
+            measure("tracer_switch", switch, "tcp", true),
         ),
     ];
     drop(stats);
@@ -707,6 +724,9 @@ fn run_time(bench: &Bench, md: &mut String) -> (Hits, Hits) {
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for (program, hook, target, other) in rows {
+        if !wanted(program) {
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {program} | {hook} | {:.1} ns | {:.1} ns | **{:.1} ns** | {:.2} | {:.1} ns | {:.1} ns | **{:.1} ns** | {:.2} |",
