@@ -127,19 +127,19 @@ pub fn on_mark_victim(ctx: &RawTracePointContext) -> Option<()> {
 /// from `prev` at `KernelLayout::task_state`), on every context switch of the machine: the task
 /// leaving is the current one, checked as every program checks; the task arriving is a target
 /// thread when its `mm` is a target's (learned by the VMA probes). A switch between two other
-/// tasks costs two helper calls and two lookups (one for a kernel thread, which has no mm).
+/// tasks costs two helper calls and two filter reads (one for a kernel thread, which has no
+/// mm); one between two threads of a target, one lookup of its tgid.
 pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
     // The task switched out is the current one.
     let prev = target::current();
-    if let Some(prev) = prev {
-        let _ = vma::learn_own(prev.target);
-    }
+    let prev_mm = prev.and_then(|prev| vma::learn_own(prev.target));
     let next: *const u8 = ctx.arg(2);
     let next_mm = read::<u64>(next, layout!(task_mm))?;
-    let next_target = if next_mm == 0 {
-        None
-    } else {
-        vma::target_of_mm(next_mm)
+    let next_target = match (prev, prev_mm) {
+        _ if next_mm == 0 => None,
+        // A switch between two threads of one target: no second lookup.
+        (Some(prev), Some(mm)) if mm == next_mm => Some(prev.target),
+        _ => vma::target_of_mm(next_mm),
     };
     if prev.is_none() && next_target.is_none() {
         return None;

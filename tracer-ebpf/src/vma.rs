@@ -149,9 +149,9 @@ pub fn target_of_mm(mm: u64) -> Option<u32> {
 
 /// Learns the mm of the current task, a thread of the target numbered `target`, when it is not known
 /// yet (so a target that never changes its memory map still gets its threads accounted, and
-/// has its count healed).
+/// has its count healed). Returns the target's mm.
 #[inline(always)]
-pub fn learn_own(target: u32) -> Option<()> {
+pub fn learn_own(target: u32) -> Option<u64> {
     let register = register(target)?;
     if register.mm == 0 {
         // SAFETY: the helper has no preconditions.
@@ -159,7 +159,7 @@ pub fn learn_own(target: u32) -> Option<()> {
         let mm = read::<u64>(task, layout!(task_mm)).filter(|&mm| mm != 0)?;
         learn(target, register, mm);
     }
-    Some(())
+    Some(register.mm)
 }
 
 /// `sched:sched_process_exec`: a process replaced its program, and with it its memory map.
