@@ -1,5 +1,7 @@
-//! Reads of kernel memory at offsets handed in at load time, and the ring-buffer wakeup policy
-//! every program shares.
+//! Reads of kernel memory at offsets handed in at load time, atomic counts in map values, and
+//! the ring-buffer wakeup policy every program shares.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -13,6 +15,18 @@ use aya_ebpf::{
 pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: the helper faults safely on a bad address and reports it as an error.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()).ok() }
+}
+
+/// Adds `step` (1 or -1) to a count in a map value, atomically (other CPUs update it too): the
+/// BPF target has no compare-and-swap, so core offers no `AtomicU32::fetch_add` there, but the
+/// kernel's atomic add exists on every kernel, as long as the old value is not wanted.
+///
+/// # Safety
+/// `count` points into a map value, valid and aligned for the program's run.
+#[inline(always)]
+pub unsafe fn atomic_add(count: *mut u32, step: i32) {
+    // SAFETY: the caller's.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, step as u32) };
 }
 
 /// How a program reads a field of a kernel structure at an offset handed in at load time.

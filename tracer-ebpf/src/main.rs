@@ -2,7 +2,7 @@
 //! threads or sockets; decisions and arithmetic live in userspace.
 #![no_std]
 #![no_main]
-// Atomic adds to map values (`tcp::count_known`, `vma::add_unlearned`).
+// Atomic adds to map values (`kernel::atomic_add`).
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,

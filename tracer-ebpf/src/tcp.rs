@@ -1,10 +1,7 @@
 //! The targets' TCP sockets: which sockets are whose (see `tracer_common::tcp` for the rules),
 //! and every state transition of those, whoever's context it runs in.
 
-use core::{
-    intrinsics::{AtomicOrdering, atomic_xadd},
-    mem::MaybeUninit,
-};
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
@@ -25,7 +22,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{Direct, Fields, Probed, Ring, wakeup_flags},
+    kernel::{Direct, Fields, Probed, Ring, atomic_add, wakeup_flags},
     lost,
     target::{self, layout},
 };
@@ -284,13 +281,15 @@ fn track(sk: *const u8, adopt: impl FnOnce() -> Option<(Adopted, u32)>) -> Optio
         return None;
     }
     // Counted before it can be found, uncounted after it cannot.
-    count_known(known, 1);
+    // SAFETY (here and below): a slot of an array map, valid and aligned for the run.
+    unsafe { atomic_add(&raw mut (*known).count, 1) };
     let entry = SocketEntry {
         target: target as u16,
         port: 0,
     };
     if TCP_SOCKETS.insert(&key, &entry, 0).is_err() {
-        count_known(known, u32::MAX);
+        // SAFETY: as above.
+        unsafe { atomic_add(&raw mut (*known).count, -1) };
         lost::count(UNTRACKED_TCP);
         return None;
     }
@@ -325,7 +324,8 @@ fn forget(sk: *const u8) {
         }
     }
     if TCP_SOCKETS.remove(&key).is_ok() {
-        count_known(known, u32::MAX);
+        // SAFETY: as above.
+        unsafe { atomic_add(&raw mut (*known).count, -1) };
     }
 }
 
@@ -340,17 +340,6 @@ fn known_slot(sk: *const u8) -> u32 {
         .wrapping_sub(anchor)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         >> (64 - KNOWN_SLOTS.trailing_zeros())) as u32
-}
-
-/// Adds `step` (1, or `u32::MAX` for -1) to a slot's count, atomically: the BPF target has no
-/// compare-and-swap, so core offers no `AtomicU32::fetch_add` there, but the kernel's atomic
-/// add exists on every kernel, as long as the old value is not wanted.
-#[inline(always)]
-fn count_known(slot: *mut KnownSlot, step: u32) {
-    // SAFETY: an entry of an array map, valid and aligned for the program's run.
-    unsafe {
-        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*slot).count, step);
-    }
 }
 
 /// Whether an unknown socket is a target's, and why, with the target's number. Most sockets on

@@ -10,8 +10,6 @@
 //! order, and `syscall_fentry` sees the last change before a pause only at the next syscall;
 //! `heal` (run by the agent every report) puts the current count back.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_task,
@@ -26,7 +24,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{Ring, read, wakeup_flags},
+    kernel::{Ring, atomic_add, read, wakeup_flags},
     lost,
     target::{self, Current, layout},
 };
@@ -185,16 +183,16 @@ pub fn forget_mm(target: u32) -> bool {
     if mm == 0 || TARGET_MMS.remove(&mm).is_err() {
         return false;
     }
-    add_filtered(mm, u32::MAX);
+    add_filtered(mm, -1);
     true
 }
 
-/// Adds `step` (1, or `u32::MAX` for -1) to `mm`'s entry of [`MM_FILTER`], atomically.
+/// Adds `step` (1 or -1) to `mm`'s entry of [`MM_FILTER`], atomically.
 #[inline(always)]
-fn add_filtered(mm: u64, step: u32) {
+fn add_filtered(mm: u64, step: i32) {
     if let Some(count) = MM_FILTER.get_ptr_mut(mm_filter_slot(mm)) {
         // SAFETY: an entry of an array map, valid and aligned for the program's run.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, step) };
+        unsafe { atomic_add(count, step) };
     }
 }
 
@@ -214,12 +212,12 @@ fn unlearned() -> u32 {
     UNLEARNED.get(0).copied().unwrap_or(0)
 }
 
-/// Adds `step` (1, or `u32::MAX` for -1) to [`UNLEARNED`]'s count, atomically.
+/// Adds `step` (1 or -1) to [`UNLEARNED`]'s count, atomically.
 #[inline(always)]
-fn add_unlearned(step: u32) {
+fn add_unlearned(step: i32) {
     if let Some(count) = UNLEARNED.get_ptr_mut(0) {
         // SAFETY: an entry of an array map, valid and aligned for the program's run.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, step) };
+        unsafe { atomic_add(count, step) };
     }
 }
 
@@ -248,7 +246,7 @@ fn current_tid(target: u32) -> u32 {
 #[inline(always)]
 fn learn(target: u32, register: &mut VmaRegister, mm: u64) {
     if register.mm != 0 && register.mm != mm && TARGET_MMS.remove(&register.mm).is_ok() {
-        add_filtered(register.mm, u32::MAX);
+        add_filtered(register.mm, -1);
     }
     // Counted before it can be found, uncounted after it cannot.
     add_filtered(mm, 1);
@@ -257,11 +255,11 @@ fn learn(target: u32, register: &mut VmaRegister, mm: u64) {
         .is_ok()
     {
         if register.mm == 0 {
-            add_unlearned(u32::MAX);
+            add_unlearned(-1);
         }
     } else {
         // Another thread entered it first (or the table is full).
-        add_filtered(mm, u32::MAX);
+        add_filtered(mm, -1);
     }
     register.mm = mm;
     register.valid = 0;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
@@ -113,6 +113,22 @@ pub fn pid_level(layout: &KernelLayout) -> Result<u32, ProbeError> {
         ))),
         level => Ok(level),
     }
+}
+
+/// Removes the entries of `map` that `picked` chooses, and returns those it removed.
+fn remove_where<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    picked: impl Fn(&K, &V) -> bool,
+) -> Vec<(K, V)> {
+    let chosen: Vec<(K, V)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, value)| picked(key, value))
+        .collect();
+    chosen
+        .into_iter()
+        .filter(|(key, _)| map.remove(key).is_ok())
+        .collect()
 }
 
 /// Why the programs could not be loaded or attached; the caller words the fix.
@@ -373,49 +389,17 @@ impl Probes {
         {
             log::debug!("TGID_FILTER: {e}");
         }
-        let mms: Vec<u64> = self
-            .target_mms
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|&(_, owner)| owner == number)
-            .map(|(mm, _)| mm)
-            .collect();
-        for mm in mms {
-            let _ = self.target_mms.remove(&mm);
-        }
-        let threads: Vec<u32> = self
-            .threads
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, account)| account.target == number)
-            .map(|(tid, _)| tid)
-            .collect();
-        for tid in threads {
-            let _ = self.threads.remove(&tid);
-        }
-        let listeners: Vec<(ListenKey, Owned)> = self
-            .tcp_listeners
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, owned)| owned.target == number)
-            .collect();
-        let seeds: Vec<(TupleKey, Owned)> = self
-            .tcp_seed
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, owned)| owned.target == number)
-            .collect();
+        remove_where(&mut self.target_mms, |_, &owner| owner == number);
+        remove_where(&mut self.threads, |_, account| account.target == number);
+        let listeners = remove_where(&mut self.tcp_listeners, |_, owned| owned.target == number);
+        let seeds = remove_where(&mut self.tcp_seed, |_, owned| owned.target == number);
         let mut per_port: std::collections::HashMap<u16, PortUse> =
             std::collections::HashMap::new();
         for (key, owned) in listeners {
-            if self.tcp_listeners.remove(&key).is_ok() {
-                per_port.entry(key.port).or_default().listeners += owned.count;
-            }
+            per_port.entry(key.port).or_default().listeners += owned.count;
         }
         for (key, owned) in seeds {
-            if self.tcp_seed.remove(&key).is_ok() {
-                per_port.entry(key.sport).or_default().seeds += owned.count;
-            }
+            per_port.entry(key.sport).or_default().seeds += owned.count;
         }
         for (port, gone) in per_port {
             if let Ok(uses) = self.tcp_ports.get(&u32::from(port), 0) {

@@ -122,32 +122,35 @@ impl Kernel {
         Ok(())
     }
 
-    /// Moves every pending record into its target's inbox, and signals each target that got
-    /// some. Records of a number no target has (one that detached) are dropped.
+    /// Moves every pending record into its target's inbox, and signals each target whose inbox
+    /// holds records. Records of a number no target has (one that detached) are dropped.
     pub fn drain(&self) {
         let mut rings = self.rings.borrow_mut();
         let inboxes = self.inboxes.borrow();
-        let mut arrived: Vec<u32> = Vec::new();
-        let mut route = |number: u32, push: &mut dyn FnMut(&mut Records)| {
-            if let Some(inbox) = inboxes.get(&number) {
-                push(&mut inbox.records.borrow_mut());
-                if !arrived.contains(&number) {
-                    arrived.push(number);
-                }
-            }
-        };
         drain_ring(&mut rings.vma, |r: VmaEvent| {
-            route(r.target, &mut |records| records.vma.push(r));
+            route(&inboxes, r.target, |records| records.vma.push(r));
         });
         drain_ring(&mut rings.tcp, |r: TcpEvent| {
-            route(r.target, &mut |records| records.tcp.push(r));
+            route(&inboxes, r.target, |records| records.tcp.push(r));
         });
         drain_ring(&mut rings.task, |r: TaskEvent| {
-            route(u32::from(r.target), &mut |records| records.task.push(r));
+            route(&inboxes, u32::from(r.target), |records| {
+                records.task.push(r);
+            });
         });
-        for number in arrived {
-            inboxes[&number].arrived.notify_one();
+        for inbox in inboxes.values() {
+            if !inbox.records.borrow().is_empty() {
+                inbox.arrived.notify_one();
+            }
         }
+    }
+}
+
+/// Hands a record to the inbox of target `number`, if a target has that number.
+#[inline]
+fn route(inboxes: &HashMap<u32, Rc<Inbox>>, number: u32, push: impl FnOnce(&mut Records)) {
+    if let Some(inbox) = inboxes.get(&number) {
+        push(&mut inbox.records.borrow_mut());
     }
 }
 
