@@ -36,6 +36,9 @@ fn pod(classes: &TempDir, mode: &str, args: &str) -> (Tracer, u32, u16) {
         "the pid is the namespace's: {}",
         attached.json
     );
+    // The probes themselves, not the /proc fallback (which once hid a scheduler probe that
+    // the verifier refused in a pid namespace).
+    assert_eq!(attached.json["mode"], "ebpf", "{}", attached.json);
     // unshare -> the namespace's init (now tracer, by exec) -> java.
     let init = children(tracer.process.pid)[0];
     let broker = children(init)

@@ -77,10 +77,12 @@ pub fn tracer_sysexit(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// Not attached: the agent runs it once, in its own context, to learn the level of its pid
-/// namespace (the return value).
-#[raw_tracepoint(tracepoint = "tracer_pidlevel")]
-pub fn tracer_pidlevel(_ctx: RawTracePointContext) -> i32 {
-    target::current_pid_level().map_or(-1, |level| level as i32)
+/// namespace (the return value). Written out as `#[raw_tracepoint]` expands, because that
+/// wrapper returns 0 whatever the function returns.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tp/tracer_pidlevel")]
+pub fn tracer_pidlevel(_ctx: *mut core::ffi::c_void) -> u32 {
+    target::current_pid_level().unwrap_or(u32::MAX)
 }
 
 /// Not attached: the agent runs it on demand, with a target's slot as its argument, to put

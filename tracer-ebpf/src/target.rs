@@ -111,10 +111,14 @@ pub fn current() -> Option<Current> {
                 size_of::<bpf_pidns_info>() as u32,
             )
         };
+        // On failure (a task outside the namespace) the helper leaves `ids` zeroed, and no
+        // target has id 0. No early return: inlined into the scheduler probe, that path left
+        // a stack slot holding an unwritten register, which the verifier refuses.
         if ret != 0 {
-            return None;
+            (0, 0)
+        } else {
+            (ids.tgid, ids.pid)
         }
-        (ids.tgid, ids.pid)
     };
     number_of(tgid).map(|target| Current { target, tid })
 }

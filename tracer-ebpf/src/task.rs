@@ -130,23 +130,33 @@ pub fn on_mark_victim(ctx: &RawTracePointContext) -> Option<()> {
 /// tasks costs two helper calls and two filter reads (one for a kernel thread, which has no
 /// mm); one between two threads of a target, one lookup of its tgid.
 pub fn on_switch(ctx: &RawTracePointContext) -> Option<()> {
-    // The task switched out is the current one.
-    let prev = target::current();
-    let prev_mm = prev.and_then(|prev| vma::learn_own(prev.target));
+    // The task switched out is the current one. A flag and a value written either way, not
+    // an `Option`: LLVM spilled the unwritten payload of its `None` to the stack, and the
+    // verifier refuses a store of an unwritten register (in a pid namespace, where the ids
+    // come from another helper).
+    let (prev_is_target, prev) = match target::current() {
+        Some(prev) => (true, prev),
+        None => (false, Current { target: 0, tid: 0 }),
+    };
+    let prev_mm = if prev_is_target {
+        vma::learn_own(prev.target)
+    } else {
+        None
+    };
     let next: *const u8 = ctx.arg(2);
     let next_mm = read::<u64>(next, layout!(task_mm))?;
-    let next_target = match (prev, prev_mm) {
+    let next_target = match prev_mm {
         _ if next_mm == 0 => None,
         // A switch between two threads of one target: no second lookup.
-        (Some(prev), Some(mm)) if mm == next_mm => Some(prev.target),
+        Some(mm) if mm == next_mm => Some(prev.target),
         _ => vma::target_of_mm(next_mm),
     };
-    if prev.is_none() && next_target.is_none() {
+    if !prev_is_target && next_target.is_none() {
         return None;
     }
     // SAFETY: reading the monotonic clock has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(prev) = prev {
+    if prev_is_target {
         let preempt: u64 = ctx.arg(0);
         let prev_state = match layout!(task_state) {
             ABSENT => ctx.arg::<u64>(3) as u32,
