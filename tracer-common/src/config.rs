@@ -60,6 +60,34 @@ pub struct PidNamespace {
     pub pad: u32,
 }
 
+/// Name of the global holding [`TickClock`].
+pub const TICK_CLOCK_GLOBAL: &str = "TICK_CLOCK";
+
+/// How the socket probe turns the kernel's tick count (`jiffies_64`, which the verifier reads
+/// in one inlined load) into `CLOCK_MONOTONIC` nanoseconds for its records, where
+/// `bpf_ktime_get_ns` costs a helper call (with return-stack mitigations, the most expensive
+/// part of the program). Measured by the agent before it loads the probes: one tick began at
+/// or before `base_ns`, when the count became `base_jiffies`; every tick lasts `tick_ns`. All
+/// zero: the probe reads `bpf_ktime_get_ns` instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickClock {
+    pub base_ns: u64,
+    pub base_jiffies: u64,
+    pub tick_ns: u64,
+}
+
+impl TickClock {
+    /// The time of an event that happened while the tick count was `jiffies`, rounded up to
+    /// the end of that tick: never before the event, and less than one tick (plus how late
+    /// `base_ns` was measured) after it.
+    #[inline]
+    pub const fn at(&self, jiffies: u64) -> u64 {
+        let ticks = jiffies.wrapping_sub(self.base_jiffies).wrapping_add(1);
+        self.base_ns.wrapping_add(ticks.wrapping_mul(self.tick_ns))
+    }
+}
+
 /// Name of the global holding [`KernelLayout`].
 pub const KERNEL_LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
 

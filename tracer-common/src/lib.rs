@@ -17,6 +17,7 @@ mod pod {
     // padding, and valid for any bit pattern.
     unsafe impl aya::Pod for crate::config::KernelLayout {}
     unsafe impl aya::Pod for crate::config::PidNamespace {}
+    unsafe impl aya::Pod for crate::config::TickClock {}
     unsafe impl aya::Pod for crate::vma::VmaRegister {}
     unsafe impl aya::Pod for crate::task::ProcessExit {}
     unsafe impl aya::Pod for crate::tcp::TupleKey {}

@@ -90,7 +90,9 @@ pub const HELD_PROBE_BATCH: usize = 11;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the event.
+    /// CLOCK_MONOTONIC of the event, from the tick count and rounded up to the end of its
+    /// tick (`config::TickClock`), or `bpf_ktime_get_ns()` where the agent could not measure
+    /// the ticks.
     pub ts_ns: u64,
     /// The `struct sock *`: the socket's identity while it lives.
     pub sk: u64,

@@ -1,11 +1,13 @@
-//! Reads of kernel memory at offsets handed in at load time, atomic counts in map values, and
-//! the ring-buffer wakeup policy every program shares.
+//! Reads of kernel memory at offsets handed in at load time, atomic counts in map values, the
+//! clock of the socket records, and the ring-buffer wakeup policy every program shares.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use tracer_common::config::TickClock;
+
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_jiffies64},
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
@@ -27,6 +29,36 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 pub unsafe fn atomic_add(count: *mut u32, step: i32) {
     // SAFETY: the caller's.
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, step as u32) };
+}
+
+/// The agent's measure of the kernel's ticks (`TICK_CLOCK_GLOBAL`).
+#[unsafe(no_mangle)]
+static TICK_CLOCK: TickClock = TickClock {
+    base_ns: 0,
+    base_jiffies: 0,
+    tick_ns: 0,
+};
+
+/// CLOCK_MONOTONIC nanoseconds now, rounded up to the end of the current tick ([`TickClock`]):
+/// `bpf_jiffies64` (5.5+), which the verifier inlines as a load on 64-bit kernels, where
+/// `bpf_ktime_get_ns` is a helper call through the clock source. `bpf_ktime_get_ns` where the
+/// agent could not measure the ticks.
+#[inline(always)]
+pub fn tick_time() -> u64 {
+    // SAFETY: a volatile read of a global the loader has written.
+    let clock = unsafe { core::ptr::read_volatile(&raw const TICK_CLOCK) };
+    if clock.tick_ns == 0 {
+        // SAFETY: the helper has no preconditions.
+        return unsafe { bpf_ktime_get_ns() };
+    }
+    clock.at(jiffies())
+}
+
+/// The kernel's tick count, `jiffies_64`.
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_jiffies64() }
 }
 
 /// How a program reads a field of a kernel structure at an offset handed in at load time.

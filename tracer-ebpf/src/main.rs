@@ -85,6 +85,17 @@ pub fn tracer_pidlevel(_ctx: *mut core::ffi::c_void) -> u32 {
     target::current_pid_level().unwrap_or(u32::MAX)
 }
 
+/// Not attached: the agent runs it to measure the kernel's ticks (`TickClock`). Returns the
+/// low 32 bits of `jiffies_64`, or with a first argument of 1 the high 32 bits. Written out
+/// like [`tracer_pidlevel`], for its return value.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tp/tracer_jiffies")]
+pub fn tracer_jiffies(ctx: *mut core::ffi::c_void) -> u32 {
+    let jiffies = kernel::jiffies();
+    let high = RawTracePointContext::new(ctx).arg::<u64>(0) == 1;
+    (if high { jiffies >> 32 } else { jiffies }) as u32
+}
+
 /// Not attached: the agent runs it on demand, with a target's slot as its argument, to put
 /// that target's current VMA count in its register (readings taken after the lock is dropped
 /// can arrive out of order).

@@ -5,7 +5,6 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -22,7 +21,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel::{Direct, Fields, Probed, Ring, atomic_add, wakeup_flags},
+    kernel::{Direct, Fields, Probed, Ring, atomic_add, tick_time, wakeup_flags},
     lost,
     target::{self, layout},
 };
@@ -434,7 +433,7 @@ fn describe<F: Fields>(
     // SAFETY: `event` is valid for a `TcpEvent`, aligned to 8; the words are its fields as laid
     // out in `tracer_common::tcp` (asserted below), each built from its bytes in memory order.
     unsafe {
-        *words = bpf_ktime_get_ns();
+        *words = tick_time();
         *words.add(1) = sk as u64;
         let ([n0, n1, n2, n3], [t0, t1, t2, t3]) = (netns.to_ne_bytes(), target.to_ne_bytes());
         let ([s0, s1], [d0, d1]) = (sport.to_ne_bytes(), dport.to_ne_bytes());

@@ -5,7 +5,7 @@ use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use anyhow::{Context as _, anyhow, bail};
 
-use tracer_common::config::{KernelLayout, PidNamespace};
+use tracer_common::config::{KernelLayout, PidNamespace, TickClock};
 
 use crate::{
     btf::{self, Btf},
@@ -25,6 +25,8 @@ pub struct Machine {
     pub layout: KernelLayout,
     /// The pid namespace the agent's pids are in.
     pub pidns: PidNamespace,
+    /// The kernel's ticks, which the socket records are stamped by.
+    pub clock: TickClock,
     /// Where the VMA count can come from here, best first.
     pub vma_sources: Vec<VmaSource>,
 }
@@ -66,9 +68,19 @@ pub fn check(btf_file: Option<&Path>, vma_source: Option<VmaSource>) -> anyhow::
             anyhow!("{e} - in a container's pid namespace tracer asks the kernel how deep it is, which needs Linux 5.10+")
         })?;
     }
+    let clock = probes::tick_clock(&layout).map_or_else(|e| {
+        log::info!(
+            "{e} - the socket probe stamps its records with bpf_ktime_get_ns instead, which costs more per transition"
+        );
+        TickClock::default()
+    }, |clock| {
+        log::debug!("the kernel's ticks: {} ns each, count {} at {} ns", clock.tick_ns, clock.base_jiffies, clock.base_ns);
+        clock
+    });
     Ok(Machine {
         layout,
         pidns,
+        clock,
         vma_sources,
     })
 }

@@ -706,6 +706,7 @@ impl Loader {
             let loaded = Probes::load(
                 &machine.pidns,
                 &machine.layout,
+                &machine.clock,
                 &machine.vma_sources,
                 self.max_sockets,
             )

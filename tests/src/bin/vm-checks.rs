@@ -25,7 +25,7 @@ use std::{
 };
 
 use tracer_tests::{
-    Event, Process, Tracer, free_port, maps_count, port_of, proc_status, proc_tcp_states,
+    Event, Process, Tracer, children, free_port, maps_count, port_of, proc_status, proc_tcp_states,
     tracer_bin,
 };
 
@@ -37,6 +37,7 @@ const PLAN: &[&str] = &[
     "threads",
     "targets",
     "proc_mode",
+    "pod",
 ];
 
 /// How long tracer may take to verify and attach its programs: an emulated CPU runs the
@@ -87,6 +88,7 @@ fn main() {
             report("threads", run(&|| threads(&workloads)));
             report("targets", run(&|| targets(&workloads, &session.held)));
             report("proc_mode", run(&|| proc_mode(&workloads)));
+            report("pod", run(&|| pod(&workloads)));
         }
         Err(why) => {
             report("starts", Err(why));
@@ -455,6 +457,39 @@ fn threads(workloads: &Path) -> String {
     }
     format!(
         "counts {counts:?} after each change equal /proc/PID/status Threads: and /proc/PID/task"
+    )
+}
+
+/// tracer and the threads workload both in a new pid namespace (`unshare --pid --fork
+/// --mount-proc`), as a pod with `shareProcessNamespace` runs them: the probes load there
+/// (not the /proc fallback, which once hid a scheduler probe the verifier refused only in a pid
+/// namespace), the target has the namespace's pid, and its thread count is its /proc's.
+fn pod(workloads: &Path) -> String {
+    let script = format!(
+        "exec 3<&0; {} <&3 > /dev/null & exec {} attach --pid $! --json",
+        workloads.join("threads").display(),
+        tracer_bin().display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script]);
+    let tracer = Tracer::spawn(&mut command, ATTACH_TIMEOUT);
+    let attached = tracer.seen("target_attached")[0].json.clone();
+    assert_eq!(attached["mode"], "ebpf", "{attached}");
+    let pid = attached["pid"].as_u64().expect("pid");
+    assert!(pid < 10, "the pid is the namespace's: {attached}");
+    // unshare -> the namespace's init (tracer, by exec) -> the workload.
+    let init = children(tracer.process.pid)[0];
+    let workload = children(init)[0];
+    let own = proc_status(workload, "Threads");
+    let event = tracer.after("threads", Instant::now() + SETTLE);
+    assert_eq!(
+        event.u64("count"),
+        own,
+        "/proc says {own} threads: {}",
+        event.json
+    );
+    format!(
+        "probes loaded in a new pid namespace; target pid {pid} there, {own} threads as /proc says"
     )
 }
 

@@ -6,6 +6,7 @@
 //! nothing is left attached when the agent exits, by any path. [`shared`] shares it among the
 //! sessions and hands each its own records.
 
+mod clock;
 mod numbers;
 pub mod shared;
 
@@ -22,7 +23,7 @@ use aya::{
 use tracer_common::{
     config::{
         ABSENT, KERNEL_LAYOUT_GLOBAL, KernelLayout, PidNamespace, TARGET_PIDNS_GLOBAL,
-        target_index, tgid_filter_slot,
+        TICK_CLOCK_GLOBAL, TickClock, target_index, tgid_filter_slot,
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
     task::{ProcessExit, TaskEvent, ThreadSched},
@@ -90,20 +91,24 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
     })
 }
 
+/// The object loaded for programs the agent runs before it loads the probes, with its socket
+/// tables at one entry (its maps are created, none of its programs loaded).
+fn load_for_runs(layout: &KernelLayout) -> Result<Ebpf, ProbeError> {
+    EbpfLoader::new()
+        .btf(None)
+        .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
+        .map_max_entries("TCP_SOCKETS", 1)
+        .map_max_entries("TCP_SEED", 1)
+        .load(OBJECT)
+        .map_err(|e| classify("loading the eBPF object", &e))
+}
+
 /// The level of the agent's pid namespace (0: the host's), which the kernel alone can tell
 /// from inside a container: a program run in the agent's own context reads it. Needs
 /// BPF_PROG_TEST_RUN of raw tracepoints (5.10).
 pub fn pid_level(layout: &KernelLayout) -> Result<u32, ProbeError> {
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
-        .load(OBJECT)
-        .map_err(|e| classify("loading the eBPF object", &e))?;
-    let program: &mut RawTracePoint = program(&mut ebpf, LEVEL_PROBE)?;
-    program
-        .load()
-        .map_err(|e| classify(&format!("loading {LEVEL_PROBE}"), &e))?;
-    let result = program
+    let mut ebpf = load_for_runs(layout)?;
+    let result = loaded(&mut ebpf, LEVEL_PROBE)?
         .test_run(RawTracePointRunOptions::new())
         .map_err(|e| classify(&format!("running {LEVEL_PROBE}"), &e))?;
     match result.return_value {
@@ -113,6 +118,39 @@ pub fn pid_level(layout: &KernelLayout) -> Result<u32, ProbeError> {
         ))),
         level => Ok(level),
     }
+}
+
+/// The socket records' clock ([`TickClock`]), measured by running a program that reads the
+/// kernel's tick count (BPF_PROG_TEST_RUN of raw tracepoints, 5.10). Takes up to two ticks
+/// (8 ms at `CONFIG_HZ=250`).
+pub fn tick_clock(layout: &KernelLayout) -> Result<TickClock, ProbeError> {
+    let mut ebpf = load_for_runs(layout)?;
+    let program = loaded(&mut ebpf, JIFFIES_PROBE)?;
+    let half = |high: u64| {
+        let mut options = RawTracePointRunOptions::new();
+        options.args[0] = high;
+        program
+            .test_run(options)
+            .map(|result| u64::from(result.return_value))
+            .map_err(|e| classify(&format!("running {JIFFIES_PROBE}"), &e).to_string())
+    };
+    let jiffies = || loop {
+        let high = half(1)?;
+        let low = half(0)?;
+        if half(1)? == high {
+            return Ok(high << 32 | low);
+        }
+    };
+    clock::measure(jiffies, || (crate::event::monotonic() * 1e9) as u64).map_err(ProbeError::Other)
+}
+
+/// The raw tracepoint program `name` of `ebpf`, loaded (to be run, not attached).
+fn loaded<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint, ProbeError> {
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|e| classify(&format!("loading {name}"), &e))?;
+    Ok(program)
 }
 
 /// Removes the entries of `map` that `picked` chooses, and returns those it removed.
@@ -229,6 +267,9 @@ const HELD_PROBE: &str = "tracer_tcpheld";
 /// The program that returns the level of the agent's pid namespace.
 const LEVEL_PROBE: &str = "tracer_pidlevel";
 
+/// The program that returns half of the kernel's tick count.
+const JIFFIES_PROBE: &str = "tracer_jiffies";
+
 /// The program that reads the target's current VMA count into the register, run on demand.
 const HEAL_PROBE: &str = "tracer_vmaheal";
 
@@ -242,6 +283,7 @@ impl Probes {
     pub fn load(
         pidns: &PidNamespace,
         layout: &KernelLayout,
+        clock: &TickClock,
         vma_sources: &[VmaSource],
         max_sockets: u32,
     ) -> Result<Self, ProbeError> {
@@ -250,6 +292,7 @@ impl Probes {
             .btf(None)
             .override_global(TARGET_PIDNS_GLOBAL, pidns, true)
             .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
+            .override_global(TICK_CLOCK_GLOBAL, clock, true)
             .map_max_entries("TCP_SOCKETS", max_sockets)
             .map_max_entries("TCP_SEED", max_sockets)
             .load(OBJECT)
