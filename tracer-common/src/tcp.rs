@@ -82,9 +82,18 @@ pub enum Adopted {
 /// agent checks at load that every `skc_*` field it uses lies within them.
 pub const SOCK_COMMON_BYTES: usize = 128;
 
-/// Sockets `tracer_tcpheld` checks per run: its arguments are the count and the pointers, and a
-/// raw tracepoint program takes at most 12.
-pub const HELD_PROBE_BATCH: usize = 11;
+/// Sockets `tracer_tcpheld` checks per run: its arguments are the count, then each socket's
+/// pointer and its slot of `TCP_KNOWN` (`TcpEvent::slot`), and a raw tracepoint program takes
+/// at most 12.
+pub const HELD_PROBE_BATCH: usize = 5;
+
+/// Slots of `TCP_KNOWN`, where the targets' sockets are kept one per slot of a hash of their
+/// pointer (others go to `TCP_SOCKETS`).
+pub const KNOWN_SLOTS: u32 = 8192;
+
+/// Name of the global holding how many of the [`KNOWN_SLOTS`] sockets may take (those below
+/// it), so that the slots and `TCP_SOCKETS` together hold at most `--max-sockets`.
+pub const SLOT_LIMIT_GLOBAL: &str = "TCP_SLOT_LIMIT";
 
 /// One record of the `TCP_EVENTS` ring buffer.
 #[repr(C)]
@@ -117,9 +126,12 @@ pub struct TcpEvent {
     /// Local and remote port, host order.
     pub sport: u16,
     pub dport: u16,
+    /// The socket's slot of `TCP_KNOWN`, which the agent hands back to `tracer_tcpheld` (which
+    /// cannot hash a pointer it is given as a number the way it hashes the tracepoint's).
+    pub slot: u16,
     /// Explicit padding; always zero. (Half-words, which the kernel program writes as such: a
     /// byte array there it would zero with a byte-by-byte `memset` call.)
-    pub pad: [u16; 3],
+    pub pad: [u16; 2],
     /// Local and remote address; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -174,7 +186,7 @@ pub struct PortUse {
 
 const _: () = assert!(size_of::<PortUse>() == 8);
 
-/// Value of `TCP_SOCKETS`, per socket of a target.
+/// Per socket of a target: its entry in its slot of `TCP_KNOWN`, or the value of `TCP_SOCKETS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketEntry {

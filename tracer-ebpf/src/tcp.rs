@@ -13,8 +13,8 @@ use tracer_common::{
     config::ABSENT,
     lost::{LOST_TCP, UNTRACKED_TCP},
     tcp::{
-        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, Kind, ListenKey, Owned, PortUse,
-        SHUTDOWN_MASK, SocketEntry, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey,
+        AF_INET6, Adopted, HELD_PROBE_BATCH, IPPROTO_TCP, KNOWN_SLOTS, Kind, ListenKey, Owned,
+        PortUse, SHUTDOWN_MASK, SocketEntry, TCP_CLOSE, TCP_LISTEN, TcpEvent, TupleKey,
         is_child_of_listener, is_owner_transition,
     },
     vma::WAKEUP_BYTES,
@@ -29,43 +29,54 @@ use crate::{
 /// Default capacity of the socket maps; the agent sets it at load (`--max-sockets`).
 const MAX_SOCKETS: u32 = 131_072;
 
-/// The targets' sockets, by `struct sock *`, each with its target's number and its local port
-/// while it listens ([`SocketEntry`]). Entries go at TCP_CLOSE.
+/// The targets' sockets that [`TCP_KNOWN`] has no room for (their slot holds another), by
+/// `struct sock *`, each with its target's number and its local port while it listens
+/// ([`SocketEntry`]). Entries go at TCP_CLOSE.
 /// Preallocated (bpftool shows 10 MiB of kernel memory at the default capacity, where without
-/// preallocation the empty table took 2 MiB): every short connection inserts and removes an
-/// entry, and a table without preallocation allocates each entry on insert and frees it after
-/// an RCU grace period, on the target's transitions. A full map counts the socket in
-/// `UNTRACKED_TCP`.
+/// preallocation the empty table took 2 MiB): a table without preallocation allocates each
+/// entry on insert and frees it after an RCU grace period, on the target's transitions. A full
+/// map counts the socket in `UNTRACKED_TCP`.
 #[map]
 static TCP_SOCKETS: HashMap<u64, SocketEntry> = HashMap::with_max_entries(MAX_SOCKETS, 0);
 
-/// Slots of [`TCP_KNOWN`]: 128 KiB, small enough to stay in the CPU's caches.
-const KNOWN_SLOTS: u32 = 8192;
-
-/// Per slot of a hash of the `struct sock *`, in one array lookup (the verifier inlines it),
-/// whether a socket is in [`TCP_SOCKETS`] without the hash lookup there (a walk of a bucket
-/// array of 2 MiB at the default capacity, missing the caches) that every transition would
-/// otherwise take: no when the slot counts no entry, which dismisses other processes' sockets;
-/// yes when it is the socket the slot last saw entered, the usual case for the target's.
-/// Only sockets whose slot is shared take the hash lookup.
+/// The targets' sockets, one per slot of a hash of the `struct sock *`, in one array lookup
+/// (the verifier inlines it): a socket enters its slot when the slot is free, and [`TCP_SOCKETS`]
+/// only when another socket holds it. Every transition looks at its socket's slot: its own
+/// socket there is the target's, with no hash lookup (a walk of a bucket array of 2 MiB at the
+/// default capacity, missing the caches) and no hash update at entry and exit (each takes the
+/// bucket's lock); a slot that counts no entry in `TCP_SOCKETS` dismisses another process's
+/// socket. Only sockets whose slot is held by another take the hash table.
+/// [`KNOWN_SLOTS`] of 24 bytes: 192 KiB, small enough to stay in the CPU's caches.
 #[map]
 static TCP_KNOWN: Array<KnownSlot> = Array::with_max_entries(KNOWN_SLOTS, 0);
+
+/// Sockets take only the slots below this (`SLOT_LIMIT_GLOBAL`): the agent keeps the slots and
+/// [`TCP_SOCKETS`] together within `--max-sockets`.
+#[unsafe(no_mangle)]
+static TCP_SLOT_LIMIT: u32 = KNOWN_SLOTS;
 
 /// A slot of [`TCP_KNOWN`].
 #[repr(C)]
 struct KnownSlot {
-    /// The `struct sock *` last entered of those, while it is in the table; else 0 or another
-    /// of them. Written after the insert and cleared before the removal: a socket's own
-    /// transitions, which alone insert and remove it, do not run at once.
-    last: u64,
+    /// The `struct sock *` whose entry this slot holds, 0 while it holds none. Written by the
+    /// holder alone: when it takes the slot (after `entry`) and when it leaves it (before it
+    /// gives its claim back). A socket's own transitions, which alone take and leave its slot,
+    /// do not run at once.
+    holder: u64,
+    /// Claims on the slot: 1 while a socket holds it, and a socket that wants it adds one
+    /// atomically, then reads the count: 1 means no one else holds or wants it (in the order
+    /// of the count's updates, its own add is then the only one not given back), and it takes
+    /// the slot; more, and it gives its claim back and goes to [`TCP_SOCKETS`] instead. (No
+    /// compare-and-swap before 5.12; an add is on every kernel.) The holder's write of `holder`
+    /// is seen before its claim goes back (x86's stores are not reordered with a locked add).
+    claims: u32,
     /// Entries of [`TCP_SOCKETS`] whose socket hashes here, updated atomically (softirqs on
     /// other CPUs update it too) around each insert and removal, so that it is never below the
     /// table's own count.
     count: u32,
-    /// The target number of `last`. Written while `last` is 0 (see [`enter_known`]), and read
-    /// between two reads of `last` that both find the socket ([`track`]), so never another
-    /// socket's.
-    target: u32,
+    /// The holder's entry.
+    entry: SocketEntry,
+    pad: u32,
 }
 
 /// Per local port, how many listeners and seeds of the targets use it ([`PortUse`]): one array
@@ -98,16 +109,17 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
-    let (adopted, target) = track(sk, || adopt(sk, old, new))?;
+    let slot = known_slot(sk);
+    let (adopted, target) = track(sk, slot, || adopt(sk, old, new))?;
     // A child socket starts as a clone of its listener: LISTEN -> SYN_RECV is not the
     // listener closing.
     if new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE) {
         let _ = listener_changed(sk, new == TCP_LISTEN);
     }
     if new == TCP_CLOSE {
-        forget(sk);
+        forget(sk, slot);
     }
-    publish_transition(sk, (old, new), (adopted, target))
+    publish_transition(sk, slot, (old, new), (adopted, target))
 }
 
 /// Writes a transition's record straight into a slot of [`TCP_EVENTS`] (reserve, fill,
@@ -117,13 +129,19 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
 /// on a shared 2-CPU VM (36 of them faster; a small gain, within one run's noise). The slot is not zeroed first (that took two calls of
 /// a byte-by-byte `memset`): [`describe`] writes every byte.
 #[inline(always)]
-fn publish_transition(sk: *const u8, states: (u8, u8), adopted: (Adopted, u32)) -> Option<()> {
+fn publish_transition(
+    sk: *const u8,
+    slot: u32,
+    states: (u8, u8),
+    adopted: (Adopted, u32),
+) -> Option<()> {
     let flags = wakeup_flags(&TCP_EVENTS, WAKEUP_BYTES, Ring::Tcp, size_of::<TcpEvent>());
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         lost::count(LOST_TCP);
         return None;
     };
-    if describe::<Direct>(sk, Kind::Transition, states, adopted, entry.as_mut_ptr()).is_some() {
+    let kind = (Kind::Transition, slot);
+    if describe::<Direct>(sk, kind, states, adopted, entry.as_mut_ptr()).is_some() {
         entry.submit(flags);
         Some(())
     } else {
@@ -148,8 +166,8 @@ fn publish(event: &TcpEvent) {
 fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
     let mut tuple = TupleKey::default();
     key_of(sk, &mut tuple)?;
-    let known = TCP_SOCKETS.get_ptr_mut(&(sk as u64))?;
-    // SAFETY: a value of a hash map, used at once.
+    let known = entry_in(known_slot(sk), sk as u64)?;
+    // SAFETY: a socket's entry in a map, used at once.
     let target = unsafe {
         if listens {
             (*known).port = tuple.sport;
@@ -192,29 +210,24 @@ fn listener_changed(sk: *const u8, listens: bool) -> Option<()> {
 }
 
 /// Run by the agent (`BPF_PROG_TEST_RUN`, never attached) with up to [`HELD_PROBE_BATCH`]
-/// socket pointers as `(count, sk...)`: each of the targets' sockets that has a file by now
+/// sockets as `(count, sk, slot, ...)`, each pointer with its slot of [`TCP_KNOWN`] from its
+/// records: each of the targets' sockets that has a file by now
 /// (its target accepted it) is reported in an `Accepted` record.
 pub fn on_probe_held(ctx: &RawTracePointContext) -> Option<()> {
     let count = ctx.arg::<u64>(0);
     // The context may only be read at constant offsets: copy the arguments out first.
-    let sockets: [u64; HELD_PROBE_BATCH] = [
-        ctx.arg(1),
-        ctx.arg(2),
-        ctx.arg(3),
-        ctx.arg(4),
-        ctx.arg(5),
-        ctx.arg(6),
-        ctx.arg(7),
-        ctx.arg(8),
-        ctx.arg(9),
-        ctx.arg(10),
-        ctx.arg(11),
+    let sockets: [(u64, u64); HELD_PROBE_BATCH] = [
+        (ctx.arg(1), ctx.arg(2)),
+        (ctx.arg(3), ctx.arg(4)),
+        (ctx.arg(5), ctx.arg(6)),
+        (ctx.arg(7), ctx.arg(8)),
+        (ctx.arg(9), ctx.arg(10)),
     ];
-    for (index, &sk) in sockets.iter().enumerate() {
+    for (index, &(sk, slot)) in sockets.iter().enumerate() {
         if index as u64 >= count {
             break;
         }
-        report_if_held(sk as *const u8);
+        report_if_held(sk as *const u8, slot as u32);
     }
     Some(())
 }
@@ -222,9 +235,9 @@ pub fn on_probe_held(ctx: &RawTracePointContext) -> Option<()> {
 /// One socket of [`on_probe_held`]: a call of its own, so that the unrolled loop does not
 /// multiply its stack.
 #[inline(never)]
-fn report_if_held(sk: *const u8) {
-    // SAFETY: a value of a hash map, copied at once.
-    let Some(entry) = (unsafe { TCP_SOCKETS.get(&(sk as u64)).copied() }) else {
+fn report_if_held(sk: *const u8, slot: u32) {
+    // SAFETY: a socket's entry in a map, copied at once.
+    let Some(entry) = entry_in(slot, sk as u64).map(|entry| unsafe { *entry }) else {
         return;
     };
     // Most probed sockets are still queued, with no file: they take no room in the ring (a
@@ -239,7 +252,7 @@ fn report_if_held(sk: *const u8) {
     let mut event = MaybeUninit::<TcpEvent>::uninit();
     if describe::<Probed>(
         sk,
-        Kind::Accepted,
+        (Kind::Accepted, slot),
         (state, state),
         known,
         event.as_mut_ptr(),
@@ -254,22 +267,40 @@ fn report_if_held(sk: *const u8) {
     }
 }
 
-/// `Known` for a socket in the table already, with its target's number; otherwise `adopt`'s
-/// verdict, and then a TCP socket is entered (or counted as untracked when the table is full).
+/// The entry of the socket `key` whose slot of [`TCP_KNOWN`] is `index`, in the slot or in
+/// [`TCP_SOCKETS`], if it is a target's.
 #[inline(always)]
-fn track(sk: *const u8, adopt: impl FnOnce() -> Option<(Adopted, u32)>) -> Option<(Adopted, u32)> {
-    let key = sk as u64;
-    let known = TCP_KNOWN.get_ptr_mut(known_slot(sk))?;
-    // SAFETY (here and below): an entry of an array map, valid and aligned for the run; the
-    // volatile reads keep the order `last`, `target`, `last` (see `KnownSlot::target`).
+fn entry_in(index: u32, key: u64) -> Option<*mut SocketEntry> {
+    let slot = TCP_KNOWN.get_ptr_mut(index)?;
+    // SAFETY: an entry of an array map, valid and aligned for the run.
     unsafe {
-        if core::ptr::read_volatile(&raw const (*known).last) == key {
-            let target = core::ptr::read_volatile(&raw const (*known).target);
-            if core::ptr::read_volatile(&raw const (*known).last) == key {
-                return Some((Adopted::Known, target));
-            }
+        if core::ptr::read_volatile(&raw const (*slot).holder) == key {
+            return Some(&raw mut (*slot).entry);
         }
-        if (*known).count != 0
+        if (*slot).count == 0 {
+            return None;
+        }
+    }
+    TCP_SOCKETS.get_ptr_mut(&key)
+}
+
+/// `Known` for a socket in the table already (its slot of [`TCP_KNOWN`] is `index`), with its
+/// target's number; otherwise `adopt`'s verdict, and then a TCP socket is entered (or counted
+/// as untracked when the table is full).
+#[inline(always)]
+fn track(
+    sk: *const u8,
+    index: u32,
+    adopt: impl FnOnce() -> Option<(Adopted, u32)>,
+) -> Option<(Adopted, u32)> {
+    let key = sk as u64;
+    let slot = TCP_KNOWN.get_ptr_mut(index)?;
+    // SAFETY (here and below): an entry of an array map, valid and aligned for the run.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).holder) == key {
+            return Some((Adopted::Known, u32::from((*slot).entry.target)));
+        }
+        if (*slot).count != 0
             && let Some(entry) = TCP_SOCKETS.get(&key)
         {
             return Some((Adopted::Known, u32::from(entry.target)));
@@ -279,52 +310,67 @@ fn track(sk: *const u8, adopt: impl FnOnce() -> Option<(Adopted, u32)>) -> Optio
     if Direct::get::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
         return None;
     }
-    // Counted before it can be found, uncounted after it cannot.
-    // SAFETY (here and below): a slot of an array map, valid and aligned for the run.
-    unsafe { atomic_add(&raw mut (*known).count, 1) };
     let entry = SocketEntry {
         target: target as u16,
         port: 0,
     };
+    if take_slot(slot, index, key, entry) {
+        return Some((how, target));
+    }
+    // Counted before it can be found, uncounted after it cannot.
+    // SAFETY: as above.
+    unsafe { atomic_add(&raw mut (*slot).count, 1) };
     if TCP_SOCKETS.insert(&key, &entry, 0).is_err() {
         // SAFETY: as above.
-        unsafe { atomic_add(&raw mut (*known).count, -1) };
+        unsafe { atomic_add(&raw mut (*slot).count, -1) };
         lost::count(UNTRACKED_TCP);
         return None;
     }
-    enter_known(known, key, target);
     Some((how, target))
 }
 
-/// Makes `key` (with its target's number, `target`) the socket `known` last saw entered: `last` is
-/// cleared before `target` is written and set after, so that a reader that finds its own socket
-/// in `last` before and after reading `target` has read its own socket's number.
+/// Enters `key` with `entry` in `slot` (number `index`) if no other socket holds or wants it
+/// (see [`KnownSlot::claims`]) and the slot is below [`TCP_SLOT_LIMIT`].
 #[inline(always)]
-fn enter_known(known: *mut KnownSlot, key: u64, target: u32) {
+fn take_slot(slot: *mut KnownSlot, index: u32, key: u64, entry: SocketEntry) -> bool {
+    // SAFETY: a volatile read of a global the loader has written.
+    if index >= unsafe { core::ptr::read_volatile(&raw const TCP_SLOT_LIMIT) } {
+        return false;
+    }
     // SAFETY: an entry of an array map, valid and aligned for the run.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*known).last, 0);
-        core::ptr::write_volatile(&raw mut (*known).target, target);
-        core::ptr::write_volatile(&raw mut (*known).last, key);
+        atomic_add(&raw mut (*slot).claims, 1);
+        if core::ptr::read_volatile(&raw const (*slot).claims) == 1
+            && core::ptr::read_volatile(&raw const (*slot).holder) == 0
+        {
+            (*slot).entry = entry;
+            core::ptr::write_volatile(&raw mut (*slot).holder, key);
+            return true;
+        }
+        atomic_add(&raw mut (*slot).claims, -1);
     }
+    false
 }
 
-/// Takes a closed socket out of [`TCP_SOCKETS`] and [`TCP_KNOWN`].
+/// Takes a closed socket (its slot of [`TCP_KNOWN`] is `index`) out of the slot or
+/// [`TCP_SOCKETS`].
 #[inline(always)]
-fn forget(sk: *const u8) {
+fn forget(sk: *const u8, index: u32) {
     let key = sk as u64;
-    let Some(known) = TCP_KNOWN.get_ptr_mut(known_slot(sk)) else {
+    let Some(slot) = TCP_KNOWN.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: an entry of an array map, valid and aligned for the run.
     unsafe {
-        if (*known).last == key {
-            (*known).last = 0;
+        if core::ptr::read_volatile(&raw const (*slot).holder) == key {
+            core::ptr::write_volatile(&raw mut (*slot).holder, 0);
+            atomic_add(&raw mut (*slot).claims, -1);
+            return;
         }
     }
     if TCP_SOCKETS.remove(&key).is_ok() {
         // SAFETY: as above.
-        unsafe { atomic_add(&raw mut (*known).count, -1) };
+        unsafe { atomic_add(&raw mut (*slot).count, -1) };
     }
 }
 
@@ -400,7 +446,7 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<(Adopted, u32)> {
     Some((Adopted::FromProc, target))
 }
 
-/// Writes a record of `sk` as it is now, with the given kind and states, into `event` (a slot
+/// Writes a record of `sk` as it is now, with the given kind, slot and states, into `event` (a slot
 /// of the ring, or a local): addresses, ports, whether it has a file, and, in the record that
 /// adopts it, its namespace. `sk_shutdown` is read only while the socket has a file, the
 /// namespace only once per socket. Every byte is written, as the nine 64-bit words of the
@@ -410,7 +456,7 @@ fn adopt(sk: *const u8, old: u8, new: u8) -> Option<(Adopted, u32)> {
 #[inline(always)]
 fn describe<F: Fields>(
     sk: *const u8,
-    kind: Kind,
+    (kind, slot): (Kind, u32),
     (old, new): (u8, u8),
     (adopted, target): (Adopted, u32),
     event: *mut TcpEvent,
@@ -443,8 +489,9 @@ fn describe<F: Fields>(
         let held = u8::from(socket != 0 && !closed);
         let bytes = [kind as u8, old, new, version, held, adopted as u8, s0, s1];
         *words.add(3) = u64::from_ne_bytes(bytes);
-        // `dport`, `pad`.
-        *words.add(4) = u64::from_ne_bytes([d0, d1, 0, 0, 0, 0, 0, 0]);
+        // `dport`, `slot`, `pad`.
+        let [l0, l1] = (slot as u16).to_ne_bytes();
+        *words.add(4) = u64::from_ne_bytes([d0, d1, l0, l1, 0, 0, 0, 0]);
         if !six {
             // After an IPv4 address, 12 zero bytes (a 32-bit and a 64-bit word) each.
             for field in [
@@ -470,7 +517,7 @@ const _: () = {
     assert!(offset_of!(TcpEvent, new) == 26 && offset_of!(TcpEvent, family) == 27);
     assert!(offset_of!(TcpEvent, held) == 28 && offset_of!(TcpEvent, adopted) == 29);
     assert!(offset_of!(TcpEvent, sport) == 30 && offset_of!(TcpEvent, dport) == 32);
-    assert!(offset_of!(TcpEvent, pad) == 34);
+    assert!(offset_of!(TcpEvent, slot) == 34 && offset_of!(TcpEvent, pad) == 36);
     assert!(offset_of!(TcpEvent, saddr) == 40 && offset_of!(TcpEvent, daddr) == 56);
     assert!(size_of::<TcpEvent>() == 72 && align_of::<TcpEvent>() == 8);
 };

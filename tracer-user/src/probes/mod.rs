@@ -27,7 +27,10 @@ use tracer_common::{
     },
     lost::{LOST_SLOTS, LOST_TASK, LOST_TCP, LOST_VMA, UNTRACKED_TCP, UNTRACKED_THREADS},
     task::{ProcessExit, TaskEvent, ThreadSched},
-    tcp::{HELD_PROBE_BATCH, ListenKey, Owned, PortUse, TcpEvent, TupleKey},
+    tcp::{
+        HELD_PROBE_BATCH, KNOWN_SLOTS, ListenKey, Owned, PortUse, SLOT_LIMIT_GLOBAL, TcpEvent,
+        TupleKey,
+    },
     vma::{HIGH_WATER, REGISTER, VmaEvent, VmaRegister, state_index},
 };
 
@@ -89,6 +92,15 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, BtfError> {
             .unwrap_or(ABSENT),
         pad: 0,
     })
+}
+
+/// How `max_sockets` sockets are kept: in the slots of `TCP_KNOWN` below the first number
+/// returned (half of `max_sockets`, or all 8,192 slots), which a socket takes when its slot is
+/// free, and in `TCP_SOCKETS`, whose capacity is the second: never more than `max_sockets`
+/// sockets between them.
+fn socket_capacity(max_sockets: u32) -> (u32, u32) {
+    let slots = KNOWN_SLOTS.min(max_sockets / 2);
+    (slots, max_sockets - slots)
 }
 
 /// The object loaded for programs the agent runs before it loads the probes, with its socket
@@ -287,13 +299,15 @@ impl Probes {
         vma_sources: &[VmaSource],
         max_sockets: u32,
     ) -> Result<Self, ProbeError> {
+        let (slots, hashed) = socket_capacity(max_sockets);
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations in the object; skip parsing the kernel's BTF a second time.
             .btf(None)
             .override_global(TARGET_PIDNS_GLOBAL, pidns, true)
             .override_global(KERNEL_LAYOUT_GLOBAL, layout, true)
             .override_global(TICK_CLOCK_GLOBAL, clock, true)
-            .map_max_entries("TCP_SOCKETS", max_sockets)
+            .override_global(SLOT_LIMIT_GLOBAL, &slots, true)
+            .map_max_entries("TCP_SOCKETS", hashed)
             .map_max_entries("TCP_SEED", max_sockets)
             .load(OBJECT)
             .map_err(|e| classify("loading the eBPF object", &e))?;
@@ -484,9 +498,9 @@ impl Probes {
         self.vma_source
     }
 
-    /// Asks the kernel which of `sockets` (pointers from earlier records) now have a file: the
-    /// answers arrive as `Accepted` records in the TCP ring buffer.
-    pub fn probe_held(&mut self, sockets: &[u64]) -> Result<(), ProbeError> {
+    /// Asks the kernel which of `sockets` (pointers from earlier records, each with its slot)
+    /// now have a file: the answers arrive as `Accepted` records in the TCP ring buffer.
+    pub fn probe_held(&mut self, sockets: &[(u64, u16)]) -> Result<(), ProbeError> {
         let program: &mut RawTracePoint = self
             .ebpf
             .program_mut(HELD_PROBE)
@@ -496,7 +510,9 @@ impl Probes {
         for batch in sockets.chunks(HELD_PROBE_BATCH) {
             let mut options = RawTracePointRunOptions::new();
             options.args[0] = batch.len() as u64;
-            options.args[1..=batch.len()].copy_from_slice(batch);
+            for (pair, &(sk, slot)) in options.args[1..].chunks_exact_mut(2).zip(batch) {
+                pair.copy_from_slice(&[sk, u64::from(slot)]);
+            }
             program
                 .test_run(options)
                 .map_err(|e| classify(HELD_PROBE, &e))?;
@@ -839,6 +855,14 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slots_and_the_hash_table_hold_max_sockets_between_them() {
+        for (max, slots) in [(16, 8), (200, 100), (16_384, 8192), (131_072, 8192)] {
+            assert_eq!(socket_capacity(max), (slots, max - slots), "{max}");
+        }
+        assert_eq!(socket_capacity(1_048_576), (8192, 1_040_384));
+    }
 
     #[test]
     fn no_vma_source_is_a_refusal_auto_falls_back_from() {

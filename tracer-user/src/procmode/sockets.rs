@@ -98,7 +98,8 @@ impl SocketDiff {
                 adopted: adopted as u8,
                 sport: tuple.sport,
                 dport: tuple.dport,
-                pad: [0; 3],
+                slot: 0,
+                pad: [0; 2],
                 saddr: tuple.saddr,
                 daddr: tuple.daddr,
             }

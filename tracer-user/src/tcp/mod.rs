@@ -40,7 +40,7 @@ const RECENT_PEERS: usize = 100_000;
 /// intervals up to [`PROBE_MAX`] while it stays there.
 const PROBE_FIRST: f64 = 0.1;
 const PROBE_MAX: f64 = 5.0;
-/// Sockets asked about per drain at most (11 per syscall): a burst of 100,000 connections in
+/// Sockets asked about per drain at most (5 per syscall): a burst of 100,000 connections in
 /// the accept queue must not keep the agent from draining the ring buffers.
 const PROBE_PER_DRAIN: usize = 1024;
 
@@ -127,6 +127,9 @@ struct Sock {
     /// and how long to wait after that (doubling while it stays queued).
     probe_at: f64,
     probe_every: f64,
+    /// Its slot of the kernel's table, from its last record (the kernel wants it back with the
+    /// pointer when asked about the socket).
+    slot: u16,
 }
 
 impl Sock {
@@ -222,6 +225,7 @@ impl TcpModel {
             server: listen_ports.contains(&s.tuple.sport),
             probe_at: now,
             probe_every: PROBE_FIRST,
+            slot: 0,
         });
     }
 
@@ -349,6 +353,7 @@ impl TcpModel {
                 server: e.adopted == Adopted::OnListenPort as u8,
                 probe_at: at,
                 probe_every: PROBE_FIRST,
+                slot: e.slot,
             })
         });
         if let Some((since, touched)) = &mut self.touched
@@ -357,6 +362,7 @@ impl TcpModel {
             touched.insert(sock.tuple);
         }
         sock.tuple = tuple;
+        sock.slot = e.slot;
         sock.held = held;
         sock.was_held |= held;
         if e.kind == Kind::Accepted as u8 {
@@ -431,15 +437,15 @@ impl TcpModel {
     }
 
     /// Sockets in the accept queue due for asking the kernel whether the target has accepted
-    /// them by now (the answer comes as `Accepted` records).
-    pub fn due_for_probe(&mut self, now: f64) -> Vec<u64> {
+    /// them by now (the answer comes as `Accepted` records), each pointer with its slot.
+    pub fn due_for_probe(&mut self, now: f64) -> Vec<(u64, u16)> {
         let mut due = Vec::new();
         for (&sk, sock) in &mut self.socks {
             if due.len() == PROBE_PER_DRAIN {
                 break;
             }
             if !sock.held && !sock.was_held && sock.probe_at <= now {
-                due.push(sk);
+                due.push((sk, sock.slot));
                 sock.probe_at = now + sock.probe_every;
                 sock.probe_every = (sock.probe_every * 2.0).min(PROBE_MAX);
             }
@@ -717,7 +723,8 @@ mod tests {
             adopted: adopted as u8,
             sport: 9092,
             dport: 40_000 + sk as u16,
-            pad: [0; 3],
+            slot: 0,
+            pad: [0; 2],
             saddr,
             daddr,
         }
