@@ -294,17 +294,9 @@ fn track(
     adopt: impl FnOnce() -> Option<(Adopted, u32)>,
 ) -> Option<(Adopted, u32)> {
     let key = sk as u64;
-    let slot = TCP_KNOWN.get_ptr_mut(index)?;
-    // SAFETY (here and below): an entry of an array map, valid and aligned for the run.
-    unsafe {
-        if core::ptr::read_volatile(&raw const (*slot).holder) == key {
-            return Some((Adopted::Known, u32::from((*slot).entry.target)));
-        }
-        if (*slot).count != 0
-            && let Some(entry) = TCP_SOCKETS.get(&key)
-        {
-            return Some((Adopted::Known, u32::from(entry.target)));
-        }
+    if let Some(entry) = entry_in(index, key) {
+        // SAFETY: a socket's entry in a map, read at once.
+        return Some((Adopted::Known, u32::from(unsafe { (*entry).target })));
     }
     let (how, target) = adopt()?;
     if Direct::get::<u16>(sk, layout!(sk_protocol))? != IPPROTO_TCP {
@@ -314,11 +306,12 @@ fn track(
         target: target as u16,
         port: 0,
     };
+    let slot = TCP_KNOWN.get_ptr_mut(index)?;
     if take_slot(slot, index, key, entry) {
         return Some((how, target));
     }
     // Counted before it can be found, uncounted after it cannot.
-    // SAFETY: as above.
+    // SAFETY (here and below): an entry of an array map, valid and aligned for the run.
     unsafe { atomic_add(&raw mut (*slot).count, 1) };
     if TCP_SOCKETS.insert(&key, &entry, 0).is_err() {
         // SAFETY: as above.
