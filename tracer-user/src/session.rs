@@ -524,9 +524,19 @@ impl Session {
         self.tcp_missed_runs = lost.tcp_missed_runs;
         self.audited = Instant::now();
         self.resynced = Some(Instant::now());
-        self.tcp.begin_resync(monotonic());
+        // Records are stamped up to a tick late (`TickClock`): those stamped a tick or more
+        // after the resync began happened after it, and the snapshot, read two ticks after
+        // (one of margin), holds every record stamped before.
+        let tick = self
+            .probes
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.probes().record_tick());
+        self.tcp.begin_resync(monotonic() + tick.as_secs_f64());
         let pid = self.target.pid;
-        let snapshot = tokio::task::spawn_blocking(move || tcp::proc::read(pid));
+        let snapshot = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(2 * tick);
+            tcp::proc::read(pid)
+        });
         self.resync = Some((snapshot, reason));
     }
 

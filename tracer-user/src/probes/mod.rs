@@ -253,6 +253,8 @@ pub struct Probes {
     vma_source: VmaSource,
     /// Whether the heal program runs here (BPF_PROG_TEST_RUN of raw tracepoints: 5.10+).
     heal: bool,
+    /// How late the socket records' stamps can be: one tick of their clock, or none.
+    record_tick: std::time::Duration,
     /// The targets' numbers, by thread-group id.
     numbers: Numbers,
 }
@@ -386,6 +388,7 @@ impl Probes {
             logger,
             vma_source,
             heal,
+            record_tick: std::time::Duration::from_nanos(clock.tick_ns),
             numbers: Numbers::default(),
         })
     }
@@ -491,6 +494,12 @@ impl Probes {
     /// chose it).
     pub fn process_exit(&self, number: u32) -> Option<ProcessExit> {
         self.process_exit.get(&target_index(number), 0).ok()
+    }
+
+    /// How late a socket record's `ts_ns` can be after the event (`TickClock`): one tick, or
+    /// zero where the probe reads `bpf_ktime_get_ns`.
+    pub fn record_tick(&self) -> std::time::Duration {
+        self.record_tick
     }
 
     /// Where the VMA count comes from.
