@@ -95,7 +95,12 @@ pub const KNOWN_SLOTS: u32 = 8192;
 /// it), so that the slots and `TCP_SOCKETS` together hold at most `--max-sockets`.
 pub const SLOT_LIMIT_GLOBAL: &str = "TCP_SLOT_LIMIT";
 
-/// One record of the `TCP_EVENTS` ring buffer.
+/// Records a CPU stages before it writes them to `TCP_EVENTS` in one ring record: the ring's
+/// reserve and commit (a lock, and most of the socket probe's cost) are paid once per batch.
+pub const STAGED_RECORDS: usize = 8;
+
+/// One record of the `TCP_EVENTS` ring buffer (a ring record holds one or more of them, up
+/// to [`STAGED_RECORDS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEvent {
@@ -129,9 +134,11 @@ pub struct TcpEvent {
     /// The socket's slot of `TCP_KNOWN`, which the agent hands back to `tracer_tcpheld` (which
     /// cannot hash a pointer it is given as a number the way it hashes the tracepoint's).
     pub slot: u16,
-    /// Explicit padding; always zero. (Half-words, which the kernel program writes as such: a
-    /// byte array there it would zero with a byte-by-byte `memset` call.)
-    pub pad: [u16; 2],
+    /// The slot's count of its sockets' transitions (`KnownSlot::seq` in the kernel program)
+    /// when the record was written. Records are staged per CPU and reach the ring in batches
+    /// ([`STAGED_RECORDS`]), so one socket's records can arrive out of order; in the order of
+    /// (`ts_ns`, `seq`) they are in the order they happened (see `probes::order`).
+    pub seq: u32,
     /// Local and remote address; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],

@@ -33,7 +33,7 @@ pub unsafe fn atomic_add(count: *mut u32, step: i32) {
 
 /// The agent's measure of the kernel's ticks (`TICK_CLOCK_GLOBAL`).
 #[unsafe(no_mangle)]
-static TICK_CLOCK: TickClock = TickClock {
+pub static TICK_CLOCK: TickClock = TickClock {
     base_ns: 0,
     base_jiffies: 0,
     tick_ns: 0,

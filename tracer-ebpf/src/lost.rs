@@ -16,3 +16,12 @@ pub fn count(slot: u32) {
         unsafe { *counter += 1 };
     }
 }
+
+/// Counts `records` dropped records in `slot` (a batch that found its ring full).
+#[inline(always)]
+pub fn count_many(slot: u32, records: u64) {
+    if let Some(counter) = LOST.get_ptr_mut(slot) {
+        // SAFETY: as in `count`.
+        unsafe { *counter += records };
+    }
+}

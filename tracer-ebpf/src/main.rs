@@ -157,6 +157,15 @@ pub fn tracer_switch(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Not attached: the agent runs it on each CPU before it drains the socket ring, to write the
+/// CPU's staged records there (`tcp::flush`). Returns 1 when it must run again. Written out
+/// like [`tracer_pidlevel`], for its return value.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tp/tracer_tcpflush")]
+pub fn tracer_tcpflush(_ctx: *mut core::ffi::c_void) -> u32 {
+    tcp::flush()
+}
+
 /// Not attached: the agent runs it on demand to learn which queued sockets were accepted.
 #[raw_tracepoint(tracepoint = "tracer_tcpheld")]
 pub fn tracer_tcpheld(ctx: RawTracePointContext) -> i32 {

@@ -358,7 +358,10 @@ impl Session {
 
         // Whatever the target did last is in the ring buffers and the register: report it.
         self.save_state();
-        self.drain();
+        if let Some(probes) = &self.probes {
+            probes.drain_all(&mut self.records);
+            self.apply_records();
+        }
         let alive = end != End::TargetExited;
         if let Some(Ok((register, high))) = self
             .probes
@@ -544,7 +547,12 @@ impl Session {
     fn finish_resync(&mut self, found: &ProcSockets, reason: &'static str) {
         if let Some(probes) = &self.probes {
             probes.drain(&mut self.records);
+            // Too recent to apply yet: the snapshot may or may not show them.
+            let held = probes.held_tcp();
             self.apply_records();
+            for record in &held {
+                self.tcp.touch(record);
+            }
         }
         let resync = self.tcp.resync(found, monotonic());
         // An audit, or skipped runs that were others' sockets: nothing to tell.

@@ -8,6 +8,7 @@
 
 mod clock;
 mod numbers;
+mod order;
 pub mod shared;
 
 use std::{
@@ -229,6 +230,20 @@ fn classify(context: &str, error: &(dyn std::error::Error + 'static)) -> ProbeEr
     }
 }
 
+/// Whether a run on one CPU failed because the CPU is offline (`ENXIO`).
+fn is_offline(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENXIO))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The loaded and attached kernel side, for every target.
 pub struct Probes {
     /// Owns the programs and their links; kept for as long as the probes live.
@@ -255,19 +270,23 @@ pub struct Probes {
     heal: bool,
     /// How late the socket records' stamps can be: one tick of their clock, or none.
     record_tick: std::time::Duration,
+    /// The CPUs whose stages the agent flushes, where the socket probe stages records (it
+    /// does where the tick clock was measured); empty where it does not.
+    staging_cpus: Vec<u32>,
     /// The targets' numbers, by thread-group id.
     numbers: Numbers,
 }
 
 /// The programs and the raw tracepoints they attach to; `None`: loaded, run on demand. The
 /// VMA source's programs and the socket probe ([`SOCKET_PROBE`]) are attached apart.
-const PROGRAMS: [(&str, Option<&str>); 6] = [
+const PROGRAMS: [(&str, Option<&str>); 7] = [
     ("tracer_exec", Some("sched_process_exec")),
     ("tracer_newtask", Some("task_newtask")),
     ("tracer_rename", Some("task_rename")),
     ("tracer_taskexit", Some("sched_process_exit")),
     ("tracer_switch", Some("sched_switch")),
     (HELD_PROBE, None),
+    (FLUSH_PROBE, None),
 ];
 
 /// The program that follows the target's sockets, a BTF-enabled tracepoint (5.5+), and its
@@ -277,6 +296,13 @@ const SOCKET_TRACEPOINT: &str = "inet_sock_set_state";
 
 /// The program that tells which queued sockets have been accepted.
 const HELD_PROBE: &str = "tracer_tcpheld";
+
+/// The program that writes a CPU's staged socket records to the ring.
+const FLUSH_PROBE: &str = "tracer_tcpflush";
+
+/// Times a flush is run again on a CPU where it interrupted a write of the stage (which takes
+/// well under a microsecond) before the drain gives up ordering for once.
+const FLUSH_TRIES: usize = 1000;
 
 /// The program that returns the level of the agent's pid namespace.
 const LEVEL_PROBE: &str = "tracer_pidlevel";
@@ -369,6 +395,12 @@ impl Probes {
             }
         };
 
+        let staging_cpus = if clock.tick_ns == 0 {
+            Vec::new()
+        } else {
+            aya::util::online_cpus()
+                .map_err(|(what, e)| ProbeError::Other(format!("reading {what}: {e}")))?
+        };
         Ok(Self {
             targets: take(&mut ebpf, "TARGETS")?,
             tgid_filter: take(&mut ebpf, "TGID_FILTER")?,
@@ -389,6 +421,7 @@ impl Probes {
             vma_source,
             heal,
             record_tick: std::time::Duration::from_nanos(clock.tick_ns),
+            staging_cpus,
             numbers: Numbers::default(),
         })
     }
@@ -505,6 +538,38 @@ impl Probes {
     /// Where the VMA count comes from.
     pub fn vma_source(&self) -> VmaSource {
         self.vma_source
+    }
+
+    /// Writes every CPU's staged socket records to the ring ([`FLUSH_PROBE`] on each CPU).
+    /// `Ok(false)` when a CPU's stage stayed busy (its records may not be in yet); a CPU
+    /// that went offline is skipped, with its records.
+    pub fn flush_tcp(&mut self) -> Result<bool, ProbeError> {
+        let program: &mut RawTracePoint = program(&mut self.ebpf, FLUSH_PROBE)?;
+        let mut complete = true;
+        for &cpu in &self.staging_cpus {
+            let mut tries = 0;
+            loop {
+                let mut options = RawTracePointRunOptions::new();
+                options.cpu = Some(cpu);
+                match program.test_run(options) {
+                    Ok(result) if result.return_value == 0 => break,
+                    Ok(_) if tries < FLUSH_TRIES => tries += 1,
+                    Ok(_) => {
+                        complete = false;
+                        break;
+                    }
+                    Err(e) if is_offline(&e) => break,
+                    Err(e) => return Err(classify(&format!("running {FLUSH_PROBE}"), &e)),
+                }
+            }
+        }
+        Ok(complete)
+    }
+
+    /// The most a socket record's stamp can be early: the tick count can lag the clock on a
+    /// busy or virtual machine, by less than two ticks.
+    pub fn record_margin(&self) -> std::time::Duration {
+        2 * self.record_tick
     }
 
     /// Asks the kernel which of `sockets` (pointers from earlier records, each with its slot)

@@ -16,7 +16,7 @@ use tokio::{
 };
 use tracer_common::{task::TaskEvent, tcp::TcpEvent, vma::VmaEvent};
 
-use super::{ProbeError, Probes, Record, Rings, decode};
+use super::{ProbeError, Probes, Record, Rings, decode, order::Reorder};
 
 /// A ring buffer's fd, polled for readability apart from the ring itself (which a drain borrows
 /// mutably, while other sessions may be waiting on the fd).
@@ -38,6 +38,10 @@ pub struct Kernel {
     probes: RefCell<Probes>,
     /// Each attached target's inbox, by its number.
     inboxes: RefCell<HashMap<u32, Rc<Inbox>>>,
+    /// Socket records drained and held back until those before them are in.
+    reorder: RefCell<Reorder>,
+    /// Whether a failed flush was told (once).
+    flush_warned: std::cell::Cell<bool>,
 }
 
 /// The records of one target, drained from the rings and not yet applied, in ring order.
@@ -89,6 +93,8 @@ impl Kernel {
             rings: RefCell::new(rings),
             probes: RefCell::new(probes),
             inboxes: RefCell::default(),
+            reorder: RefCell::default(),
+            flush_warned: std::cell::Cell::new(false),
         }))
     }
 
@@ -124,13 +130,18 @@ impl Kernel {
 
     /// Moves every pending record into its target's inbox, and signals each target whose inbox
     /// holds records. Records of a number no target has (one that detached) are dropped.
+    /// Socket records go in the order they happened, less the most recent ([`Reorder`]): the
+    /// CPUs' stages are flushed first, and what was stamped before that is handed on.
     pub fn drain(&self) {
+        let cutoff = self.flush_tcp();
         let mut rings = self.rings.borrow_mut();
         let inboxes = self.inboxes.borrow();
         drain_ring(&mut rings.vma, |r: VmaEvent| {
             route(&inboxes, r.target, |records| records.vma.push(r));
         });
-        drain_ring(&mut rings.tcp, |r: TcpEvent| {
+        let mut reorder = self.reorder.borrow_mut();
+        drain_ring(&mut rings.tcp, |r: TcpEvent| reorder.push(r));
+        reorder.release(cutoff, |r| {
             route(&inboxes, r.target, |records| records.tcp.push(r));
         });
         drain_ring(&mut rings.task, |r: TaskEvent| {
@@ -146,6 +157,48 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Flushes the CPUs' staged socket records to the ring, and returns the time before which
+    /// records are safe to hand on (see [`Reorder::release`]): the time before the flushes,
+    /// less the most a stamp can be early. 0 (hold them all) when a stage stayed busy.
+    fn flush_tcp(&self) -> u64 {
+        let mut probes = self.probes.borrow_mut();
+        let before = (crate::event::monotonic() * 1e9) as u64;
+        let margin = probes.record_margin().as_nanos() as u64;
+        match probes.flush_tcp() {
+            Ok(true) => before.saturating_sub(margin),
+            Ok(false) => 0,
+            Err(e) => {
+                if !self.flush_warned.replace(true) {
+                    log::warn!(
+                        "{e} - socket records then wait in the CPUs' stages until 8 are staged"
+                    );
+                }
+                before.saturating_sub(margin)
+            }
+        }
+    }
+
+    /// Drains until every socket record of the target numbered `number` is handed on: the
+    /// most recent wait for the clock to pass them (a few ticks), then go in any case.
+    fn drain_all_of(&self, number: u32) {
+        for _ in 0..FINAL_DRAINS {
+            self.drain();
+            if self.reorder.borrow().held(number).next().is_none() {
+                return;
+            }
+            std::thread::sleep(self.probes().record_margin());
+        }
+        let inboxes = self.inboxes.borrow();
+        self.reorder.borrow_mut().release_all_of(number, |r| {
+            route(&inboxes, r.target, |records| records.tcp.push(r));
+        });
+    }
+}
+
+/// Drains a target's last records take at most, a tick's wait between each.
+const FINAL_DRAINS: usize = 4;
+
 /// Hands a record to the inbox of target `number`, if a target has that number.
 #[inline]
 fn route(inboxes: &HashMap<u32, Rc<Inbox>>, number: u32, push: impl FnOnce(&mut Records)) {
@@ -154,14 +207,17 @@ fn route(inboxes: &HashMap<u32, Rc<Inbox>>, number: u32, push: impl FnOnce(&mut 
     }
 }
 
-/// Applies `apply` to every pending record of one ring buffer, in order.
+/// Applies `apply` to every pending record of one ring buffer, in order (a ring record can
+/// hold several, one after another).
 fn drain_ring<T: Record>(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     mut apply: impl FnMut(T),
 ) {
     while let Some(item) = ring.next() {
-        if let Some(record) = decode(&item) {
-            apply(record);
+        for bytes in item.chunks_exact(size_of::<T>()) {
+            if let Some(record) = decode(bytes) {
+                apply(record);
+            }
         }
     }
 }
@@ -190,6 +246,23 @@ impl Attached {
     pub fn drain(&self, records: &mut Records) {
         self.kernel.drain();
         self.take(records);
+    }
+
+    /// Drains like [`Self::drain`], and also hands on this target's most recent socket records,
+    /// for its last report.
+    pub fn drain_all(&self, records: &mut Records) {
+        self.kernel.drain_all_of(self.number);
+        self.take(records);
+    }
+
+    /// This target's socket records held back for the next drain (see [`Reorder`]).
+    pub fn held_tcp(&self) -> Vec<TcpEvent> {
+        self.kernel
+            .reorder
+            .borrow()
+            .held(self.number)
+            .copied()
+            .collect()
     }
 
     /// Swaps the records waiting in the inbox into `records` (cleared first).
@@ -222,6 +295,7 @@ impl Drop for Attached {
         // must not find this target's records.
         self.kernel.drain();
         self.kernel.inboxes.borrow_mut().remove(&self.number);
+        self.kernel.reorder.borrow_mut().forget(self.number);
         self.kernel.probes().remove_target(self.number);
     }
 }

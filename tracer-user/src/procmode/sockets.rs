@@ -99,7 +99,7 @@ impl SocketDiff {
                 sport: tuple.sport,
                 dport: tuple.dport,
                 slot: 0,
-                pad: [0; 2],
+                seq: 0,
                 saddr: tuple.saddr,
                 daddr: tuple.daddr,
             }

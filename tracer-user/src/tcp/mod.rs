@@ -310,8 +310,8 @@ impl TcpModel {
         counts
     }
 
-    /// Applies one kernel record; a transition also becomes a `tcp_state` event.
-    pub fn record(&mut self, e: &TcpEvent, clocks: Clocks, out: &mut Vec<Event>) {
+    /// The addresses of a record's socket.
+    fn tuple_of(&self, e: &TcpEvent) -> Tuple {
         let mut tuple = Tuple {
             family: e.family,
             saddr: e.saddr,
@@ -326,6 +326,25 @@ impl TcpModel {
         {
             tuple.sport = known.tuple.sport;
         }
+        tuple
+    }
+
+    /// A record not applied yet (held back until the records before it are in): a resync
+    /// under way leaves its socket as the records will have it.
+    pub fn touch(&mut self, e: &TcpEvent) {
+        let tuple = self.tuple_of(e);
+        let known = self.socks.get(&e.sk).map(|sock| sock.tuple);
+        if let Some((since, touched)) = &mut self.touched
+            && e.ts_ns as f64 / 1e9 >= *since
+        {
+            touched.insert(tuple);
+            touched.extend(known);
+        }
+    }
+
+    /// Applies one kernel record; a transition also becomes a `tcp_state` event.
+    pub fn record(&mut self, e: &TcpEvent, clocks: Clocks, out: &mut Vec<Event>) {
+        let tuple = self.tuple_of(e);
         let at = e.ts_ns as f64 / 1e9;
         let held = e.held != 0;
         if let Some((since, touched)) = &mut self.touched
@@ -724,7 +743,7 @@ mod tests {
             sport: 9092,
             dport: 40_000 + sk as u16,
             slot: 0,
-            pad: [0; 2],
+            seq: 0,
             saddr,
             daddr,
         }
