@@ -155,9 +155,7 @@ impl Kernel {
             }
         }
     }
-}
 
-impl Kernel {
     /// Flushes the CPUs' staged socket records to the ring, and returns the time before which
     /// records are safe to hand on (see [`Reorder::release`]): the time before the flushes,
     /// less the most a stamp can be early. 0 (hold them all) when a stage stayed busy.
