@@ -96,8 +96,12 @@ pub const KNOWN_SLOTS: u32 = 8192;
 pub const SLOT_LIMIT_GLOBAL: &str = "TCP_SLOT_LIMIT";
 
 /// Records a CPU stages before it writes them to `TCP_EVENTS` in one ring record: the ring's
-/// reserve and commit (a lock, and most of the socket probe's cost) are paid once per batch.
-pub const STAGED_RECORDS: usize = 8;
+/// reserve and commit are paid once per batch. A write costs about the same whatever its size
+/// (the ring's lock and positions are cache lines the other CPUs and the agent write): 32 per
+/// write took the socket probe from about 165 to 129 ns per target transition, 64 gained
+/// nothing more (BENCHMARKS.md (d)).
+/// A CPU's stage is then 2,312 bytes.
+pub const STAGED_RECORDS: usize = 32;
 
 /// One record of the `TCP_EVENTS` ring buffer (a ring record holds one or more of them, up
 /// to [`STAGED_RECORDS`]).

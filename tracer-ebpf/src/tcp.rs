@@ -179,7 +179,8 @@ fn next_seq(index: u32) -> Option<u32> {
 
 /// Writes a transition's record into this CPU's [`Stage`], and the stage to the ring when it
 /// is full; straight to the ring when a flush is writing the stage. A stage write and a
-/// ring write of 8 records in one cost less than one reserve and commit (BENCHMARKS.md (d)).
+/// ring write of [`STAGED_RECORDS`] records in one cost less than one reserve and commit
+/// (BENCHMARKS.md (d)).
 #[inline(always)]
 fn stage_transition(
     sk: *const u8,

@@ -14,7 +14,11 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::Notify,
 };
-use tracer_common::{task::TaskEvent, tcp::TcpEvent, vma::VmaEvent};
+use tracer_common::{
+    task::TaskEvent,
+    tcp::{STAGED_RECORDS, TcpEvent},
+    vma::VmaEvent,
+};
 
 use super::{ProbeError, Probes, Record, Rings, decode, order::Reorder};
 
@@ -169,7 +173,8 @@ impl Kernel {
             Err(e) => {
                 if !self.flush_warned.replace(true) {
                     log::warn!(
-                        "{e} - socket records then wait in the CPUs' stages until 8 are staged"
+                        "{e} - socket records then wait in the CPUs' stages until \
+                         {STAGED_RECORDS} are staged"
                     );
                 }
                 before.saturating_sub(margin)
