@@ -1,10 +1,10 @@
 //! The socket records in the order they happened. The socket probe stages records per CPU and
 //! writes them to the ring `STAGED_RECORDS` at a time, and the agent flushes each CPU's stage
-//! before it drains: so a socket whose transitions ran on two CPUs can have its later record in the ring
-//! before its earlier one, even a drain ahead of it (the earlier record staged on a CPU already
-//! flushed, the later one on a CPU flushed after it). Each record carries its slot's count of
-//! transitions (`TcpEvent::seq`), which rises with each of one socket's records, and its time,
-//! never before the event. [`Reorder`] puts the records of a drain in the order of
+//! before it drains: so a socket whose transitions ran on two CPUs can have its later record in
+//! the ring before its earlier one, even a drain ahead of it (the earlier record staged on a CPU
+//! already flushed, the later one on a CPU flushed after it). Each record carries its slot's
+//! count of transitions (`TcpEvent::seq`), which rises with each of one socket's records, and
+//! its time, never before the event. [`Reorder`] puts the records of a drain in the order of
 //! (time, count), and holds back the ones too recent to be sure that every record before
 //! them has arrived.
 
